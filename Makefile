@@ -1,0 +1,135 @@
+# nomoat - GNU Make build.
+#
+#   make              library (build/libnomoat.a, build/libnomoat.so) and tool (build/nomoat)
+#   make test         set-up (missing Debian packages), then the whole suite:
+#                     unit/golden tests, the same under ASan+UBSan, a bounded fuzz run
+#   make check        just the unit/golden tests of the normal build (fast loop)
+#   make test SAN=1   just the suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make fuzz         libFuzzer targets for FUZZ_SECONDS each (clang)
+#   make demo         set-up, build, then the main job on ../shared/models/stories260K.gguf
+#   make install PREFIX=/usr/local
+#
+# Several builds can live side by side: BUILD=dir picks the output folder.
+
+SAN ?= 0
+ifeq ($(SAN),1)
+BUILD ?= build-san
+else
+BUILD ?= build
+endif
+PREFIX ?= /usr/local
+CC ?= cc
+WERROR ?= 1
+FUZZ_SECONDS ?= 20
+NOMOAT_SHARED ?= $(abspath ../shared)
+export NOMOAT_SHARED
+
+# Debian libraries we build on (see scripts/setup.sh for the packages).
+PKGS := jansson libpcre2-8
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS ?= -O2 -g
+WARN := -Wall -Wextra -Wshadow -Wno-unused-parameter
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) -Iinclude -Isrc
+ifeq ($(SAN),1)
+ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SAN_LDFLAGS := -fsanitize=address,undefined
+endif
+LDLIBS := -lm -pthread
+
+LIB_SRC := $(shell find src -name '*.c' | sort)
+TOOL_SRC := $(sort $(wildcard tools/*.c))
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+EXAMPLE_BIN := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+
+.PHONY: all lib tool tests examples test check demo fuzz install clean setup
+all: lib tool examples
+
+lib: $(BUILD)/libnomoat.a $(BUILD)/libnomoat.so $(BUILD)/nomoat.pc
+tool: $(BUILD)/nomoat
+tests: $(TEST_BIN)
+examples: $(EXAMPLE_BIN)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libnomoat.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libnomoat.so: $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libnomoat.so.0 $(SAN_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
+
+$(BUILD)/nomoat.pc: nomoat.pc.in include/nomoat.h
+	@mkdir -p $(BUILD)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define NM_VERSION_STRING "\(.*\)"/\1/p' include/nomoat.h)|g' \
+	    -e 's|@PRIVATE_LIBS@|$(PKG_LIBS) $(LDLIBS)|g' $< > $@
+
+$(BUILD)/nomoat: $(TOOL_OBJ) $(BUILD)/libnomoat.a
+	$(CC) $(SAN_LDFLAGS) -o $@ $(TOOL_OBJ) $(BUILD)/libnomoat.a $(PKG_LIBS) $(LDLIBS)
+
+$(BUILD)/obj/tests/testlib.o: tests/testlib.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(BUILD)/obj/tests/testlib.o $(BUILD)/libnomoat.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN_LDFLAGS) -o $@ $< $(BUILD)/obj/tests/testlib.o $(BUILD)/libnomoat.a $(PKG_LIBS) $(LDLIBS)
+
+$(BUILD)/examples/%: $(BUILD)/obj/examples/%.o $(BUILD)/libnomoat.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN_LDFLAGS) -o $@ $< $(BUILD)/libnomoat.a $(PKG_LIBS) $(LDLIBS)
+
+# ---- the two commands of the README ----
+test:
+ifeq ($(SAN),1)
+	scripts/setup.sh
+	$(MAKE) --no-print-directory SAN=1 BUILD=$(BUILD) all tests
+	scripts/run-tests.sh $(BUILD)
+else
+	scripts/setup.sh
+	scripts/test-all.sh
+endif
+
+check: all tests
+	scripts/run-tests.sh $(BUILD)
+
+demo:
+	scripts/setup.sh
+	$(MAKE) --no-print-directory all
+	scripts/demo.sh $(BUILD)
+
+setup:
+	scripts/setup.sh
+
+# ---- fuzzing (clang + libFuzzer) ----
+FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Isrc -fsanitize=fuzzer,address,undefined
+build-fuzz/%: fuzz/%.c $(LIB_SRC) $(shell find src -name '*.h')
+	@mkdir -p build-fuzz
+	clang $(FUZZ_FLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS) -lm -pthread
+fuzz: $(FUZZ_BIN)
+	scripts/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 755 $(BUILD)/nomoat $(DESTDIR)$(PREFIX)/bin/nomoat
+	install -m 644 $(BUILD)/libnomoat.a $(DESTDIR)$(PREFIX)/lib/libnomoat.a
+	install -m 755 $(BUILD)/libnomoat.so $(DESTDIR)$(PREFIX)/lib/libnomoat.so.0
+	ln -sf libnomoat.so.0 $(DESTDIR)$(PREFIX)/lib/libnomoat.so
+	install -m 644 include/nomoat.h $(DESTDIR)$(PREFIX)/include/nomoat.h
+	install -m 644 $(BUILD)/nomoat.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/nomoat.pc
+
+clean:
+	rm -rf build build-san build-fuzz build-*
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

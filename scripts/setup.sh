@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# setup.sh - install the Debian packages nomoat builds and tests with, if any
+# are missing.  Safe to run again: it does nothing when all are present.
+set -euo pipefail
+
+PKGS=(
+  gcc make pkg-config             # the build
+  libjansson-dev                  # JSON (metadata, golden files, server)
+  libpcre2-dev                    # Unicode regexes for BPE pre-tokenizers
+  clang libclang-rt-14-dev        # libFuzzer and sanitizer runtimes
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "setup: installing missing Debian packages: ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: not root; run: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+if ! apt-get install -y --no-install-recommends "${missing[@]}"; then
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,36 @@
+/*
+ * cli.h - what the subcommands of the nomoat tool share.  Each tools/X.c is
+ * one subcommand: it parses its arguments and calls into the library; the
+ * work itself lives under src/.  To add a command: write tools/NAME.c with
+ * `int cmd_NAME(int argc, char **argv)`, declare it below and add one row to
+ * the table in tools/main.c.
+ */
+#ifndef NM_CLI_H
+#define NM_CLI_H
+
+#include "nomoat.h"
+
+#include <stdio.h>
+
+/* argv[0] is the command name; return the process exit status:
+ * 0 success, 1 failure, 2 usage error. */
+int cmd_info(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_new(int argc, char **argv);
+
+/* A logger that writes "nomoat: warning: ..." lines to stderr. */
+nm_log cli_logger(bool verbose);
+/* Prints "nomoat: error: <msg>" and returns 1. */
+int cli_fail(const nm_err *err);
+/* Prints "nomoat CMD: <msg>" and a hint to --help; returns 2. */
+int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool cli_is_help(const char *arg);
+/* For options with a value: returns argv[++*i] or NULL (after printing a
+ * usage error) when the value is missing. */
+const char *cli_value(int argc, char **argv, int *i);
+/* Strict number parsing: the whole string must be a number in range. */
+bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
+bool cli_parse_u64(const char *s, uint64_t *out);
+bool cli_parse_f64(const char *s, double *out);
+
+#endif

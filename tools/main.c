@@ -1,0 +1,56 @@
+/* main.c - the nomoat command: dispatches to one subcommand per file. */
+#include "cli.h"
+
+#include <string.h>
+
+typedef struct command {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+} command;
+
+static const command COMMANDS[] = {
+    {"info", "show a GGUF file: architecture, hyper-parameters, tokenizer, tensors", cmd_info},
+    {"convert", "rewrite a GGUF (optionally changing weight types) or import a llama2.c checkpoint", cmd_convert},
+};
+#define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "nomoat %s - run, fine-tune, stack, merge, distil and serve LLaMA-family models on a CPU\n\n"
+            "usage: nomoat <command> [options]    (nomoat <command> --help for its options)\n\n"
+            "commands:\n",
+            nm_version());
+    for (size_t i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-12s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+    fprintf(f, "  %-12s %s\n", "help", "this list, or 'nomoat help COMMAND' for one command");
+    fprintf(f, "\noptions: --version, --help\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *name = argv[1];
+    if (strcmp(name, "--version") == 0 || strcmp(name, "-V") == 0 || strcmp(name, "version") == 0) {
+        printf("nomoat %s\n", nm_version());
+        return 0;
+    }
+    if (cli_is_help(name) || strcmp(name, "help") == 0) {
+        if (strcmp(name, "help") == 0 && argc >= 3) {
+            for (size_t i = 0; i < N_COMMANDS; i++)
+                if (strcmp(COMMANDS[i].name, argv[2]) == 0) {
+                    char *hargv[] = {argv[2], "--help", NULL};
+                    return COMMANDS[i].run(2, hargv);
+                }
+            fprintf(stderr, "nomoat: unknown command '%s'\n", argv[2]);
+            return 2;
+        }
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(COMMANDS[i].name, name) == 0) return COMMANDS[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "nomoat: unknown command '%s' (see 'nomoat help')\n", name);
+    return 2;
+}
