@@ -112,12 +112,16 @@ setup:
 
 # ---- fuzzing (clang + libFuzzer) ----
 FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
+# fuzz/seeds-NAME.sh SHARED CORPUS (optional) fills a target's seed corpus.
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Isrc -fsanitize=fuzzer,address,undefined
 build-fuzz/%: fuzz/%.c $(LIB_SRC) $(shell find src -name '*.h')
 	@mkdir -p build-fuzz
 	clang $(FUZZ_FLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS) -lm -pthread
-fuzz: $(FUZZ_BIN)
+build-fuzz/make_seeds: fuzz/make_seeds.c $(LIB_SRC) $(shell find src -name '*.h')
+	@mkdir -p build-fuzz
+	$(CC) -std=c11 -D_GNU_SOURCE -O1 -Iinclude -Isrc $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS) -lm -pthread
+fuzz: $(FUZZ_BIN) build-fuzz/make_seeds
 	scripts/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
 
 install: all

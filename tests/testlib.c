@@ -31,6 +31,10 @@ bool nm_test_check(nm_test *t, bool cond, const char *file, int line, const char
     return false;
 }
 
+bool nm_test_check_ok(nm_test *t, nm_status st, const nm_err *err, const char *file, int line) {
+    return nm_test_check(t, st == NM_OK, file, line, "status %d (%s): %s", (int)st, nm_status_str(st), err->msg);
+}
+
 void nm_test_run(const char *name, nm_test_fn fn) {
     nm_test t = {name, 0};
     fn(&t);

@@ -28,8 +28,9 @@ bool nm_test_check(nm_test *t, bool cond, const char *file, int line, const char
 /* The assertion macros only add file and line to a function call. */
 #define CHECK(t, cond) nm_test_check((t), (cond), __FILE__, __LINE__, "%s", #cond)
 #define CHECKF(t, cond, ...) nm_test_check((t), (cond), __FILE__, __LINE__, __VA_ARGS__)
-#define CHECK_OK(t, st, err) \
-    nm_test_check((t), (st) == NM_OK, __FILE__, __LINE__, "status %d: %s", (int)(st), (err).msg)
+/* st is evaluated once (it is often the call under test). */
+#define CHECK_OK(t, st, err) nm_test_check_ok((t), (st), &(err), __FILE__, __LINE__)
+bool nm_test_check_ok(nm_test *t, nm_status st, const nm_err *err, const char *file, int line);
 
 /* Path to a file under the shared fixtures folder ($NOMOAT_SHARED, default
  * ../shared).  Returns a static buffer per call slot (use it right away). */
