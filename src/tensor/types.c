@@ -163,7 +163,7 @@ size_t nm_type_row_bytes(nm_type t, int64_t n) {
     const nm_type_traits *tr = nm_type_traits_get(t);
     if (!tr || n < 0 || n % tr->blck_size != 0) return 0;
     uint64_t r;
-    if (__builtin_mul_overflow((uint64_t)(n / tr->blck_size), (uint64_t)tr->type_size, &r)) return 0;
+    if (__builtin_mul_overflow((uint64_t)(n / tr->blck_size), (uint64_t)tr->type_size, &r) || r > SIZE_MAX) return 0;
     return (size_t)r;
 }
 
