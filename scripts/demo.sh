@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# demo.sh BUILD - the main job on the one real model, end to end, as far as
+# nomoat goes today.  `make demo` runs it after set-up and build.
+set -euo pipefail
+BUILD=${1:-build}
+cd "$(dirname "$0")/.."
+SHARED=${NOMOAT_SHARED:-$(cd .. && pwd)/shared}
+NM="$BUILD/nomoat"
+OUT=${DEMO_OUT:-$BUILD/demo}
+mkdir -p "$OUT"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1. Import the llama2.c checkpoint and its tokenizer into GGUF"
+"$NM" convert "$SHARED/models/stories260K.bin" --tokenizer "$SHARED/models/tok512.bin" -o "$OUT/stories260K.gguf"
+
+step "2. Inspect it"
+"$NM" info "$OUT/stories260K.gguf" | head -n 24
+
+step "3. Round trip: rewriting the reference GGUF gives the same bytes"
+"$NM" convert "$SHARED/models/stories260K.gguf" -o "$OUT/roundtrip.gguf"
+cmp "$SHARED/models/stories260K.gguf" "$OUT/roundtrip.gguf" && echo "byte-identical"
+
+step "4. Quantize the weights to Q8_0 (rows that do not fit 32-blocks stay F32)"
+"$NM" convert "$OUT/stories260K.gguf" --type q8_0 -o "$OUT/stories260K-q8_0.gguf" 2>&1 | tail -n 1
+ls -l "$OUT/stories260K.gguf" "$OUT/stories260K-q8_0.gguf" | awk '{print $5, $9}'
+
+echo
+echo "demo finished; files are in $OUT"
