@@ -273,6 +273,14 @@ nm_status nm_gguf_writer_add_tensor(nm_gguf_writer *w, const char *name, nm_type
 nm_status nm_gguf_writer_add_tensor_owned(nm_gguf_writer *w, const char *name, nm_type type,
                                           uint32_t n_dims, const int64_t *ne,
                                           void *data, uint64_t nbytes, nm_err *err);
+/* Produces a tensor's bytes when the file is written: fill(user, index,
+ * buf, nbytes, err) must write exactly nbytes into buf.  index is the
+ * tensor's position in the file.  Lets big files be written with memory for
+ * one tensor at a time. */
+typedef nm_status (*nm_gguf_fill_fn)(void *user, size_t index, void *buf, uint64_t nbytes, nm_err *err);
+nm_status nm_gguf_writer_add_tensor_fn(nm_gguf_writer *w, const char *name, nm_type type, uint32_t n_dims,
+                                       const int64_t *ne, uint64_t nbytes, nm_gguf_fill_fn fill, void *user,
+                                       nm_err *err);
 nm_status nm_gguf_writer_write(nm_gguf_writer *w, const char *path, nm_err *err);
 
 /* Copies every key and tensor of g into a new writer (same version and key

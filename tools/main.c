@@ -12,6 +12,7 @@ typedef struct command {
 static const command COMMANDS[] = {
     {"info", "show a GGUF file: architecture, hyper-parameters, tokenizer, tensors", cmd_info},
     {"convert", "rewrite a GGUF (optionally changing weight types) or import a llama2.c checkpoint", cmd_convert},
+    {"new", "write a LLaMA model with random weights (benchmarks, training from scratch)", cmd_new},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

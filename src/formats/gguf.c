@@ -617,6 +617,8 @@ typedef struct wtensor {
     const void *data;
     void *owned;
     uint64_t nbytes;
+    nm_gguf_fill_fn fill; /* produces the data at write time when data is NULL */
+    void *fill_user;
 } wtensor;
 
 struct nm_gguf_writer {
@@ -819,6 +821,17 @@ nm_status nm_gguf_writer_add_tensor(nm_gguf_writer *w, const char *name, nm_type
     return add_tensor(w, name, type, n_dims, ne, data, NULL, nbytes, err);
 }
 
+nm_status nm_gguf_writer_add_tensor_fn(nm_gguf_writer *w, const char *name, nm_type type, uint32_t n_dims,
+                                       const int64_t *ne, uint64_t nbytes, nm_gguf_fill_fn fill, void *user,
+                                       nm_err *err) {
+    nm_status st = add_tensor(w, name, type, n_dims, ne, NULL, NULL, nbytes, err);
+    if (!st) {
+        w->t[w->n_t - 1].fill = fill;
+        w->t[w->n_t - 1].fill_user = user;
+    }
+    return st;
+}
+
 nm_status nm_gguf_writer_add_tensor_owned(nm_gguf_writer *w, const char *name, nm_type type, uint32_t n_dims,
                                           const int64_t *ne, void *data, uint64_t nbytes, nm_err *err) {
     nm_status st = add_tensor(w, name, type, n_dims, ne, data, data, nbytes, err);
@@ -886,9 +899,25 @@ nm_status nm_gguf_writer_write(nm_gguf_writer *w, const char *path, nm_err *err)
     }
     st = nm_atomic_write(&af, h.data, h.len, err);
     nm_buf_deinit(&h);
+    /* Tensors produced at write time share one buffer: peak memory is the
+     * largest of them, not the file. */
+    uint64_t fill_max = 0;
+    for (size_t i = 0; i < w->n_t; i++)
+        if (w->t[i].fill && w->t[i].nbytes > fill_max) fill_max = w->t[i].nbytes;
+    void *fill_buf = NULL;
+    if (!st && fill_max) {
+        fill_buf = fill_max <= SIZE_MAX ? malloc((size_t)fill_max) : NULL;
+        if (!fill_buf) st = nm_err_set(err, NM_ERR_NOMEM, "%s: out of memory (%llu bytes)", path,
+                                       (unsigned long long)fill_max);
+    }
     for (size_t i = 0; i < w->n_t && !st; i++) {
         const wtensor *t = &w->t[i];
-        st = nm_atomic_write(&af, t->data, (size_t)t->nbytes, err);
+        const void *data = t->data;
+        if (t->fill) {
+            st = t->fill(t->fill_user, i, fill_buf, t->nbytes, err);
+            data = fill_buf;
+        }
+        if (!st) st = nm_atomic_write(&af, data, (size_t)t->nbytes, err);
         size_t tp = (size_t)(nm_align_up(t->nbytes, align) - t->nbytes);
         while (!st && tp > 0) {
             size_t k = tp < sizeof zeros ? tp : sizeof zeros;
@@ -896,6 +925,7 @@ nm_status nm_gguf_writer_write(nm_gguf_writer *w, const char *path, nm_err *err)
             tp -= k;
         }
     }
+    free(fill_buf);
     if (st) {
         nm_atomic_abort(&af);
         return st;

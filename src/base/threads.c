@@ -1,0 +1,174 @@
+/* threads.c - the persistent thread pool (see threads.h).
+ *
+ * Hand-off protocol: the caller publishes (fn, arg), sets `pending` to the
+ * number of workers and bumps the generation counter `gen` (release).  A
+ * worker that sees a new generation (acquire) runs fn and decrements
+ * `pending`; the one that brings it to zero wakes the caller if it sleeps.
+ * Spinning first and sleeping after SPIN_ITERS keeps back-to-back regions
+ * cheap without burning a core while the pool is idle.  Both sleeps re-check
+ * their condition under the mutex, so no wake-up can be lost. */
+#include "threads.h"
+#include "base.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Waiting: PAUSE_ITERS busy polls (the next region usually comes within a
+ * microsecond), then polls that yield the CPU (when there are more threads
+ * than cores, the thread we wait for may need ours), then sleep. */
+enum { PAUSE_ITERS = 256, SPIN_ITERS = 4096 };
+
+typedef struct worker {
+    struct nm_pool *pool;
+    int ith;
+    pthread_t thread;
+} worker;
+
+struct nm_pool {
+    int n;            /* threads, the caller included */
+    worker *workers;  /* n - 1 of them                */
+    int n_started;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work; /* workers sleep here between regions   */
+    pthread_cond_t cv_done; /* the caller sleeps here inside a run  */
+
+    atomic_uint gen;
+    atomic_int pending;
+    atomic_bool quit;
+    nm_pool_fn fn;
+    void *arg;
+};
+
+static inline void cpu_relax(int iter) {
+    if (iter >= PAUSE_ITERS) {
+        sched_yield();
+        return;
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void *worker_main(void *p_) {
+    worker *w = p_;
+    nm_pool *p = w->pool;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        for (int spins = 0; g == seen && spins < SPIN_ITERS; spins++) {
+            cpu_relax(spins);
+            g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&p->mu);
+            while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen)
+                pthread_cond_wait(&p->cv_work, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        seen = g;
+        if (atomic_load_explicit(&p->quit, memory_order_acquire)) return NULL;
+        p->fn(p->arg, w->ith, p->n);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+}
+
+int nm_cpu_count(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static void wake_all(nm_pool *p) {
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_acq_rel);
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+}
+
+nm_status nm_pool_new(int n_threads, nm_pool **out, nm_err *err) {
+    *out = NULL;
+    if (n_threads < 1 || n_threads > 1024)
+        return nm_err_set(err, NM_ERR_ARG, "thread count %d is outside 1..1024", n_threads);
+    nm_pool *p = nm_calloc(1, sizeof *p);
+    if (!p) return nm_err_set(err, NM_ERR_NOMEM, "out of memory for a thread pool");
+    p->n = n_threads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv_work, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
+    atomic_init(&p->gen, 0);
+    atomic_init(&p->pending, 0);
+    atomic_init(&p->quit, false);
+    if (n_threads > 1) {
+        p->workers = nm_calloc((size_t)n_threads - 1, sizeof *p->workers);
+        if (!p->workers) {
+            nm_pool_free(p);
+            return nm_err_set(err, NM_ERR_NOMEM, "out of memory for a thread pool");
+        }
+        for (int i = 0; i < n_threads - 1; i++) {
+            p->workers[i].pool = p;
+            p->workers[i].ith = i + 1;
+            int rc = pthread_create(&p->workers[i].thread, NULL, worker_main, &p->workers[i]);
+            if (rc != 0) {
+                nm_pool_free(p);
+                return nm_err_set(err, NM_ERR_INTERNAL, "cannot start thread %d of %d: %s", i + 2, n_threads,
+                                  strerror(rc));
+            }
+            p->n_started++;
+        }
+    }
+    *out = p;
+    return NM_OK;
+}
+
+void nm_pool_free(nm_pool *p) {
+    if (!p) return;
+    if (p->n_started > 0) {
+        atomic_store_explicit(&p->quit, true, memory_order_release);
+        wake_all(p);
+        for (int i = 0; i < p->n_started; i++) pthread_join(p->workers[i].thread, NULL);
+    }
+    pthread_cond_destroy(&p->cv_done);
+    pthread_cond_destroy(&p->cv_work);
+    pthread_mutex_destroy(&p->mu);
+    free(p->workers);
+    free(p);
+}
+
+int nm_pool_size(const nm_pool *p) { return p ? p->n : 1; }
+
+void nm_pool_run(nm_pool *p, nm_pool_fn fn, void *arg) {
+    if (!p || p->n == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->arg = arg;
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    wake_all(p);
+    fn(arg, 0, p->n);
+    int spins = 0;
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {
+        if (++spins < SPIN_ITERS) {
+            cpu_relax(spins);
+            continue;
+        }
+        pthread_mutex_lock(&p->mu);
+        while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) pthread_cond_wait(&p->cv_done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
