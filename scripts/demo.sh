@@ -16,6 +16,9 @@ step "1. Import the llama2.c checkpoint and its tokenizer into GGUF"
 step "2. Inspect it"
 "$NM" info "$OUT/stories260K.gguf" | head -n 24
 
+step "2b. The import equals llama.cpp's conversion of the same checkpoint, byte for byte"
+cmp "$SHARED/models/stories260K.gguf" "$OUT/stories260K.gguf" && echo "byte-identical to ../shared/models/stories260K.gguf"
+
 step "3. Round trip: rewriting the reference GGUF gives the same bytes"
 "$NM" convert "$SHARED/models/stories260K.gguf" -o "$OUT/roundtrip.gguf"
 cmp "$SHARED/models/stories260K.gguf" "$OUT/roundtrip.gguf" && echo "byte-identical"
