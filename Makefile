@@ -25,7 +25,7 @@ NOMOAT_SHARED ?= $(abspath ../shared)
 export NOMOAT_SHARED
 
 # Debian libraries we build on (see scripts/setup.sh for the packages).
-PKGS := jansson libpcre2-8
+PKGS := jansson libpcre2-8 libmicrohttpd
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -88,6 +88,12 @@ $(BUILD)/examples/%: $(BUILD)/obj/examples/%.o $(BUILD)/libnomoat.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN_LDFLAGS) -o $@ $< $(BUILD)/libnomoat.a $(PKG_LIBS) $(LDLIBS)
 
+# ---- serve: the chat page is embedded with .incbin (src/serve/page.c) ----
+# The compiler does not list .incbin files in its dependency output, so the
+# object depends on the page explicitly.
+$(BUILD)/obj/src/serve/page.o: src/serve/page.html
+# ---- end serve ----
+
 # ---- the two commands of the README ----
 test:
 ifeq ($(SAN),1)
@@ -111,18 +117,27 @@ setup:
 	scripts/setup.sh
 
 # ---- fuzzing (clang + libFuzzer) ----
-FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
+# The library is compiled again by clang with coverage instrumentation
+# (objects in build-fuzz/obj, so rebuilds are incremental); each
+# fuzz/fuzz_NAME.c becomes build-fuzz/fuzz_NAME.
 # fuzz/seeds-NAME.sh SHARED CORPUS (optional) fills a target's seed corpus.
+FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
-FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Isrc -fsanitize=fuzzer,address,undefined
-build-fuzz/%: fuzz/%.c $(LIB_SRC) $(shell find src -name '*.h')
-	@mkdir -p build-fuzz
-	clang $(FUZZ_FLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS) -lm -pthread
-build-fuzz/make_seeds: fuzz/make_seeds.c $(LIB_SRC) $(shell find src -name '*.h')
-	@mkdir -p build-fuzz
-	$(CC) -std=c11 -D_GNU_SOURCE -O1 -Iinclude -Isrc $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS) -lm -pthread
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Isrc -fsanitize=address,undefined
+FUZZ_OBJ := $(LIB_SRC:%.c=build-fuzz/obj/%.o)
+build-fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -MMD -MP -c $< -o $@
+build-fuzz/libnomoat-fuzz.a: $(FUZZ_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+build-fuzz/%: fuzz/%.c build-fuzz/libnomoat-fuzz.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $(PKG_CFLAGS) -o $@ $< build-fuzz/libnomoat-fuzz.a $(PKG_LIBS) -lm -pthread
+build-fuzz/make_seeds: fuzz/make_seeds.c build-fuzz/libnomoat-fuzz.a
+	clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ $< build-fuzz/libnomoat-fuzz.a $(PKG_LIBS) -lm -pthread
 fuzz: $(FUZZ_BIN) build-fuzz/make_seeds
 	scripts/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
+-include $(shell find build-fuzz/obj -name '*.d' 2>/dev/null)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

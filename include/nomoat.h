@@ -318,6 +318,840 @@ typedef struct nm_new_params {
 nm_status nm_model_new_random(const nm_new_params *p, const char *out_path,
                               const nm_log *log, nm_err *err);
 
+/* ------------------------------------------------------------------------ */
+/* Tokenizer (src/text): SentencePiece-style and byte-level BPE, from the   */
+/* tokenizer.ggml.* metadata of a GGUF file                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct nm_vocab nm_vocab;
+
+/* Builds the tokenizer described by g's tokenizer.ggml.* keys.  The vocab
+ * copies what it needs: g may be freed afterwards.  log receives warnings
+ * (e.g. an unknown pre-tokenizer type). */
+nm_status nm_vocab_from_gguf(const nm_gguf *g, nm_vocab **out, const nm_log *log, nm_err *err);
+void nm_vocab_free(nm_vocab *v);
+
+int32_t nm_vocab_n_tokens(const nm_vocab *v);
+int32_t nm_vocab_bos(const nm_vocab *v); /* -1 when the vocabulary has none */
+int32_t nm_vocab_eos(const nm_vocab *v);
+int32_t nm_vocab_eot(const nm_vocab *v);
+int32_t nm_vocab_pad(const nm_vocab *v);
+bool nm_vocab_add_bos(const nm_vocab *v); /* tokenizer.ggml.add_bos_token or the model default */
+bool nm_vocab_add_eos(const nm_vocab *v);
+/* End of generation: EOS, EOT and other end-of-turn control tokens. */
+bool nm_vocab_is_eog(const nm_vocab *v, int32_t id);
+bool nm_vocab_is_control(const nm_vocab *v, int32_t id);
+/* The raw token text as stored in the vocabulary (e.g. "\xe2\x96\x81the"). */
+const char *nm_vocab_token_text(const nm_vocab *v, int32_t id);
+
+/* Tokenizes text[0..len).  add_special: add BOS/EOS as the vocabulary's
+ * flags say.  parse_special: recognise special/control token texts in the
+ * input (otherwise they are ordinary text).  *ids is malloc()ed. */
+nm_status nm_tokenize(const nm_vocab *v, const char *text, size_t len, bool add_special, bool parse_special,
+                      int32_t **ids, size_t *n_ids, nm_err *err);
+/* The bytes of one token as they appear in text (SentencePiece space marks
+ * become spaces, byte tokens their byte, BPE bytes are unmapped).  Control
+ * tokens give "" unless special is true.  Returns the length written (not
+ * NUL-terminated) or, if cap is too small, minus the length needed. */
+int32_t nm_token_to_piece(const nm_vocab *v, int32_t id, char *buf, size_t cap, bool special);
+/* Concatenated pieces of ids, with the leading space that SentencePiece adds
+ * removed when remove_leading_space.  *out is malloc()ed, NUL-terminated. */
+nm_status nm_detokenize(const nm_vocab *v, const int32_t *ids, size_t n, bool remove_leading_space, bool special,
+                        char **out, size_t *out_len, nm_err *err);
+
+/* Streaming detokenizer: feed ids one by one, get text that is safe to
+ * print (a UTF-8 character split across tokens is held back until whole). */
+typedef struct nm_detok_stream {
+    const nm_vocab *vocab;
+    char pending[16];
+    size_t n_pending;
+    bool first;        /* no text emitted yet (for the leading space rule) */
+    bool special;
+} nm_detok_stream;
+/* Starts with first = true: like nm_detokenize(remove_leading_space), the
+ * SentencePiece space before the first text (and after special tokens) is
+ * dropped.  To stream a continuation of text already printed (generated
+ * tokens after a prompt), set s->first = false after init. */
+void nm_detok_stream_init(nm_detok_stream *s, const nm_vocab *v, bool special);
+/* Appends the printable bytes for id to buf (cap bytes); returns the count
+ * written, or a negative value if cap is too small (nothing consumed). */
+int32_t nm_detok_stream_push(nm_detok_stream *s, int32_t id, char *buf, size_t cap);
+/* Whatever remains (an incomplete character is emitted as U+FFFD). */
+int32_t nm_detok_stream_flush(nm_detok_stream *s, char *buf, size_t cap);
+
+/* ------------------------------------------------------------------------ */
+/* Sampling (src/generate): next-token choice as llama.cpp's default chain  */
+/* does it, and stop strings                                                */
+/* ------------------------------------------------------------------------ */
+
+/* Added to one token's logit before anything else (-INFINITY bans it). */
+typedef struct nm_logit_bias {
+    int32_t token;
+    float bias;
+} nm_logit_bias;
+
+/* NM_SEED_RANDOM asks nm_sampler_new for a fresh seed (nm_sampler_seed
+ * tells which one it took). */
+#define NM_SEED_RANDOM UINT64_MAX
+
+/* The steps run in this order, each one off at its neutral value:
+ *   1. logit bias          logit[t] += bias
+ *   2. penalties           over the last penalty_last_n accepted tokens, a
+ *                          token seen count > 0 times gets: logit /= repeat
+ *                          if logit > 0 else logit *= repeat; then
+ *                          logit -= count * frequency + presence
+ *   3. top-k               keep the k most likely (k <= 0: off)
+ *   4. top-p               keep the smallest most-likely set whose
+ *                          probability reaches p (p >= 1: off)
+ *   5. min-p               keep tokens with prob >= min_p * max prob (<= 0: off)
+ *   6. temperature         logits / T, then a seeded draw from their softmax;
+ *                          T <= 0: greedy (the argmax after steps 1-2)
+ * Probabilities in 4 and 5 are taken before the temperature, as llama.cpp's
+ * chain does.  At least one token always survives 3-5. */
+typedef struct nm_sampler_params {
+    float temperature;       /* default 0.8 */
+    int32_t top_k;           /* default 40 */
+    float top_p;             /* default 0.95 */
+    float min_p;             /* default 0.05 */
+    float repeat_penalty;    /* default 1.0 (off) */
+    float frequency_penalty; /* default 0.0 */
+    float presence_penalty;  /* default 0.0 */
+    int32_t penalty_last_n;  /* default 64; 0: penalties off */
+    uint64_t seed;           /* default NM_SEED_RANDOM */
+    /* Copied by nm_sampler_new; the caller keeps ownership. */
+    const nm_logit_bias *logit_bias;
+    size_t n_logit_bias;
+    /* Stop strings: not used by the sampler itself, carried here so one
+     * struct describes a generation (see nm_stop_find). */
+    const char *const *stop;
+    size_t n_stop;
+} nm_sampler_params;
+
+nm_sampler_params nm_sampler_params_default(void);
+
+typedef struct nm_sampler nm_sampler;
+
+/* Checks the parameters (NM_ERR_ARG names the bad one: a bias token outside
+ * [0, n_vocab) or +inf/NaN, a negative top_p, min_p outside [0, 1], a
+ * repeat penalty <= 0, a negative penalty_last_n...) and allocates every
+ * buffer sampling needs, so sampling never allocates. */
+nm_status nm_sampler_new(const nm_sampler_params *p, int32_t n_vocab, nm_sampler **out, nm_err *err);
+void nm_sampler_free(nm_sampler *s);
+/* Picks the next token from logits[0..n_vocab).  NaN logits count as
+ * -INFINITY.  Returns -1 only when every token is banned (all -INFINITY). */
+int32_t nm_sampler_sample(nm_sampler *s, const float *logits);
+/* Records a token of the text (prompt or generated) for the penalties. */
+void nm_sampler_accept(nm_sampler *s, int32_t id);
+/* Forgets the history and restarts the random sequence from the seed. */
+void nm_sampler_reset(nm_sampler *s);
+/* The seed in use (the drawn one when the params said NM_SEED_RANDOM). */
+uint64_t nm_sampler_seed(const nm_sampler *s);
+
+/* Stop strings while streaming.  text[0..len) is everything generated so
+ * far.  Returns true if some non-empty stop string occurs in it; then
+ * *stop_at is where the earliest occurrence starts (the answer is
+ * text[0..*stop_at)).  *safe_len (may be NULL) is how many bytes can be
+ * printed now: up to the stop string if one was found, otherwise len minus
+ * the longest tail that could still grow into a stop string. */
+bool nm_stop_find(const char *text, size_t len, const char *const *stops, size_t n_stops,
+                  size_t *stop_at, size_t *safe_len);
+
+/* ------------------------------------------------------------------------ */
+/* Chat templates (src/text/chat_template.c): a conversation rendered into  */
+/* a prompt the way llama.cpp's llama_chat_apply_template renders it        */
+/* ------------------------------------------------------------------------ */
+
+typedef enum nm_chat_template {
+    NM_CHAT_TEMPLATE_UNKNOWN = 0,
+    NM_CHAT_TEMPLATE_CHATML,
+    NM_CHAT_TEMPLATE_LLAMA2,           /* [INST] ... [/INST], system as plain text */
+    NM_CHAT_TEMPLATE_LLAMA2_SYS,       /* with <<SYS>> */
+    NM_CHAT_TEMPLATE_LLAMA2_SYS_BOS,   /* with <<SYS>> and <s> before later turns */
+    NM_CHAT_TEMPLATE_LLAMA2_SYS_STRIP, /* with <<SYS>>, contents trimmed */
+    NM_CHAT_TEMPLATE_MISTRAL_V1,
+    NM_CHAT_TEMPLATE_MISTRAL_V3,
+    NM_CHAT_TEMPLATE_MISTRAL_V3_TEKKEN,
+    NM_CHAT_TEMPLATE_MISTRAL_V7,
+    NM_CHAT_TEMPLATE_MISTRAL_V7_TEKKEN,
+    NM_CHAT_TEMPLATE_LLAMA3,
+    NM_CHAT_TEMPLATE_LLAMA4,
+    NM_CHAT_TEMPLATE_PHI3,
+    NM_CHAT_TEMPLATE_PHI4,
+    NM_CHAT_TEMPLATE_ZEPHYR,
+    NM_CHAT_TEMPLATE_TINYLLAMA,        /* zephyr's format with </s> (TinyLlama-Chat, zephyr-7b-beta) */
+    NM_CHAT_TEMPLATE_FALCON3,
+    NM_CHAT_TEMPLATE_GEMMA,
+    NM_CHAT_TEMPLATE_MONARCH,
+    NM_CHAT_TEMPLATE_ORION,
+    NM_CHAT_TEMPLATE_OPENCHAT,
+    NM_CHAT_TEMPLATE_VICUNA,
+    NM_CHAT_TEMPLATE_VICUNA_ORCA,
+    NM_CHAT_TEMPLATE_DEEPSEEK,
+    NM_CHAT_TEMPLATE_DEEPSEEK2,
+    NM_CHAT_TEMPLATE_DEEPSEEK3,
+    NM_CHAT_TEMPLATE_COMMAND_R,
+    NM_CHAT_TEMPLATE_CHATGLM3,
+    NM_CHAT_TEMPLATE_CHATGLM4,
+    NM_CHAT_TEMPLATE_GLMEDGE,
+    NM_CHAT_TEMPLATE_MINICPM,
+    NM_CHAT_TEMPLATE_EXAONE3,
+    NM_CHAT_TEMPLATE_GRANITE,
+    NM_CHAT_TEMPLATE_MEGREZ,
+    NM_CHAT_TEMPLATE_BAILING,
+    NM_CHAT_TEMPLATE_COUNT
+} nm_chat_template;
+
+/* What a model without tokenizer.chat_template gets (docs/CHAT.md). */
+#define NM_CHAT_TEMPLATE_DEFAULT NM_CHAT_TEMPLATE_CHATML
+
+typedef struct nm_chat_msg {
+    const char *role;    /* "system", "user", "assistant" (others pass through) */
+    const char *content;
+} nm_chat_msg;
+
+/* By name: llama.cpp's names ("chatml", "llama2", "llama3", "phi3",
+ * "gemma", "zephyr", "mistral-v7"...) and the aliases "llama-2", "llama-3",
+ * "phi-3", "mistral" (= mistral-v1).  UNKNOWN if none. */
+nm_chat_template nm_chat_template_from_name(const char *name);
+/* The canonical name, or NULL for UNKNOWN / out of range. */
+const char *nm_chat_template_name(nm_chat_template t);
+/* From the Jinja text of tokenizer.chat_template: a known name is taken as
+ * such, otherwise llama.cpp's substring heuristics ("<|im_start|>" ->
+ * chatml, "[INST]" -> llama2/mistral variants, "<|start_header_id|>" ->
+ * llama3, ...).  UNKNOWN if nothing matches (NULL gives UNKNOWN too). */
+nm_chat_template nm_chat_template_detect(const char *jinja);
+/* The template of a model file: detected from tokenizer.chat_template,
+ * NM_CHAT_TEMPLATE_DEFAULT when the key is absent, UNKNOWN when it is there
+ * but not recognised. */
+nm_chat_template nm_chat_template_of_gguf(const nm_gguf *g);
+/* Renders msgs[0..n) into *out (malloc()ed, NUL-terminated).  With
+ * add_assistant_prefix the text ends with the opening of an assistant turn
+ * (e.g. "<|im_start|>assistant\n") for templates that have one.  No BOS is
+ * written: tokenize the prompt with add_special so the vocabulary adds it.
+ * Special-token texts in the result (e.g. "<|im_end|>") are meant to be
+ * tokenized with parse_special. */
+nm_status nm_chat_render(nm_chat_template tmpl, const nm_chat_msg *msgs, size_t n, bool add_assistant_prefix,
+                         char **out, nm_err *err);
+
+/* ------------------------------------------------------------------------ */
+/* Model and inference (src/model): the LLaMA family as GGUF describes it   */
+/* ------------------------------------------------------------------------ */
+/*
+ * Supported: general.architecture "llama" (LLaMA 1/2/3, Mistral, SmolLM,
+ * TinyLlama... - they differ only in metadata) and "qwen2" (q/k/v biases,
+ * NeoX-style RoPE).  Weights stay memory-mapped in their stored type (F32,
+ * F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K); matrix products
+ * run on the stored blocks.  The KV cache is F16 (as llama.cpp) or F32.
+ *
+ * Typical use (see examples/simple.c):
+ *   nm_model_load -> nm_context_new -> nm_tokenize(nm_model_vocab(m), ...)
+ *   -> nm_decode(prompt) -> loop { nm_sampler_sample(nm_get_logits) ->
+ *   nm_decode(1 token) } -> nm_context_free -> nm_model_free.
+ */
+
+typedef struct nm_model nm_model;
+typedef struct nm_context nm_context;
+
+typedef struct nm_model_info {
+    const char *arch;         /* general.architecture, owned by the model */
+    int32_t n_vocab;          /* rows of the token embedding              */
+    int32_t n_ctx_train;      /* context length the model was trained for */
+    int32_t n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    int32_t n_rot;            /* RoPE dimensions per head                 */
+    float norm_eps, rope_freq_base, rope_freq_scale;
+    bool tied_output;         /* no output.weight: the embedding is reused */
+    uint64_t n_params;        /* elements of all tensors                  */
+    uint64_t weight_bytes;    /* bytes of tensor data (mapped, not copied) */
+} nm_model_info;
+
+/* Maps a GGUF model and checks every tensor the architecture needs (name,
+ * shape, type) before returning: an unsupported architecture, a missing
+ * tensor or a type without a kernel fails with a message naming it.  When
+ * the file has tokenizer.ggml.* keys the vocabulary is built too. */
+nm_status nm_model_load(const char *path, const nm_log *log, nm_model **out, nm_err *err);
+void nm_model_free(nm_model *m);
+void nm_model_get_info(const nm_model *m, nm_model_info *info);
+/* NULL when the file has no tokenizer. */
+const nm_vocab *nm_model_vocab(const nm_model *m);
+const nm_gguf *nm_model_gguf(const nm_model *m);
+
+typedef struct nm_context_params {
+    int32_t n_ctx;     /* KV cache length in tokens; 0: the training context
+                          capped at 4096                                      */
+    int32_t n_batch;   /* most tokens per forward pass (longer inputs are cut
+                          in batches); 0: min(n_ctx, 512)                      */
+    int32_t n_threads; /* 0: every CPU this process may run on               */
+    bool logits_all;   /* keep the logits of every token of a decode call, not
+                          just the last one (perplexity, training eval)       */
+    nm_type kv_type;   /* KV cache element type: NM_TYPE_F16 (the default of
+                          nm_context_default_params, as llama.cpp: half the
+                          memory; queries and attention weights are rounded to
+                          F16 as there) or NM_TYPE_F32 (= 0, exact attention) */
+} nm_context_params;
+nm_context_params nm_context_default_params(void);
+
+/* Allocates the KV cache and all scratch and starts the thread pool: after
+ * this, decoding allocates nothing.  The model must outlive the context;
+ * several contexts may share one model and decode concurrently (the model
+ * is read-only), but one context serves one caller at a time. */
+nm_status nm_context_new(const nm_model *m, const nm_context_params *p, nm_context **out, nm_err *err);
+void nm_context_free(nm_context *c);
+
+/* Runs the model on tokens[0..n) at positions n_past.. and advances n_past.
+ * Fails without changing anything with NM_ERR_RANGE when n_past + n exceeds
+ * n_ctx ("context full") and NM_ERR_ARG for a token id outside the
+ * vocabulary or (logits_all) n > n_batch. */
+nm_status nm_decode(nm_context *c, const int32_t *tokens, int32_t n, nm_err *err);
+/* n_vocab logits of the last token of the last successful decode call
+ * (NULL before the first).  Valid until the next decode. */
+const float *nm_get_logits(const nm_context *c);
+/* With logits_all: the logits of token i of the last decode call (NULL if
+ * out of range or logits_all is off). */
+const float *nm_get_logits_ith(const nm_context *c, int32_t i);
+int32_t nm_context_n_past(const nm_context *c);
+int32_t nm_context_n_ctx(const nm_context *c);
+int32_t nm_context_n_threads(const nm_context *c);
+/* Forgets every position >= n_past (0 clears the cache): a prompt that
+ * shares a prefix with the previous one only decodes the rest. */
+nm_status nm_context_truncate(nm_context *c, int32_t n_past, nm_err *err);
+/* Bytes the context allocated (KV cache + scratch + logits). */
+size_t nm_context_bytes(const nm_context *c);
+size_t nm_context_kv_bytes(const nm_context *c);
+
+/* Index of the largest of n logits (the first one on ties; NaN never wins). */
+int32_t nm_logits_argmax(const float *logits, int32_t n);
+
+/* Perplexity as llama.cpp's perplexity tool measures it: the tokens are cut
+ * into chunks of n_ctx (the context's size); each chunk starts with bos
+ * (replacing its first token; bos < 0: kept as is) and only its second half
+ * is scored, so every scored token sees at least n_ctx/2 tokens of context.
+ * Needs at least one whole chunk and a context made with logits_all and
+ * n_batch >= n_ctx (the cache is cleared).  progress (may be NULL) is
+ * called after each chunk. */
+typedef struct nm_perplexity_result {
+    double ppl;       /* exp(mean negative log-likelihood)                */
+    double ppl_se;    /* standard error of ppl (delta method)             */
+    double nll;       /* mean negative log-likelihood, nats per token     */
+    double nll_se;
+    int64_t n_scored;
+    int32_t n_chunks;
+} nm_perplexity_result;
+nm_status nm_perplexity(nm_context *c, const int32_t *tokens, size_t n_tokens, int32_t bos,
+                        nm_progress_fn progress, void *user, nm_perplexity_result *out, nm_err *err);
+
+/* ------------------------------------------------------------------------ */
+/* Training (src/train, src/formats/safetensors.c): LoRA and full           */
+/* fine-tuning, PEFT adapters, safetensors files                            */
+/* ------------------------------------------------------------------------ */
+
+/* ---- safetensors: 8-byte little-endian header length, a JSON header
+ * {"name": {"dtype", "shape", "data_offsets": [begin, end]}, ...,
+ * "__metadata__": {string: string}}, then the data.  The reader checks the
+ * header length, JSON validity (no duplicate keys), every dtype, that
+ * shape x dtype size equals each byte range, and that the ranges lie inside
+ * the file, do not overlap and cover the data section without holes. */
+#define NM_ST_MAX_DIMS 8
+
+typedef struct nm_st nm_st;
+
+typedef struct nm_st_tensor {
+    const char *name;  /* NUL-terminated, owned by the nm_st */
+    const char *dtype; /* "F32", "F16", "BF16", "F64", "I64", ... */
+    uint32_t n_dims;
+    int64_t shape[NM_ST_MAX_DIMS];
+    uint64_t offset, nbytes; /* within the data section */
+    const void *data;        /* inside the mapping (may be unaligned) */
+} nm_st_tensor;
+
+nm_status nm_st_open(const char *path, nm_st **out, nm_err *err);
+/* On a caller-owned buffer that outlives the nm_st; name is for messages. */
+nm_status nm_st_open_buffer(const void *buf, size_t size, const char *name, nm_st **out, nm_err *err);
+void nm_st_free(nm_st *s);
+/* Tensors in data order (by offset). */
+int64_t nm_st_n_tensors(const nm_st *s);
+const nm_st_tensor *nm_st_tensor_at(const nm_st *s, int64_t i);
+const nm_st_tensor *nm_st_find(const nm_st *s, const char *name);
+/* The __metadata__ value of key, or NULL. */
+const char *nm_st_meta(const nm_st *s, const char *key);
+int64_t nm_st_n_meta(const nm_st *s);
+void nm_st_meta_at(const nm_st *s, int64_t i, const char **key, const char **value);
+/* Bytes per element of a dtype name, 0 if unknown. */
+size_t nm_st_dtype_size(const char *dtype);
+/* Elements of t converted to float (F32, F16, BF16, F64); dst holds
+ * n = product of the shape.  Fails for other dtypes. */
+nm_status nm_st_read_f32(const nm_st *s, const nm_st_tensor *t, float *dst, nm_err *err);
+
+typedef struct nm_st_writer nm_st_writer;
+nm_st_writer *nm_st_writer_new(void);
+void nm_st_writer_free(nm_st_writer *w);
+/* A __metadata__ entry (copied; setting a key again replaces it). */
+nm_status nm_st_writer_meta(nm_st_writer *w, const char *key, const char *value, nm_err *err);
+/* data is borrowed until nm_st_writer_write; nbytes must equal the shape
+ * times the dtype size.  Tensors are written in the order added. */
+nm_status nm_st_writer_add(nm_st_writer *w, const char *name, const char *dtype, uint32_t n_dims,
+                           const int64_t *shape, const void *data, uint64_t nbytes, nm_err *err);
+/* Writes atomically (temporary file, fsync, rename). */
+nm_status nm_st_writer_write(nm_st_writer *w, const char *path, nm_err *err);
+
+/* ---- fine-tuning (docs/TRAINING.md) ----
+ * nm_train_run trains a LoRA adapter on a frozen base model (any stored
+ * weight type: the base stays mapped as it is) or, with full, every weight
+ * of the model in float32.  The output directory is the adapter in PEFT
+ * layout (adapter_model.safetensors + adapter_config.json; for full
+ * fine-tuning model.gguf) beside trainer_state.safetensors (parameters,
+ * AdamW moments, step, data position, the run's configuration) and
+ * metrics.jsonl.  Every file is written atomically, every checkpoint_every
+ * steps and at the end; resume_dir continues such a run exactly: the losses
+ * of every later step are bit-identical to those of an uninterrupted run
+ * (for any thread count: every sum is split the same way). */
+
+typedef struct nm_train_stats {
+    int64_t step, total_steps; /* optimiser steps done / planned            */
+    int64_t epoch;             /* 0-based epoch of the data position        */
+    double loss;               /* mean loss of the step just taken           */
+    double val_loss;           /* latest validation loss (NAN: none yet)     */
+    bool evaluated;            /* val_loss was computed at this step         */
+    bool checkpointed;         /* a checkpoint was written at this step      */
+    double lr, grad_norm;      /* learning rate used, norm before clipping   */
+    int64_t tokens;            /* input tokens trained on (all runs)         */
+    double tokens_per_s;       /* this run's average                         */
+    double elapsed_s, eta_s;   /* this run                                   */
+    uint64_t peak_rss;         /* bytes                                      */
+} nm_train_stats;
+
+/* Called after every step; a non-zero return stops the run: a checkpoint is
+ * written and nm_train_run returns NM_ERR_CANCELLED. */
+typedef int (*nm_train_step_fn)(void *user, const nm_train_stats *s);
+/* Polled between micro-batches (e.g. a SIGINT flag): true stops the run
+ * like a non-zero on_step, discarding the unfinished step. */
+typedef bool (*nm_train_stop_fn)(void *user);
+
+typedef struct nm_train_params {
+    /* files */
+    const char *model;         /* base GGUF (on resume: NULL = as saved)     */
+    const char *data;          /* training data (on resume: NULL = as saved) */
+    const char *val_data;      /* validation file, or NULL                   */
+    const char *out_dir;       /* created if missing                         */
+    const char *resume_dir;    /* continue the run saved there (then out_dir
+                                  may be NULL: it is resume_dir)             */
+    const char *format;        /* "auto", "text", "alpaca", "sharegpt", "messages" */
+    const char *chat_template; /* NULL: the model's (see nm_chat_template_of_gguf) */
+    const char *const *vars;   /* "key=value": {{key}} in data texts -> value */
+    size_t n_vars;
+    const char *metrics;       /* NULL: OUT/metrics.jsonl; "": none          */
+    /* what is trained */
+    bool full;                 /* all weights (float32) instead of LoRA      */
+    int32_t rank;              /* 8  */
+    float alpha;               /* 16 (scale alpha/rank, or alpha/sqrt(rank) with rslora) */
+    bool rslora;
+    float dropout;             /* 0 (PEFT's lora_dropout)                    */
+    const char *targets;       /* "all" or a list of q,k,v,o,gate,up,down    */
+    /* optimisation */
+    double lr, min_lr;         /* 2e-4, 0 */
+    const char *schedule;      /* "cosine" (default), "linear", "constant"   */
+    int64_t warmup;            /* warm-up steps (0)                          */
+    double weight_decay;       /* 0 */
+    double beta1, beta2, adam_eps; /* 0.9, 0.999, 1e-8 */
+    double clip;               /* global gradient norm limit, 1.0 (0: none)  */
+    int64_t epochs;            /* 1 */
+    int64_t steps;             /* > 0: this many optimiser steps instead     */
+    int32_t batch;             /* sequences per micro-batch (4)              */
+    int32_t seq_len;           /* tokens per sequence (256)                  */
+    int32_t grad_accum;        /* micro-batches per optimiser step (1)       */
+    bool pack;                 /* several examples per sequence (true)       */
+    bool shuffle;              /* seeded new order every epoch (true)        */
+    bool mask_prompt;          /* loss on assistant tokens only (true)       */
+    bool skip_bad;             /* skip malformed records (false: fail)       */
+    int32_t act_checkpointing; /* recompute layers in the backward: 1 on, 0 off, -1 auto (on above 1 GiB) */
+    double val_split;          /* fraction of the data held out (0)          */
+    int64_t eval_every;        /* steps between validations (100; 0: end only) */
+    int64_t val_max_rows;      /* at most this many validation rows (256)    */
+    int64_t checkpoint_every;  /* steps between checkpoints (100; 0: end only) */
+    int32_t threads;           /* 0: every CPU                                */
+    uint64_t seed;             /* 42 */
+    /* feedback */
+    nm_train_step_fn on_step;
+    nm_train_stop_fn should_stop;
+    void *user;
+} nm_train_params;
+
+void nm_train_params_default(nm_train_params *p);
+nm_status nm_train_run(const nm_train_params *p, const nm_log *log, nm_err *err);
+
+/* Training speed on random tokens: tokens/s of forward + backward +
+ * optimiser steps, peak memory, and the FLOP/s the loop reaches (2 FLOPs
+ * per multiply-add of the forward and backward matrix products). */
+typedef struct nm_train_bench_params {
+    const char *model;
+    int32_t rank, seq_len, batch, threads, steps; /* 8, 256, 1, 0 (all), 3 */
+    const char *targets;                          /* "all" */
+    int32_t act_checkpointing;                    /* -1 auto */
+    bool full;
+} nm_train_bench_params;
+typedef struct nm_train_bench_result {
+    double tokens_per_s, step_s, gflops_per_s;
+    double flops_per_token; /* forward + backward                      */
+    uint64_t peak_rss, act_bytes;
+    int32_t threads;
+    bool act_checkpointing;
+} nm_train_bench_result;
+void nm_train_bench_default(nm_train_bench_params *p);
+nm_status nm_train_bench(const nm_train_bench_params *p, nm_train_bench_result *r, const nm_log *log,
+                         nm_err *err);
+
+/* ------------------------------------------------------------------------ */
+/* Curation and evaluation (src/curate, src/eval; docs/CURATE.md): make a   */
+/* small clean dataset (generate, score and keep the best, de-duplicate,    */
+/* filter, decontaminate) and measure what a fine-tune changed              */
+/* ------------------------------------------------------------------------ */
+
+/* The normalised form that exact de-duplication compares and that shingles
+ * and n-grams are cut from: lower case (ASCII, Latin-1/Extended-A, Greek,
+ * Cyrillic, Armenian, full-width), punctuation and symbols removed,
+ * zero-width characters removed, every run of white space one space, none
+ * at the ends (the exact rules: docs/CURATE.md).  *out is malloc()ed and
+ * NUL-terminated. */
+nm_status nm_text_normalize(const char *text, size_t len, char **out, size_t *out_len, nm_err *err);
+
+/* ---- documents: what cleaning examines and writes back ---- */
+typedef enum nm_doc_split {
+    NM_DOC_AUTO = 0,   /* .json/.jsonl: JSON records; anything else: lines   */
+    NM_DOC_LINES,      /* each non-blank line is a document                  */
+    NM_DOC_PARAGRAPHS, /* blocks of lines separated by blank lines           */
+    NM_DOC_JSON,       /* JSON lines, or one JSON array of records           */
+    NM_DOC_WHOLE       /* the whole file is one document                     */
+} nm_doc_split;
+
+typedef struct nm_doc {
+    const char *text; /* what the filters look at (len bytes, not always
+                         NUL-terminated): the line or paragraph, or a JSON
+                         record's strings (see nm_docset_add_file)           */
+    size_t len;
+    const char *raw;  /* the record as written back (a line, a paragraph, a
+                         JSON record on one line)                            */
+    size_t raw_len;
+    int32_t file;     /* index of the file it came from (-1: added as text)  */
+    int64_t line;     /* 1-based line where it starts (JSON arrays: 0)       */
+    int64_t record;   /* 1-based record number within its file               */
+} nm_doc;
+
+typedef struct nm_docset nm_docset;
+nm_docset *nm_docset_new(void); /* NULL if out of memory */
+void nm_docset_free(nm_docset *s);
+/* Appends the documents of a file.  A JSON record's text is, with field,
+ * that key's strings; otherwise every string value in it (nested ones too,
+ * in order) except those under "role", "from", "id", "label", "answerKey",
+ * "meta" and "scores", joined by newlines - so messages, ShareGPT, Alpaca,
+ * {"text": ...} and evaluation records all work.  A malformed record fails
+ * with FILE:LINE and the reason. */
+nm_status nm_docset_add_file(nm_docset *s, const char *path, nm_doc_split split, const char *field, nm_err *err);
+/* Appends one document (copied). */
+nm_status nm_docset_add_text(nm_docset *s, const char *text, size_t len, nm_err *err);
+size_t nm_docset_size(const nm_docset *s);
+const nm_doc *nm_docset_doc(const nm_docset *s, size_t i);
+int32_t nm_docset_n_files(const nm_docset *s);
+const char *nm_docset_file(const nm_docset *s, int32_t file);
+nm_doc_split nm_docset_file_split(const nm_docset *s, int32_t file); /* as used */
+size_t nm_docset_bytes(const nm_docset *s); /* memory the set holds */
+
+/* ---- cleaning: filters, decontamination, exact and near de-duplication ----
+ * The steps run in this order and each document is charged to the first
+ * step that removes it: length, character classes, language, forbidden
+ * strings, decontamination, exact duplicates, near duplicates.  Among
+ * duplicates the first document (in the order added) is kept. */
+typedef enum nm_clean_step {
+    NM_CLEAN_KEPT = 0,
+    NM_CLEAN_LENGTH,
+    NM_CLEAN_CHARS,
+    NM_CLEAN_LANG,
+    NM_CLEAN_FORBID,
+    NM_CLEAN_DECONTAM,
+    NM_CLEAN_EXACT,
+    NM_CLEAN_NEAR,
+    NM_CLEAN_N_STEPS
+} nm_clean_step;
+/* "kept", "length", "chars", "lang", "forbid", "decontam", "exact", "near" */
+const char *nm_clean_step_name(nm_clean_step s);
+
+typedef struct nm_clean_params {
+    /* length of the text: characters (code points) and words (runs of
+     * non-space); 0: no bound */
+    int64_t min_chars, max_chars, min_words, max_words;
+    /* character classes, as fractions of the non-space characters; >= 1:
+     * off.  Letters, digits: docs/CURATE.md. */
+    double max_nonletter, max_digit;
+    /* language: NULL (off) or "en": at least en_min_ascii of the letters are
+     * ASCII and, for texts of at least en_min_words words, at least
+     * en_min_stopwords of the words are English stop words */
+    const char *lang;
+    double en_min_ascii, en_min_stopwords;
+    int64_t en_min_words;
+    /* forbidden strings: a text containing one (ASCII case-insensitive) goes */
+    const char *const *forbid;
+    size_t n_forbid;
+    /* decontamination: a text sharing a word n-gram of the normalised form
+     * with an evaluation document goes (GPT-3 used n = 13).  Evaluation
+     * documents shorter than ngram words are matched whole if they have at
+     * least ngram_min words, ignored (and counted) otherwise. */
+    const nm_docset *eval;
+    int32_t ngram, ngram_min;
+    /* exact de-duplication: equal normalised forms (64-bit hash) */
+    bool exact;
+    /* near de-duplication: MinHash over shingles of the normalised form
+     * (shingle words, or shingle characters with char_shingles), num_perm
+     * hash functions, LSH with bands x rows <= num_perm (0, 0: chosen from
+     * threshold, see nm_lsh_choose); every LSH candidate pair is verified
+     * (estimated Jaccard >= threshold) before it counts */
+    bool near;
+    double threshold;
+    int32_t num_perm, shingle;
+    bool char_shingles;
+    int32_t bands, rows;
+    double fn_weight;  /* nm_lsh_choose's weight of false negatives (0.9) */
+    uint64_t seed;     /* of the hash functions */
+    int32_t threads;   /* 0: every CPU */
+    nm_progress_fn progress;
+    void *user;
+} nm_clean_params;
+/* Every filter off, exact and near on (threshold 0.8, 128 permutations,
+ * 5-word shingles), decontamination 13-grams (ngram_min 8), English test
+ * 0.9 / 0.15 / 5 words, seed 1. */
+void nm_clean_params_default(nm_clean_params *p);
+
+typedef struct nm_clean_result {
+    size_t n_docs;
+    uint8_t *step;    /* [n_docs] nm_clean_step: KEPT or the step that removed it */
+    uint8_t *detail;  /* [n_docs] which test of the step failed (see nm_clean_reason) */
+    int64_t *ref;     /* [n_docs] exact/near: the document it duplicates; decontam:
+                         the evaluation document; forbid: the string; else -1 */
+    float *value;     /* [n_docs] the measured value: length, ratio, Jaccard estimate */
+    size_t count[NM_CLEAN_N_STEPS]; /* count[NM_CLEAN_KEPT]: kept */
+    double seconds[NM_CLEAN_N_STEPS];
+    int32_t bands, rows;            /* the LSH parameters used */
+    uint64_t lsh_pairs, lsh_verified; /* candidate pairs compared / found similar */
+    uint64_t near_bytes;            /* memory of signatures and band keys */
+    size_t eval_ngrams, eval_short_skipped;
+} nm_clean_result;
+
+nm_status nm_clean_run(const nm_docset *docs, const nm_clean_params *p, nm_clean_result *r, const nm_log *log,
+                       nm_err *err);
+void nm_clean_result_deinit(nm_clean_result *r);
+/* Why document i was removed, in one line ("" if kept). */
+void nm_clean_reason(const nm_docset *docs, const nm_clean_params *p, const nm_clean_result *r, size_t i,
+                     char *buf, size_t cap);
+/* What each step removed and why, with up to n_examples examples per step:
+ * text for people or one JSON object.  *out is malloc()ed. */
+nm_status nm_clean_report(const nm_docset *docs, const nm_clean_params *p, const nm_clean_result *r, bool json,
+                          int32_t n_examples, char **out, nm_err *err);
+/* Writes the raw records of the kept documents of file (-1: of every file),
+ * in order: lines one per line, paragraphs separated by blank lines, JSON
+ * records one per line.  Atomic. */
+nm_status nm_clean_write(const nm_docset *docs, const nm_clean_result *r, int32_t file, const char *path,
+                         nm_err *err);
+
+/* LSH banding.  A pair of Jaccard similarity s becomes a candidate with
+ * probability P(s) = 1 - (1 - s^rows)^bands; the false-negative rate is
+ * 1 - P(s) = (1 - s^rows)^bands. */
+double nm_lsh_prob(double s, int32_t bands, int32_t rows);
+/* The (bands, rows) with bands x rows <= num_perm minimising
+ * (1 - fn_weight) x (area of P(s) over s < threshold) + fn_weight x (area of
+ * 1 - P(s) over s >= threshold), as datasketch does with its weights. */
+void nm_lsh_choose(double threshold, int32_t num_perm, double fn_weight, int32_t *bands, int32_t *rows);
+
+/* ---- candidates: prompts and the responses sampled for them ---- */
+typedef struct nm_cand {
+    int64_t prompt_id;       /* candidates of one prompt share it             */
+    int32_t index;           /* candidate number within its prompt           */
+    const nm_chat_msg *msgs; /* the prompt: a conversation, without the response */
+    size_t n_msgs;
+    bool raw;                /* a plain-text prompt: msgs[0].content is continued
+                                as it is, no chat template                    */
+    const char *response;    /* NULL: a prompt not answered yet              */
+    uint64_t seed;           /* the sampler seed that produced the response  */
+    const double *scores;    /* [nm_cands_n_scorers] after scoring, else NULL */
+    double total;            /* sum of weight x score                        */
+    bool kept;
+    int32_t dropped_by;      /* the scorer whose minimum it missed, -1: none
+                                (then it was not among the best / below the
+                                threshold if not kept)                       */
+} nm_cand;
+
+typedef struct nm_cands nm_cands;
+nm_cands *nm_cands_new(void);
+void nm_cands_free(nm_cands *c);
+/* Reads prompts or candidates.  format: "auto" (by extension and content),
+ * "lines" (each non-blank line a plain-text prompt; "\n" and "\\" escapes
+ * are decoded), "candidates" (the JSONL nm_cands_write writes: its
+ * responses are kept), "alpaca", "sharegpt", "messages" (each record's
+ * conversation up to its last assistant message is a prompt and that
+ * message, when present, the response). */
+nm_status nm_cands_load(nm_cands *c, const char *path, const char *format, nm_err *err);
+/* Appends one candidate (copied; msgs of the same prompt_id are shared). */
+nm_status nm_cands_add(nm_cands *c, int64_t prompt_id, int32_t index, const nm_chat_msg *msgs, size_t n_msgs,
+                       bool raw, const char *response, uint64_t seed, nm_err *err);
+size_t nm_cands_size(const nm_cands *c);
+const nm_cand *nm_cands_at(const nm_cands *c, size_t i);
+int64_t nm_cands_n_prompts(const nm_cands *c); /* distinct prompt ids */
+size_t nm_cands_n_scorers(const nm_cands *c);
+const char *nm_cands_scorer_name(const nm_cands *c, size_t k);
+/* Writes the candidates (kept_only: the kept ones) as format: "candidates"
+ * (everything, scores included: readable by nm_cands_load), "messages"
+ * (default training format), "sharegpt", "alpaca" (JSONL with a "meta"
+ * object: prompt id, candidate, seed, scores, total) or "text" (plain-text
+ * prompt + response, entries separated by a blank line; blank lines inside
+ * an entry become single newlines).  Atomic. */
+nm_status nm_cands_write(const nm_cands *c, const char *path, const char *format, bool kept_only, nm_err *err);
+
+/* ---- generation: N candidates per prompt ---- */
+typedef struct nm_gen_params {
+    int32_t n;                   /* candidates per prompt (4)                   */
+    int32_t max_tokens;          /* per response (256)                         */
+    nm_sampler_params sampling;  /* seed: the base seed (NM_SEED_RANDOM: drawn);
+                                    candidate j of prompt i uses a seed derived
+                                    from (seed, i, j), so the output does not
+                                    depend on the thread count                 */
+    const char *chat_template;   /* conversation prompts; NULL: the model's   */
+    int32_t n_ctx;               /* 0: the model's training context (max 4096) */
+    int32_t threads;             /* workers, each with its own context (0: every CPU) */
+    nm_progress_fn progress;     /* after each prompt                          */
+    void *user;
+} nm_gen_params;
+void nm_gen_params_default(nm_gen_params *p);
+/* For each distinct prompt of prompts, samples p->n responses with model m
+ * and appends them to out. */
+nm_status nm_cands_generate(const nm_model *m, const nm_cands *prompts, const nm_gen_params *p, nm_cands *out,
+                            const nm_log *log, nm_err *err);
+
+/* ---- scoring and selection ---- */
+typedef enum nm_scorer_kind {
+    NM_SCORER_JUDGE = 0, /* mean log-probability of the response tokens given
+                            the prompt, under judge (<= 0; higher is better)   */
+    NM_SCORER_LENGTH,    /* 1 if the length is in [min_len, max_len], else 0  */
+    NM_SCORER_REPETITION,/* distinct word n-grams / all word n-grams (0..1]   */
+    NM_SCORER_REGEX,     /* 1 if pattern (PCRE2) matches the response (negate:
+                            does not match), else 0                           */
+    NM_SCORER_COMMAND    /* a number printed by an external command that reads
+                            {"prompt", "messages", "response", "prompt_id",
+                            "candidate"} as JSON on its standard input       */
+} nm_scorer_kind;
+
+typedef struct nm_scorer {
+    nm_scorer_kind kind;
+    const char *name;        /* in metadata and reports; NULL: the kind's name */
+    double weight;           /* contribution to the total: weight x score      */
+    double min;              /* a candidate scoring below is dropped (-INFINITY: none) */
+    const nm_model *judge;   /* JUDGE */
+    const char *chat_template; /* JUDGE, conversation prompts; NULL: the judge's */
+    int64_t min_len, max_len;  /* LENGTH (max_len 0: no upper bound)          */
+    bool chars;                /* LENGTH in characters (default: words)        */
+    int32_t n;                 /* REPETITION n-gram size (3)                  */
+    const char *pattern;       /* REGEX (UTF-8)                                */
+    bool negate;
+    const char *command;       /* COMMAND, run with /bin/sh -c                */
+    double timeout_s;          /* COMMAND, per candidate (10)                 */
+} nm_scorer;
+
+typedef struct nm_select_params {
+    const nm_scorer *scorers;
+    size_t n_scorers;
+    int32_t best_k;          /* > 0: keep at most the k best totals per prompt */
+    double threshold;        /* keep only totals >= threshold (-INFINITY: off) */
+    int32_t threads;         /* judge and command scorers run in parallel      */
+    nm_progress_fn progress;
+    void *user;
+} nm_select_params;
+/* Scores every candidate that has a response, then marks the kept ones. */
+nm_status nm_cands_score(nm_cands *c, const nm_select_params *p, const nm_log *log, nm_err *err);
+
+/* ---- evaluation ---- */
+/* Perplexity over a file in any training format (nm_train_params.format):
+ * with prompt masking (the default) only assistant tokens of conversations
+ * are scored; plain text is cut as the trainer cuts it (windows of n_ctx
+ * tokens, each token but the first scored once).  Each example is run from
+ * an empty cache. */
+typedef struct nm_eval_ppl_params {
+    const char *format;        /* "auto" */
+    const char *chat_template; /* NULL: the model's */
+    int32_t n_ctx;             /* 0: the training context, at most 2048; longer
+                                  examples are cut                              */
+    bool all_tokens;           /* score prompt tokens too                        */
+    int64_t max_examples;      /* 0: all                                         */
+    int32_t threads;           /* 0: every CPU                                   */
+    nm_progress_fn progress;
+    void *user;
+} nm_eval_ppl_params;
+typedef struct nm_eval_ppl_result {
+    double ppl, ppl_se;  /* exp(nll), and its standard error (delta method)    */
+    double nll, nll_se;  /* mean negative log-likelihood per token, nats; its
+                            standard error treating tokens as independent (as
+                            llama.cpp does)                                    */
+    double nll_se_ex;    /* the same with examples as the independent units
+                            (cluster-robust: honest when tokens of one example
+                            are correlated)                                   */
+    int64_t n_tokens, n_examples;
+} nm_eval_ppl_result;
+void nm_eval_ppl_params_default(nm_eval_ppl_params *p);
+nm_status nm_eval_perplexity(const nm_model *m, const char *path, const nm_eval_ppl_params *p,
+                             nm_eval_ppl_result *r, const nm_log *log, nm_err *err);
+
+/* Multiple choice by log-likelihood: JSONL records with a context, choices
+ * and the index of the right one - {"context", "choices", "label"},
+ * HellaSwag's {"ctx", "endings", "label"} or ARC's {"question": {"stem",
+ * "choices": [{"text", "label"}]}, "answerKey"}.  Each choice is scored as
+ * the sum of the log-probabilities of its tokens after the context (a space
+ * between them unless one is there); the prediction is the argmax of the
+ * sum (acc) and of the sum divided by the choice's length in bytes
+ * (acc_norm, as lm-evaluation-harness). */
+typedef struct nm_mc_item {
+    int64_t index;           /* 0-based record number */
+    size_t n_choices;
+    const double *loglik;    /* [n_choices] */
+    const size_t *bytes;     /* [n_choices] */
+    int32_t label, pred, pred_norm;
+} nm_mc_item;
+typedef struct nm_mc_params {
+    int32_t n_ctx;           /* 0: the training context, at most 2048 */
+    int64_t max_items;       /* 0: all */
+    int32_t threads;
+    void (*on_item)(void *user, const nm_mc_item *it); /* in record order; may be NULL */
+    nm_progress_fn progress;
+    void *user;
+} nm_mc_params;
+typedef struct nm_mc_result {
+    int64_t n, correct, correct_norm;
+    double acc, acc_se, acc_norm, acc_norm_se; /* se: sqrt(p (1 - p) / n) */
+} nm_mc_result;
+nm_status nm_eval_choice(const nm_model *m, const char *path, const nm_mc_params *p, nm_mc_result *r,
+                         const nm_log *log, nm_err *err);
+
+/* Side by side: the same prompts answered by two configurations (models,
+ * and the same sampling and seeds), written as a self-contained HTML page
+ * with the answers in a seeded random left/right order and a form that
+ * exports the reader's choices as JSON, and as JSONL (one line per prompt:
+ * prompt, a, b, left). */
+typedef struct nm_sbs_params {
+    const nm_model *a, *b;
+    const char *name_a, *name_b; /* shown nowhere on the page, kept in the files */
+    nm_gen_params gen;           /* n is ignored: one answer per side           */
+    uint64_t order_seed;         /* left/right order                            */
+    const char *title;
+} nm_sbs_params;
+nm_status nm_eval_side_by_side(const nm_cands *prompts, const nm_sbs_params *p, const char *html_path,
+                               const char *jsonl_path, const nm_log *log, nm_err *err);
+
+/* Win rate from the choices files the page exports: B's share of the
+ * decisive comparisons with its Wilson score interval at confidence (e.g.
+ * 0.95); ties are counted apart.  Several files (raters) add up. */
+typedef struct nm_tally {
+    int64_t a_wins, b_wins, ties, unanswered;
+    double b_rate, lo, hi;   /* b_wins / (a_wins + b_wins) and its interval */
+    double b_rate_ties;      /* (b_wins + ties / 2) / (a_wins + b_wins + ties) */
+    char name_a[64], name_b[64]; /* the configurations' names, from the first file */
+} nm_tally;
+nm_status nm_eval_tally(const char *const *paths, size_t n_paths, double confidence, nm_tally *out, nm_err *err);
+/* Wilson score interval of k successes in n trials at normal quantile z. */
+void nm_wilson_interval(int64_t k, int64_t n, double z, double *lo, double *hi);
+
 #ifdef __cplusplus
 }
 #endif

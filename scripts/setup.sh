@@ -7,6 +7,8 @@ PKGS=(
   gcc make pkg-config             # the build
   libjansson-dev                  # JSON (metadata, golden files, server)
   libpcre2-dev                    # Unicode regexes for BPE pre-tokenizers
+  libmicrohttpd-dev               # HTTP server of nomoat serve
+  chromium                        # headless browser test of the serve chat page
   clang libclang-rt-14-dev        # libFuzzer and sanitizer runtimes
 )
 
@@ -16,6 +18,11 @@ for p in "${PKGS[@]}"; do
     missing+=("$p")
   fi
 done
+# Node.js runs the serve tests (tests/serve); a node from elsewhere (e.g.
+# NodeSource, which bundles npm) is used as it is.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

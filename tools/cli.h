@@ -17,6 +17,15 @@
 int cmd_info(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_new(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_curate(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 /* A logger that writes "nomoat: warning: ..." lines to stderr. */
 nm_log cli_logger(bool verbose);
@@ -32,5 +41,18 @@ const char *cli_value(int argc, char **argv, int *i);
 bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 bool cli_parse_u64(const char *s, uint64_t *out);
 bool cli_parse_f64(const char *s, double *out);
+
+/* Sampling options shared by the generating commands (tools/sampling_opts.c):
+ * --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n
+ * --frequency-penalty --presence-penalty --seed --logit-bias ID=BIAS --stop.
+ * If argv[*i] is one of them, consumes it and its value (advancing *i),
+ * sets *rc to 0, or to 2 after printing a usage error, and returns true;
+ * otherwise returns false and touches nothing.  --repeat-last-n -1 is left
+ * as -1 for the caller to replace with the context size.  The logit-bias
+ * and stop arrays it builds in *p are released by cli_sampling_free. */
+bool cli_sampling_opt(int argc, char **argv, int *i, nm_sampler_params *p, int *rc);
+void cli_sampling_free(nm_sampler_params *p);
+/* The help lines of those options (for a command's --help). */
+void cli_sampling_help(FILE *f);
 
 #endif

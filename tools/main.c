@@ -13,6 +13,15 @@ static const command COMMANDS[] = {
     {"info", "show a GGUF file: architecture, hyper-parameters, tokenizer, tensors", cmd_info},
     {"convert", "rewrite a GGUF (optionally changing weight types) or import a llama2.c checkpoint", cmd_convert},
     {"new", "write a LLaMA model with random weights (benchmarks, training from scratch)", cmd_new},
+    {"run", "generate text from a prompt (streams to stdout; --json for ids and logits)", cmd_run},
+    {"perplexity", "perplexity of a model over a text file", cmd_perplexity},
+    {"tokenize", "print the token ids (or pieces) of a text with a model's tokenizer", cmd_tokenize},
+    {"chat", "talk with a model in the terminal (chat template, streaming, KV cache kept)", cmd_chat},
+    {"serve", "OpenAI-compatible HTTP server with per-request adapter stacks and a chat page", cmd_serve},
+    {"train", "fine-tune a LoRA adapter (or every weight) on text, Alpaca, ShareGPT or chat data", cmd_train},
+    {"curate", "make a small clean dataset: generate candidates, score and keep the best, de-duplicate, filter", cmd_curate},
+    {"eval", "perplexity, multiple-choice accuracy, regex match rates, side-by-side reports and win rates", cmd_eval},
+    {"bench", "measure speed: inference tokens/s (-m MODEL), tokenizer throughput (--tokenize)", cmd_bench},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -1,0 +1,396 @@
+/* kernels.c - scalar dot-product kernels, one per weight type (see kernels.h).
+ *
+ * Weight blocks come straight from the file mapping, so they are read through
+ * byte pointers at the ggml block offsets (see quants.h for the layouts); the
+ * int8 quants are read as signed chars, which is well defined for any
+ * alignment.  Each kernel first forms an exact integer dot product per block
+ * (or sub-block) and applies the float scales once per block: that is both
+ * llama.cpp's arithmetic and the shape a SIMD version will keep.
+ *
+ * The loops are plain and fixed-length so the compiler can vectorise them;
+ * dedicated SIMD variants are future rows of the same table. */
+#include "kernels.h"
+#include "quants.h"
+#include "types.h"
+#include "base/base.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+/* ---- scalar helpers ---- */
+
+static inline float bits_to_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint32_t f32_to_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+float nm_kernel_f16_to_f32(uint16_t h) { return nm_half_to_f32(h); }
+
+static inline float rd_half(const uint8_t *p) { return nm_half_to_f32(nm_rd_u16(p)); }
+static inline float rd_f32(const uint8_t *p) { return bits_to_f32(nm_rd_u32(p)); }
+static inline int rd_i16(const uint8_t *p) { return (int)(int16_t)nm_rd_u16(p); }
+/* Activation blocks are written little-endian too, like the stored blocks. */
+static inline void wr_u16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+static inline void wr_f32(uint8_t *p, float f) {
+    const uint32_t u = f32_to_bits(f);
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(u >> (8 * i));
+}
+
+/* ====================================================================== */
+/* float weights x float activations                                      */
+/* ====================================================================== */
+/* Products are formed in float (exact for F16 x F16 and BF16 x BF16) and
+ * summed in double, as ggml's reference path does: the result is close to
+ * the exact dot product rounded once, whatever the summation order, which
+ * is what lets the golden logits be matched to 1e-5.  F16 and BF16 weights
+ * meet activations rounded to their own type, as in llama.cpp. */
+
+static inline float rd_bf16(const uint8_t *p) { return bits_to_f32((uint32_t)nm_rd_u16(p) << 16); }
+
+static float dot_f32(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_;
+    const float *x = x_;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += rd_f32(w + 4 * i) * x[i];
+    return (float)sum;
+}
+
+static float dot_f16(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_, *x = x_;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += rd_half(w + 2 * i) * rd_half(x + 2 * i);
+    return (float)sum;
+}
+
+static float dot_bf16(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_, *x = x_;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += rd_bf16(w + 2 * i) * rd_bf16(x + 2 * i);
+    return (float)sum;
+}
+
+/* ====================================================================== */
+/* 32-element blocks x Q8_0 / Q8_1 activations                            */
+/* ====================================================================== */
+
+enum { Q8_0_BYTES = sizeof(nm_block_q8_0), Q8_1_BYTES = sizeof(nm_block_q8_1) };
+
+/* Sum of w[i] * x[i], i < n.  The weight quants are unpacked into int16
+ * first: with one operand already 16-bit, compilers turn this loop into
+ * 16-bit multiply-add-pairs (SSE2 pmaddwd, NEON smlal), about 1.5x faster
+ * than multiplying two int8 streams. */
+static inline int32_t isum16(const int16_t *w, const int8_t *x, int n) {
+    int32_t s = 0;
+    for (int i = 0; i < n; i++) s += w[i] * (int16_t)x[i];
+    return s;
+}
+
+static float dot_q8_0(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_, *x = x_;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / 32; b++, w += sizeof(nm_block_q8_0), x += Q8_0_BYTES) {
+        const int8_t *wq = (const int8_t *)(w + offsetof(nm_block_q8_0, qs));
+        const int8_t *xq = (const int8_t *)(x + offsetof(nm_block_q8_0, qs));
+        int16_t q[32];
+        for (int j = 0; j < 32; j++) q[j] = wq[j];
+        sum += (float)isum16(q, xq, 32) * (rd_half(w) * rd_half(x));
+    }
+    return sum;
+}
+
+static float dot_q4_0(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_, *x = x_;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / 32; b++, w += sizeof(nm_block_q4_0), x += Q8_0_BYTES) {
+        const uint8_t *qs = w + offsetof(nm_block_q4_0, qs);
+        const int8_t *xq = (const int8_t *)(x + offsetof(nm_block_q8_0, qs));
+        int16_t q[32];
+        for (int j = 0; j < 16; j++) {
+            q[j] = (int16_t)((qs[j] & 0x0f) - 8);
+            q[j + 16] = (int16_t)((qs[j] >> 4) - 8);
+        }
+        sum += (float)isum16(q, xq, 32) * (rd_half(w) * rd_half(x));
+    }
+    return sum;
+}
+
+static float dot_q4_1(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_, *x = x_;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / 32; b++, w += sizeof(nm_block_q4_1), x += Q8_1_BYTES) {
+        const uint8_t *qs = w + offsetof(nm_block_q4_1, qs);
+        const int8_t *xq = (const int8_t *)(x + offsetof(nm_block_q8_1, qs));
+        int16_t q[32];
+        for (int j = 0; j < 16; j++) {
+            q[j] = (int16_t)(qs[j] & 0x0f);
+            q[j + 16] = (int16_t)(qs[j] >> 4);
+        }
+        /* value = d*q + m, so the block adds dw*dx*isum + m * (dx * sum xq) */
+        sum += (float)isum16(q, xq, 32) * (rd_half(w) * rd_half(x)) +
+               rd_half(w + offsetof(nm_block_q4_1, m)) * rd_half(x + offsetof(nm_block_q8_1, s));
+    }
+    return sum;
+}
+
+static float dot_q5_0(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_, *x = x_;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / 32; b++, w += sizeof(nm_block_q5_0), x += Q8_0_BYTES) {
+        const uint32_t qh = nm_rd_u32(w + offsetof(nm_block_q5_0, qh));
+        const uint8_t *qs = w + offsetof(nm_block_q5_0, qs);
+        const int8_t *xq = (const int8_t *)(x + offsetof(nm_block_q8_0, qs));
+        int16_t q[32];
+        for (int j = 0; j < 16; j++) {
+            q[j] = (int16_t)((int)((qs[j] & 0x0fu) | ((qh >> j) & 1u) << 4) - 16);
+            q[j + 16] = (int16_t)((int)((unsigned)(qs[j] >> 4) | ((qh >> (j + 16)) & 1u) << 4) - 16);
+        }
+        sum += (float)isum16(q, xq, 32) * (rd_half(w) * rd_half(x));
+    }
+    return sum;
+}
+
+static float dot_q5_1(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_, *x = x_;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / 32; b++, w += sizeof(nm_block_q5_1), x += Q8_1_BYTES) {
+        const uint32_t qh = nm_rd_u32(w + offsetof(nm_block_q5_1, qh));
+        const uint8_t *qs = w + offsetof(nm_block_q5_1, qs);
+        const int8_t *xq = (const int8_t *)(x + offsetof(nm_block_q8_1, qs));
+        int16_t q[32];
+        for (int j = 0; j < 16; j++) {
+            q[j] = (int16_t)((qs[j] & 0x0fu) | ((qh >> j) & 1u) << 4);
+            q[j + 16] = (int16_t)((unsigned)(qs[j] >> 4) | ((qh >> (j + 16)) & 1u) << 4);
+        }
+        sum += (float)isum16(q, xq, 32) * (rd_half(w) * rd_half(x)) +
+               rd_half(w + offsetof(nm_block_q5_1, m)) * rd_half(x + offsetof(nm_block_q8_1, s));
+    }
+    return sum;
+}
+
+/* ====================================================================== */
+/* K-quants x Q8_K activations                                            */
+/* ====================================================================== */
+
+/* The 6-bit scale and min of sub-block j (see quants.c for the packing). */
+static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0x0f) | (q[j - 4] >> 6) << 4;
+        *m = (q[j + 4] >> 4) | (q[j] >> 6) << 4;
+    }
+}
+
+/* Sum of the Q8_K quants of sub-block j of 32 (from the 16 partial sums). */
+static inline int q8k_bsum32(const uint8_t *x, int j) {
+    const uint8_t *bs = x + offsetof(nm_block_q8_k, bsums);
+    return rd_i16(bs + 2 * (2 * j)) + rd_i16(bs + 2 * (2 * j + 1));
+}
+
+/* Q4_K: value = d*sc*q - dmin*m, so a sub-block contributes
+ * d*dx*sc*sum(q*xq) - dmin*dx*m*sum(xq); sum(xq) comes from bsums. */
+static float dot_q4_k(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_, *x = x_;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / NM_QK_K; b++, w += sizeof(nm_block_q4_k), x += sizeof(nm_block_q8_k)) {
+        const uint8_t *scales = w + offsetof(nm_block_q4_k, scales);
+        const uint8_t *q = w + offsetof(nm_block_q4_k, qs);
+        const int8_t *xq = (const int8_t *)(x + offsetof(nm_block_q8_k, qs));
+        int32_t sumi = 0, summ = 0;
+        for (int g = 0; g < 4; g++, q += 32, xq += 64) {
+            int sc0, m0, sc1, m1;
+            scale_min_k4(2 * g, scales, &sc0, &m0);
+            scale_min_k4(2 * g + 1, scales, &sc1, &m1);
+            int16_t u[64];
+            for (int l = 0; l < 32; l++) {
+                u[l] = (int16_t)(q[l] & 0x0f);
+                u[l + 32] = (int16_t)(q[l] >> 4);
+            }
+            sumi += sc0 * isum16(u, xq, 32) + sc1 * isum16(u + 32, xq + 32, 32);
+            summ += m0 * q8k_bsum32(x, 2 * g) + m1 * q8k_bsum32(x, 2 * g + 1);
+        }
+        const float dx = rd_f32(x + offsetof(nm_block_q8_k, d));
+        sum += rd_half(w + offsetof(nm_block_q4_k, d)) * dx * (float)sumi -
+               rd_half(w + offsetof(nm_block_q4_k, dmin)) * dx * (float)summ;
+    }
+    return sum;
+}
+
+static float dot_q5_k(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_, *x = x_;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / NM_QK_K; b++, w += sizeof(nm_block_q5_k), x += sizeof(nm_block_q8_k)) {
+        const uint8_t *scales = w + offsetof(nm_block_q5_k, scales);
+        const uint8_t *qh = w + offsetof(nm_block_q5_k, qh);
+        const uint8_t *q = w + offsetof(nm_block_q5_k, qs);
+        const int8_t *xq = (const int8_t *)(x + offsetof(nm_block_q8_k, qs));
+        int32_t sumi = 0, summ = 0;
+        for (int g = 0; g < 4; g++, q += 32, xq += 64) {
+            int sc0, m0, sc1, m1;
+            scale_min_k4(2 * g, scales, &sc0, &m0);
+            scale_min_k4(2 * g + 1, scales, &sc1, &m1);
+            const int sh0 = 2 * g, sh1 = 2 * g + 1;
+            int16_t u[64];
+            for (int l = 0; l < 32; l++) {
+                u[l] = (int16_t)((q[l] & 0x0fu) | ((qh[l] >> sh0) & 1u) << 4);
+                u[l + 32] = (int16_t)((unsigned)(q[l] >> 4) | ((qh[l] >> sh1) & 1u) << 4);
+            }
+            sumi += sc0 * isum16(u, xq, 32) + sc1 * isum16(u + 32, xq + 32, 32);
+            summ += m0 * q8k_bsum32(x, 2 * g) + m1 * q8k_bsum32(x, 2 * g + 1);
+        }
+        const float dx = rd_f32(x + offsetof(nm_block_q8_k, d));
+        sum += rd_half(w + offsetof(nm_block_q5_k, d)) * dx * (float)sumi -
+               rd_half(w + offsetof(nm_block_q5_k, dmin)) * dx * (float)summ;
+    }
+    return sum;
+}
+
+/* Q6_K: value = d*sc*(q-32) with 16 signed scales of 16 elements.  Each half
+ * of 128 is unpacked first (the packing interleaves four 32-element runs),
+ * then multiplied sub-block by sub-block. */
+static float dot_q6_k(int64_t n, const void *w_, const void *x_) {
+    const uint8_t *w = w_, *x = x_;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / NM_QK_K; b++, w += sizeof(nm_block_q6_k), x += sizeof(nm_block_q8_k)) {
+        const uint8_t *ql = w + offsetof(nm_block_q6_k, ql);
+        const uint8_t *qh = w + offsetof(nm_block_q6_k, qh);
+        const int8_t *sc = (const int8_t *)(w + offsetof(nm_block_q6_k, scales));
+        const int8_t *xq = (const int8_t *)(x + offsetof(nm_block_q8_k, qs));
+        int32_t sumi = 0;
+        for (int half = 0; half < 2; half++, ql += 64, qh += 32, sc += 8, xq += 128) {
+            int16_t q[128];
+            for (int l = 0; l < 32; l++) {
+                q[l + 0] = (int16_t)((int)((ql[l] & 0x0fu) | (qh[l] & 3u) << 4) - 32);
+                q[l + 32] = (int16_t)((int)((ql[l + 32] & 0x0fu) | ((qh[l] >> 2) & 3u) << 4) - 32);
+                q[l + 64] = (int16_t)((int)((unsigned)(ql[l] >> 4) | ((qh[l] >> 4) & 3u) << 4) - 32);
+                q[l + 96] = (int16_t)((int)((unsigned)(ql[l + 32] >> 4) | ((qh[l] >> 6) & 3u) << 4) - 32);
+            }
+            for (int s = 0; s < 8; s++) sumi += sc[s] * isum16(q + 16 * s, xq + 16 * s, 16);
+        }
+        sum += rd_half(w + offsetof(nm_block_q6_k, d)) * rd_f32(x + offsetof(nm_block_q8_k, d)) * (float)sumi;
+    }
+    return sum;
+}
+
+/* ====================================================================== */
+/* activation quantizers                                                  */
+/* ====================================================================== */
+
+static inline int8_t clamp_i8(long v) { return (int8_t)(v < -128 ? -128 : v > 127 ? 127 : v); }
+
+void nm_quant_q8_1(const float *x, void *dst, int64_t n) {
+    uint8_t *b = dst;
+    for (int64_t i = 0; i < n / 32; i++, b += Q8_1_BYTES, x += 32) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int8_t *qs = (int8_t *)(b + offsetof(nm_block_q8_1, qs));
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            const float v = x[j] * id;
+            qs[j] = clamp_i8(v == v ? lroundf(v) : 0);
+            sum += qs[j];
+        }
+        wr_u16(b + offsetof(nm_block_q8_1, d), nm_f32_to_f16(d));
+        wr_u16(b + offsetof(nm_block_q8_1, s), nm_f32_to_f16((float)sum * d));
+    }
+}
+
+/* Q8_K: the element of largest magnitude maps to -127 (scale -127/max), so
+ * the sign of d follows it; rounding to nearest even; 16 partial sums. */
+void nm_quant_q8_k(const float *x, void *dst, int64_t n) {
+    uint8_t *b = dst;
+    for (int64_t i = 0; i < n / NM_QK_K; i++, b += sizeof(nm_block_q8_k), x += NM_QK_K) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < NM_QK_K; j++) {
+            const float ax = fabsf(x[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = x[j];
+            }
+        }
+        int8_t *qs = (int8_t *)(b + offsetof(nm_block_q8_k, qs));
+        float d = 0.0f;
+        if (amax == 0.0f || !isfinite(amax)) {
+            memset(qs, 0, NM_QK_K);
+        } else {
+            const float iscale = -127.0f / max;
+            for (int j = 0; j < NM_QK_K; j++) {
+                const float v = iscale * x[j];
+                qs[j] = clamp_i8(v == v ? lrintf(v) : 0);
+            }
+            d = 1.0f / iscale;
+        }
+        for (int s = 0; s < NM_QK_K / 16; s++) {
+            int sum = 0;
+            for (int l = 0; l < 16; l++) sum += qs[16 * s + l];
+            wr_u16(b + offsetof(nm_block_q8_k, bsums) + 2 * s, (uint16_t)sum);
+        }
+        wr_f32(b + offsetof(nm_block_q8_k, d), d);
+    }
+}
+
+static void quant_q8_0(const float *x, void *dst, int64_t n) { nm_quant_q8_0(x, dst, n); }
+
+size_t nm_act_row_bytes(nm_type act_type, int64_t n) {
+    switch (act_type) {
+    case NM_TYPE_F32: return n >= 0 ? (size_t)n * sizeof(float) : 0;
+    case NM_TYPE_F16:
+    case NM_TYPE_BF16:
+    case NM_TYPE_Q8_0:
+    case NM_TYPE_Q8_1:
+    case NM_TYPE_Q8_K: return nm_type_row_bytes(act_type, n);
+    default: return 0;
+    }
+}
+
+void nm_act_from_float(nm_type act_type, const float *x, void *dst, int64_t n) {
+    switch (act_type) {
+    case NM_TYPE_F32: memcpy(dst, x, (size_t)n * sizeof(float)); break;
+    case NM_TYPE_F16:
+        for (int64_t i = 0; i < n; i++) wr_u16((uint8_t *)dst + 2 * i, nm_f32_to_f16(x[i]));
+        break;
+    case NM_TYPE_BF16:
+        for (int64_t i = 0; i < n; i++) wr_u16((uint8_t *)dst + 2 * i, nm_f32_to_bf16(x[i]));
+        break;
+    case NM_TYPE_Q8_0: quant_q8_0(x, dst, n); break;
+    case NM_TYPE_Q8_1: nm_quant_q8_1(x, dst, n); break;
+    case NM_TYPE_Q8_K: nm_quant_q8_k(x, dst, n); break;
+    default: break;
+    }
+}
+
+/* ====================================================================== */
+/* the table                                                              */
+/* ====================================================================== */
+
+static const nm_kernel KERNELS[NM_TYPE_COUNT] = {
+    [NM_TYPE_F32] = {NM_TYPE_F32, dot_f32},
+    [NM_TYPE_F16] = {NM_TYPE_F16, dot_f16},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, dot_bf16},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, dot_q4_0},
+    [NM_TYPE_Q4_1] = {NM_TYPE_Q8_1, dot_q4_1},
+    [NM_TYPE_Q5_0] = {NM_TYPE_Q8_0, dot_q5_0},
+    [NM_TYPE_Q5_1] = {NM_TYPE_Q8_1, dot_q5_1},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, dot_q8_0},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, dot_q4_k},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, dot_q5_k},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, dot_q6_k},
+};
+
+const nm_kernel *nm_kernel_get(uint32_t weight_type) {
+    if (weight_type >= NM_TYPE_COUNT || !KERNELS[weight_type].vec_dot) return NULL;
+    return &KERNELS[weight_type];
+}

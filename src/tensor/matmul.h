@@ -1,0 +1,44 @@
+/*
+ * matmul.h - products of a stored weight matrix with rows of activations,
+ * spread over a thread pool.
+ *
+ * A weight matrix is used as stored (mapped from the file, any type with a
+ * kernel in kernels.h): `rows` rows of `cols` elements, ggml's ne1 x ne0.
+ * The activations are n_tok rows of cols floats; they are converted once to
+ * the kernel's activation layout in caller-provided scratch, then every
+ * output element is one kernel dot product.  Nothing is allocated here.
+ */
+#ifndef NM_MATMUL_H
+#define NM_MATMUL_H
+
+#include "nomoat.h"
+#include "base/threads.h"
+
+typedef struct nm_mat {
+    nm_type type;
+    int64_t cols;      /* elements per row (ne0)          */
+    int64_t rows;      /* number of rows (ne1)            */
+    size_t row_bytes;  /* bytes of one stored row         */
+    const void *data;
+} nm_mat;
+
+/* Describes a stored matrix; fails (naming `name`) if the type has no kernel
+ * or cols does not fit its blocks or the kernel's activation blocks. */
+nm_status nm_mat_init(nm_mat *m, const char *name, nm_type type, int64_t cols, int64_t rows, const void *data,
+                      nm_err *err);
+
+/* Scratch bytes nm_matmul needs for n_tok activation rows of a matrix with
+ * this type and row length (0 for F32 activations that are used in place). */
+size_t nm_matmul_scratch_bytes(nm_type type, int64_t cols, int64_t n_tok);
+
+/* y[t * w->rows + r] = dot(row r of w, x[t * w->cols ...]) for t < n_tok and
+ * every row r.  scratch: nm_matmul_scratch_bytes(...) bytes (may be NULL
+ * when that is 0).  x and y must not overlap.  pool may be NULL. */
+void nm_matmul(nm_pool *pool, const nm_mat *w, const float *x, int64_t n_tok, float *y, void *scratch);
+
+/* Same, rows [r0, r1) only, written to y[t * ldy + (r - r0)]: for callers
+ * that split one matrix into parts (fused projections) or slice rows. */
+void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
+                    float *y, int64_t ldy, void *scratch);
+
+#endif

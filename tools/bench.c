@@ -1,0 +1,559 @@
+/* bench.c - `nomoat bench MODE ...`: speed measurements.  Each mode is one
+ * static function listed in MODES; a mode parses its own options (argv[0]
+ * is the mode flag) and prints its result.
+ *
+ *   nomoat bench --tokenize -m MODEL.gguf -f FILE [--reps N] [--json]
+ *       tokenizer throughput: median MB/s (10^6 bytes of text per second)
+ *       over N runs of nm_tokenize on the whole file, by wall time and by
+ *       the thread's CPU time (tokenizing is single-threaded).
+ *
+ *   nomoat bench [--infer] -m MODEL.gguf [-p 512] [-n 128] [--threads N] [--reps N] [--json]
+ *       inference speed, the default mode: prompt processing (one batch of
+ *       -p tokens) and generation (-n tokens one by one), median tokens/s.
+ *
+ *   nomoat bench --curate [--docs N] [--dups SHARE] [--threads N] [--json]
+ *       exact + near de-duplication of N generated short documents (a
+ *       share of them planted copies): time, recall by similarity, memory.
+ */
+#include "cli.h"
+#include "base/base.h"
+#include "curate/curate.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU time of the calling thread: unlike wall time, it does not grow when
+ * other processes compete for the cores. */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---- --tokenize ---- */
+
+static int bench_tokenize(int argc, char **argv) {
+    const char *model = NULL, *file = NULL;
+    int64_t reps = 5;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) {
+            if (!(model = cli_value(argc, argv, &i))) return 2;
+        } else if (strcmp(a, "-f") == 0 || strcmp(a, "--file") == 0) {
+            if (!(file = cli_value(argc, argv, &i))) return 2;
+        } else if (strcmp(a, "--reps") == 0) {
+            const char *s = cli_value(argc, argv, &i);
+            if (!s) return 2;
+            if (!cli_parse_i64(s, 1, 1000000, &reps)) return cli_usage("bench", "--reps needs a count from 1 up");
+        } else if (strcmp(a, "--json") == 0) {
+            json = true;
+        } else {
+            return cli_usage("bench", "unknown argument '%s' for --tokenize", a);
+        }
+    }
+    if (!model || !file) return cli_usage("bench", "--tokenize needs -m MODEL.gguf and -f FILE");
+
+    nm_err err = {0};
+    char *text;
+    size_t len;
+    if (nm_read_file(file, &text, &len, &err)) return cli_fail(&err);
+    nm_log log = cli_logger(false);
+    nm_gguf *g = NULL;
+    nm_vocab *v = NULL;
+    double t0 = now_s();
+    if (nm_gguf_open(model, &g, &err) || nm_vocab_from_gguf(g, &v, &log, &err)) {
+        nm_gguf_free(g);
+        free(text);
+        return cli_fail(&err);
+    }
+    double load_s = now_s() - t0;
+    nm_gguf_free(g);
+
+    double *mbs = nm_calloc((size_t)reps, sizeof(double));
+    double *cpu = nm_calloc((size_t)reps, sizeof(double));
+    size_t n_tokens = 0;
+    int rc = 0;
+    for (int64_t r = 0; r < reps && mbs && cpu; r++) {
+        int32_t *ids;
+        double t = now_s(), c = cpu_s();
+        if (nm_tokenize(v, text, len, false, false, &ids, &n_tokens, &err)) {
+            rc = cli_fail(&err);
+            break;
+        }
+        t = now_s() - t;
+        c = cpu_s() - c;
+        free(ids);
+        mbs[r] = (double)len / 1e6 / (t > 1e-9 ? t : 1e-9);
+        cpu[r] = (double)len / 1e6 / (c > 1e-9 ? c : 1e-9);
+    }
+    if (!mbs || !cpu) rc = cli_fail(&(nm_err){NM_ERR_NOMEM, "out of memory"});
+    if (rc == 0) {
+        qsort(mbs, (size_t)reps, sizeof(double), cmp_double);
+        qsort(cpu, (size_t)reps, sizeof(double), cmp_double);
+        double med = reps % 2 ? mbs[reps / 2] : 0.5 * (mbs[reps / 2 - 1] + mbs[reps / 2]);
+        double med_cpu = reps % 2 ? cpu[reps / 2] : 0.5 * (cpu[reps / 2 - 1] + cpu[reps / 2]);
+        if (json) {
+            nm_buf b;
+            nm_buf_init(&b);
+            nm_buf_printf(&b, "{\"mode\": \"tokenize\", \"model\": ");
+            nm_buf_json_str(&b, model, strlen(model));
+            nm_buf_printf(&b, ", \"file\": ");
+            nm_buf_json_str(&b, file, strlen(file));
+            nm_buf_printf(&b,
+                          ", \"bytes\": %zu, \"tokens\": %zu, \"reps\": %lld, \"median_mb_s\": %.3f, \"min_mb_s\": "
+                          "%.3f, \"max_mb_s\": %.3f, \"median_cpu_mb_s\": %.3f, \"load_s\": %.4f}\n",
+                          len, n_tokens, (long long)reps, med, mbs[0], mbs[reps - 1], med_cpu, load_s);
+            if (!b.oom) fwrite(b.data, 1, b.len, stdout);
+            nm_buf_deinit(&b);
+        } else {
+            printf("tokenize: %s on %s: %zu bytes -> %zu tokens\n", model, file, len, n_tokens);
+            printf("  median %.2f MB/s over %lld reps (min %.2f, max %.2f); by CPU time %.2f MB/s; vocabulary "
+                   "load %.1f ms\n",
+                   med, (long long)reps, mbs[0], mbs[reps - 1], med_cpu, load_s * 1e3);
+        }
+    }
+    free(mbs);
+    free(cpu);
+    free(text);
+    nm_vocab_free(v);
+    return rc;
+}
+
+/* ---- --model (the default): prompt processing and generation speed ---- */
+
+/* Like llama-bench: random token ids (speed does not depend on them), a
+ * warm-up pass that also pages the mapped weights in, then per repetition a
+ * prompt of n_prompt tokens decoded as one batch from an empty cache, and
+ * n_gen tokens decoded one at a time from an empty cache. */
+static int bench_model(int argc, char **argv) {
+    const char *model = NULL;
+    int64_t n_prompt = 512, n_gen = 128, n_threads = 0, reps = 5;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            if (!(model = cli_value(argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "-p") || !strcmp(a, "-n") || !strcmp(a, "-t") || !strcmp(a, "--threads") ||
+                   !strcmp(a, "--reps")) {
+            int64_t *dst = a[1] == 'p' ? &n_prompt : a[1] == 'n' ? &n_gen : a[2] == 'r' ? &reps : &n_threads;
+            int64_t lo = dst == &reps ? 1 : 0;
+            if (!(v = cli_value(argc, argv, &i))) return 2;
+            if (!cli_parse_i64(v, lo, 1 << 20, dst)) return cli_usage("bench", "%s needs a count, got '%s'", a, v);
+        } else if (!strcmp(a, "--json")) {
+            json = true;
+        } else {
+            return cli_usage("bench", "unknown argument '%s'", a);
+        }
+    }
+    if (!model) return cli_usage("bench", "missing -m MODEL.gguf");
+    if (n_prompt == 0 && n_gen == 0) return cli_usage("bench", "nothing to measure (-p 0 -n 0)");
+
+    nm_err err = {0};
+    nm_log log = cli_logger(false);
+    nm_model *m = NULL;
+    nm_context *c = NULL;
+    int32_t *ids = NULL;
+    double *pp = NULL, *tg = NULL;
+    int rc = 1;
+    if (nm_model_load(model, &log, &m, &err)) goto out;
+    nm_model_info info;
+    nm_model_get_info(m, &info);
+    nm_context_params cp = nm_context_default_params();
+    const int64_t longest = n_prompt > n_gen ? n_prompt : n_gen;
+    cp.n_ctx = (int32_t)(longest > 16 ? longest : 16);
+    cp.n_batch = (int32_t)(n_prompt > 0 ? n_prompt : 1);
+    cp.n_threads = (int32_t)n_threads;
+    if (nm_context_new(m, &cp, &c, &err)) goto out;
+    ids = nm_calloc((size_t)longest + 1, sizeof *ids);
+    pp = nm_calloc((size_t)reps, sizeof *pp);
+    tg = nm_calloc((size_t)reps, sizeof *tg);
+    if (!ids || !pp || !tg) {
+        nm_err_set(&err, NM_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    nm_rng rng;
+    nm_rng_seed(&rng, 1234);
+    for (int64_t i = 0; i <= longest; i++) ids[i] = (int32_t)(nm_rng_u64(&rng) % (uint64_t)info.n_vocab);
+    /* warm-up */
+    if (nm_decode(c, ids, (int32_t)(n_prompt > 0 && n_prompt < 16 ? n_prompt : 16), &err)) goto out;
+    for (int64_t r = 0; r < reps; r++) {
+        if (n_prompt > 0) {
+            nm_context_truncate(c, 0, NULL);
+            double t = now_s();
+            if (nm_decode(c, ids, (int32_t)n_prompt, &err)) goto out;
+            pp[r] = (double)n_prompt / (now_s() - t);
+        }
+        if (n_gen > 0) {
+            nm_context_truncate(c, 0, NULL);
+            double t = now_s();
+            for (int64_t i = 0; i < n_gen; i++)
+                if (nm_decode(c, ids + i, 1, &err)) goto out;
+            tg[r] = (double)n_gen / (now_s() - t);
+        }
+    }
+    qsort(pp, (size_t)reps, sizeof *pp, cmp_double);
+    qsort(tg, (size_t)reps, sizeof *tg, cmp_double);
+    double pp_med = reps % 2 ? pp[reps / 2] : 0.5 * (pp[reps / 2 - 1] + pp[reps / 2]);
+    double tg_med = reps % 2 ? tg[reps / 2] : 0.5 * (tg[reps / 2 - 1] + tg[reps / 2]);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    if (json) {
+        nm_buf b;
+        nm_buf_init(&b);
+        nm_buf_printf(&b, "{\"mode\": \"model\", \"model\": ");
+        nm_buf_json_str(&b, model, strlen(model));
+        nm_buf_printf(&b,
+                      ", \"params\": %llu, \"weight_bytes\": %llu, \"threads\": %d, \"reps\": %lld, \"n_prompt\": %lld, "
+                      "\"n_gen\": %lld, \"pp_tokens_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, \"tg_tokens_s\": "
+                      "%.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, \"peak_rss_bytes\": %lld}\n",
+                      (unsigned long long)info.n_params, (unsigned long long)info.weight_bytes,
+                      nm_context_n_threads(c), (long long)reps, (long long)n_prompt, (long long)n_gen, pp_med, pp[0],
+                      pp[reps - 1], tg_med, tg[0], tg[reps - 1], (long long)ru.ru_maxrss * 1024);
+        if (!b.oom) fwrite(b.data, 1, b.len, stdout);
+        nm_buf_deinit(&b);
+    } else {
+        printf("model: %s (%s, %.1fM parameters, %.1f MiB of weights), %d threads, %lld reps\n", model, info.arch,
+               info.n_params / 1e6, info.weight_bytes / 1048576.0, nm_context_n_threads(c), (long long)reps);
+        if (n_prompt > 0)
+            printf("  pp%-5lld %10.2f tokens/s (min %.2f, max %.2f)\n", (long long)n_prompt, pp_med, pp[0],
+                   pp[reps - 1]);
+        if (n_gen > 0)
+            printf("  tg%-5lld %10.2f tokens/s (min %.2f, max %.2f)\n", (long long)n_gen, tg_med, tg[0], tg[reps - 1]);
+        printf("  peak RSS %.1f MiB\n", ru.ru_maxrss / 1024.0);
+    }
+    rc = 0;
+out:
+    if (rc) cli_fail(&err);
+    free(ids);
+    free(pp);
+    free(tg);
+    nm_context_free(c);
+    nm_model_free(m);
+    return rc;
+}
+
+/* ---- dispatch ---- */
+
+typedef struct bench_mode {
+    const char *flag;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+} bench_mode;
+
+/* ---- --curate: near-duplicate removal at scale on generated documents ---- */
+
+/* Synthetic short documents: words of a 20000-word vocabulary drawn with a
+ * Zipf-like law (p ~ 1/rank, as in natural text), 10 to 50 words each.
+ * After the originals, a share of the documents are planted copies of
+ * earlier ones: half exact up to case and punctuation, the other half
+ * near duplicates (one word replaced, or one word appended), whose true
+ * Jaccard similarity (5-word shingles) is computed to report recall by
+ * similarity. */
+static void cb_word(nm_rng *r, const uint32_t *cdf, char *out) {
+    uint32_t u = (uint32_t)(nm_rng_u64(r) >> 32), lo = 0, hi = 20000;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (cdf[mid] < u) lo = mid + 1; else hi = mid;
+    }
+    static const char cons[] = "bcdfghjklmnprstvwz", vow[] = "aeiou";
+    uint32_t w = lo < 20000 ? lo : 19999, k = 0;
+    do { /* a pronounceable spelling of the rank: one syllable per base-90 digit */
+        out[k++] = cons[w % 18];
+        out[k++] = vow[(w / 18) % 5];
+        w /= 90;
+    } while (w);
+    out[k] = 0;
+}
+
+static int bench_curate(int argc, char **argv) {
+    int64_t n_docs = 1000000, threads = 0;
+    double dup_share = 0.1;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--docs")) {
+            if (!(v = cli_value(argc, argv, &i))) return 2;
+            if (!cli_parse_i64(v, 10, 100000000, &n_docs)) return cli_usage("bench", "--docs needs a count from 10, got '%s'", v);
+        } else if (!strcmp(a, "--dups")) {
+            if (!(v = cli_value(argc, argv, &i))) return 2;
+            if (!cli_parse_f64(v, &dup_share) || !(dup_share >= 0 && dup_share < 1))
+                return cli_usage("bench", "--dups needs a share in [0, 1), got '%s'", v);
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            if (!(v = cli_value(argc, argv, &i))) return 2;
+            if (!cli_parse_i64(v, 0, 1024, &threads)) return cli_usage("bench", "--threads needs a count, got '%s'", v);
+        } else if (!strcmp(a, "--json")) {
+            json = true;
+        } else {
+            return cli_usage("bench", "unknown argument '%s' for --curate", a);
+        }
+    }
+    nm_err err = {0};
+    nm_log log = cli_logger(false);
+    log.min_level = NM_LOG_WARN; /* the result is printed below */
+    /* the Zipf table */
+    uint32_t *cdf = malloc(20000 * sizeof *cdf);
+    int64_t *src = malloc((size_t)n_docs * sizeof *src);
+    char *path = NULL;
+    if (!cdf || !src) {
+        free(cdf);
+        free(src);
+        nm_err_set(&err, NM_ERR_NOMEM, "out of memory");
+        return cli_fail(&err);
+    }
+    double total = 0, acc = 0;
+    for (int k = 0; k < 20000; k++) total += 1.0 / (k + 1);
+    for (int k = 0; k < 20000; k++) {
+        acc += 1.0 / (k + 1) / total;
+        cdf[k] = acc >= 1 ? UINT32_MAX : (uint32_t)(acc * 4294967296.0);
+    }
+    /* write the documents to a temporary file, one per line, as a user's
+     * file would be */
+    const char *tmp = getenv("TMPDIR");
+    size_t plen = strlen(tmp ? tmp : "/tmp") + 40;
+    path = malloc(plen);
+    snprintf(path, plen, "%s/nomoat-bench-curate-%d.txt", tmp ? tmp : "/tmp", (int)getpid());
+    FILE *f = fopen(path, "w+b");
+    if (!f) {
+        nm_err_set(&err, NM_ERR_IO, "%s: cannot create", path);
+        free(cdf);
+        free(src);
+        free(path);
+        return cli_fail(&err);
+    }
+    nm_rng rng;
+    nm_rng_seed(&rng, 2024);
+    int64_t n_orig = (int64_t)((double)n_docs * (1 - dup_share));
+    /* line offsets of every document, to copy earlier ones */
+    long *off = malloc((size_t)n_docs * sizeof *off);
+    nm_buf line;
+    nm_buf_init(&line);
+    char word[16];
+    double t0 = now_s();
+    for (int64_t d = 0; d < n_docs && off; d++) {
+        off[d] = ftell(f);
+        line.len = 0;
+        src[d] = -1;
+        if (d < n_orig) {
+            int64_t L = 10 + (int64_t)(nm_rng_u64(&rng) % 41);
+            for (int64_t k = 0; k < L; k++) {
+                cb_word(&rng, cdf, word);
+                if (k == 0) word[0] = (char)(word[0] - 32);
+                nm_buf_printf(&line, "%s%s", k ? " " : "", word);
+                if (k % 9 == 8) nm_buf_push(&line, ",", 1);
+            }
+            nm_buf_push(&line, ".", 1);
+        } else {
+            int64_t s = (int64_t)(nm_rng_u64(&rng) % (uint64_t)n_orig), kind = (int64_t)(nm_rng_u64(&rng) % 4);
+            src[d] = s;
+            /* read the original back */
+            long here = ftell(f);
+            fseek(f, off[s], SEEK_SET);
+            char buf[1024];
+            if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+            fseek(f, here, SEEK_SET);
+            size_t bl = strcspn(buf, "\n");
+            buf[bl] = 0;
+            if (kind <= 1) { /* exact up to case and punctuation */
+                for (size_t k = 0; k < bl; k++) {
+                    char c = buf[k];
+                    if (c == ',') continue;
+                    if (kind == 1 && c >= 'a' && c <= 'z') c = (char)(c - 32);
+                    nm_buf_push(&line, &c, 1);
+                }
+                nm_buf_push(&line, "!", 1);
+            } else if (kind == 2) { /* one word appended */
+                nm_buf_push(&line, buf, bl);
+                cb_word(&rng, cdf, word);
+                nm_buf_printf(&line, " %s", word);
+            } else { /* one word replaced */
+                size_t n_sp = 0;
+                for (size_t k = 0; k < bl; k++) n_sp += buf[k] == ' ';
+                size_t target = (size_t)(nm_rng_u64(&rng) % (n_sp + 1)), w = 0, k = 0;
+                for (; k < bl; k++) {
+                    if (w == target) break;
+                    nm_buf_push(&line, &buf[k], 1);
+                    w += buf[k] == ' ';
+                }
+                cb_word(&rng, cdf, word);
+                nm_buf_printf(&line, "zq%s", word); /* a word the vocabulary never makes */
+                while (k < bl && buf[k] != ' ') k++;
+                nm_buf_push(&line, buf + k, bl - k);
+            }
+        }
+        nm_buf_push(&line, "\n", 1);
+        fwrite(line.data, 1, line.len, f);
+    }
+    fclose(f);
+    double gen_s = now_s() - t0;
+    int rc = 1;
+    nm_docset *ds = nm_docset_new();
+    nm_clean_result r = {0};
+    if (!off || line.oom || !ds) {
+        nm_err_set(&err, NM_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    t0 = now_s();
+    if (nm_docset_add_file(ds, path, NM_DOC_LINES, NULL, &err)) goto out;
+    double load_s = now_s() - t0;
+    nm_clean_params p;
+    nm_clean_params_default(&p);
+    p.threads = (int32_t)threads;
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    t0 = now_s();
+    if (nm_clean_run(ds, &p, &r, &log, &err)) goto out;
+    double clean_s = now_s() - t0;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    double clean_cpu = (double)(c1.tv_sec - c0.tv_sec) + (double)(c1.tv_nsec - c0.tv_nsec) * 1e-9;
+    /* recall of the planted copies, by kind and by true similarity */
+    int64_t planted[2] = {0}, found[2] = {0}, bin_n[3] = {0}, bin_found[3] = {0}, false_pos = 0;
+    nm_minhash mh;
+    nm_mh_scratch sa = {0}, sb = {0};
+    nm_u64vec ha = {0}, hb = {0};
+    if (nm_minhash_init(&mh, 1, p.shingle, false, 1, &err)) goto out;
+    for (int64_t d = 0; d < n_docs; d++) {
+        bool removed = r.step[d] == NM_CLEAN_EXACT || r.step[d] == NM_CLEAN_NEAR;
+        if (src[d] < 0) {
+            /* an original removed as a duplicate of another original */
+            if (removed) false_pos++;
+            continue;
+        }
+        const nm_doc *a = nm_docset_doc(ds, (size_t)d), *b = nm_docset_doc(ds, (size_t)src[d]);
+        char *na = NULL, *nb = NULL;
+        size_t la, lb;
+        nm_text_normalize(a->text, a->len, &na, &la, NULL);
+        nm_text_normalize(b->text, b->len, &nb, &lb, NULL);
+        bool same = na && nb && la == lb && !memcmp(na, nb, la);
+        free(na);
+        free(nb);
+        if (same) {
+            planted[0]++;
+            found[0] += removed;
+            continue;
+        }
+        planted[1]++;
+        found[1] += removed;
+        nm_minhash_shingles(&mh, a->text, a->len, &sa, &ha);
+        nm_minhash_shingles(&mh, b->text, b->len, &sb, &hb);
+        size_t inter = 0;
+        for (size_t x = 0; x < ha.n; x++)
+            for (size_t y = 0; y < hb.n; y++)
+                if (ha.v[x] == hb.v[y]) {
+                    inter++;
+                    break;
+                }
+        double J = (double)inter / (double)(ha.n + hb.n - inter);
+        int bin = J >= 0.9 ? 0 : J >= 0.8 ? 1 : 2;
+        bin_n[bin]++;
+        bin_found[bin] += removed;
+    }
+    nm_minhash_deinit(&mh);
+    nm_mh_scratch_deinit(&sa);
+    nm_mh_scratch_deinit(&sb);
+    nm_u64vec_free(&ha);
+    nm_u64vec_free(&hb);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    size_t file_bytes = 0;
+    for (size_t i = 0; i < nm_docset_size(ds); i++) file_bytes += nm_docset_doc(ds, i)->len + 1;
+    double pr[3] = {nm_lsh_prob(0.95, r.bands, r.rows), nm_lsh_prob(0.85, r.bands, r.rows),
+                    nm_lsh_prob(0.75, r.bands, r.rows)};
+    if (json) {
+        printf("{\"documents\": %lld, \"bytes\": %zu, \"threads\": %d, \"generate_s\": %.2f, \"load_s\": %.2f, "
+               "\"clean_s\": %.2f, \"clean_cpu_s\": %.2f, \"exact_s\": %.2f, \"near_s\": %.2f, \"docs_per_s\": %.0f, \"exact_removed\": %zu, "
+               "\"near_removed\": %zu, \"bands\": %d, \"rows\": %d, \"near_bytes\": %llu, \"docset_bytes\": %zu, "
+               "\"peak_rss_bytes\": %lld, \"planted_exact\": %lld, \"found_exact\": %lld, \"planted_near\": %lld, "
+               "\"found_near\": %lld, \"recall_j90\": [%lld, %lld], \"recall_j80\": [%lld, %lld], "
+               "\"recall_below80\": [%lld, %lld], \"originals_removed\": %lld}\n",
+               (long long)n_docs, file_bytes, threads ? (int)threads : nm_cpu_count(), gen_s, load_s, clean_s, clean_cpu,
+               r.seconds[NM_CLEAN_EXACT], r.seconds[NM_CLEAN_NEAR], (double)n_docs / clean_s, r.count[NM_CLEAN_EXACT],
+               r.count[NM_CLEAN_NEAR], r.bands, r.rows, (unsigned long long)r.near_bytes, nm_docset_bytes(ds),
+               (long long)ru.ru_maxrss * 1024, (long long)planted[0], (long long)found[0], (long long)planted[1],
+               (long long)found[1], (long long)bin_found[0], (long long)bin_n[0], (long long)bin_found[1],
+               (long long)bin_n[1], (long long)bin_found[2], (long long)bin_n[2], (long long)false_pos);
+    } else {
+        printf("curate: %lld generated documents (%.1f MB, %.1f s to generate, %.1f s to load), %d threads\n",
+               (long long)n_docs, (double)file_bytes / 1e6, gen_s, load_s, threads ? (int)threads : nm_cpu_count());
+        printf("  exact + near de-duplication: %.1f s wall, %.1f s CPU (exact %.1f s, near %.1f s wall): %.0f "
+               "documents/s\n",
+               clean_s, clean_cpu, r.seconds[NM_CLEAN_EXACT], r.seconds[NM_CLEAN_NEAR], (double)n_docs / clean_s);
+        printf("  removed: %zu exact, %zu near (LSH %d bands x %d rows, %llu comparisons)\n", r.count[NM_CLEAN_EXACT],
+               r.count[NM_CLEAN_NEAR], r.bands, r.rows, (unsigned long long)r.lsh_pairs);
+        printf("  planted copies found: exact up to case/punctuation %lld/%lld; near %lld/%lld\n", (long long)found[0],
+               (long long)planted[0], (long long)found[1], (long long)planted[1]);
+        printf("    by true Jaccard: >= 0.9: %lld/%lld (LSH alone %.3f at 0.95), 0.8-0.9: %lld/%lld (%.3f at 0.85), "
+               "< 0.8: %lld/%lld (%.3f at 0.75; not meant to go)\n",
+               (long long)bin_found[0], (long long)bin_n[0], pr[0], (long long)bin_found[1], (long long)bin_n[1], pr[1],
+               (long long)bin_found[2], (long long)bin_n[2], pr[2]);
+        printf("  originals removed (chance similarity): %lld\n", (long long)false_pos);
+        printf("  memory: peak RSS %.1f MiB: documents %.1f MiB, signatures + band keys %.1f MiB\n",
+               ru.ru_maxrss / 1024.0, (double)nm_docset_bytes(ds) / 1048576.0, (double)r.near_bytes / 1048576.0);
+    }
+    rc = 0;
+out:
+    if (rc) cli_fail(&err);
+    nm_clean_result_deinit(&r);
+    nm_docset_free(ds);
+    nm_buf_deinit(&line);
+    remove(path);
+    free(path);
+    free(off);
+    free(src);
+    free(cdf);
+    return rc;
+}
+
+static const bench_mode MODES[] = {
+    {"--infer", "-m MODEL.gguf [-p 512] [-n 128] [--threads N] [--reps N] [--json]: prompt processing\n"
+                "          and generation speed, median tokens/s (the default: --infer may be left out)",
+     bench_model},
+    {"--tokenize", "-m MODEL.gguf -f FILE [--reps N] [--json]: tokenizer throughput (median MB/s)", bench_tokenize},
+    {"--curate", "[--docs N (1000000)] [--dups SHARE (0.1)] [--threads N] [--json]: exact + near (MinHash/LSH)\n"
+                 "          de-duplication of generated short documents: time, recall, peak memory",
+     bench_curate},
+};
+#define N_MODES (sizeof MODES / sizeof MODES[0])
+
+static void help(void) {
+    printf("usage: nomoat bench MODE [options]\n\nModes:\n");
+    for (size_t i = 0; i < N_MODES; i++) printf("  %s %s\n", MODES[i].flag, MODES[i].summary);
+}
+
+int cmd_bench(int argc, char **argv) {
+    if (argc < 2) return cli_usage("bench", "missing a mode (e.g. --tokenize)");
+    if (cli_is_help(argv[1])) {
+        help();
+        return 0;
+    }
+    for (size_t i = 0; i < N_MODES; i++)
+        if (strcmp(argv[1], MODES[i].flag) == 0) {
+            for (int j = 2; j < argc; j++)
+                if (cli_is_help(argv[j])) {
+                    help();
+                    return 0;
+                }
+            return MODES[i].run(argc - 1, argv + 1);
+        }
+    /* no mode flag: the inference benchmark, which takes all the arguments */
+    for (int j = 2; j < argc; j++)
+        if (cli_is_help(argv[j])) {
+            help();
+            return 0;
+        }
+    return bench_model(argc, argv);
+}
