@@ -27,5 +27,16 @@ step "4. Quantize the weights to Q8_0 (rows that do not fit 32-blocks stay F32)"
 "$NM" convert "$OUT/stories260K.gguf" --type q8_0 -o "$OUT/stories260K-q8_0.gguf" 2>&1 | tail -n 1
 ls -l "$OUT/stories260K.gguf" "$OUT/stories260K-q8_0.gguf" | awk '{print $5, $9}'
 
+step "5. Tokenize a prompt with the model's own SentencePiece vocabulary"
+"$NM" tokenize -m "$OUT/stories260K.gguf" -p "Once upon a time" --pieces
+
+step "6. Generate a story (greedy ids match llama.cpp's exactly; here sampled with a fixed seed)"
+"$NM" run -m "$OUT/stories260K.gguf" -p "Once upon a time" -n 120 --temp 0.8 --seed 42
+echo
+
+step "7. The same from the Q8_0 copy (8-bit weights, 8-bit activations in the dot products)"
+"$NM" run -m "$OUT/stories260K-q8_0.gguf" -p "Once upon a time" -n 60 --temp 0
+echo
+
 echo
 echo "demo finished; files are in $OUT"
