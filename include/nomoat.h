@@ -707,7 +707,7 @@ nm_status nm_st_writer_write(nm_st_writer *w, const char *path, nm_err *err);
 
 typedef struct nm_train_stats {
     int64_t step, total_steps; /* optimiser steps done / planned            */
-    int64_t epoch;             /* 0-based epoch of the data position        */
+    int64_t epoch;             /* 0-based epoch the step's data came from    */
     double loss;               /* mean loss of the step just taken           */
     double val_loss;           /* latest validation loss (NAN: none yet)     */
     bool evaluated;            /* val_loss was computed at this step         */

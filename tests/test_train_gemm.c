@@ -135,8 +135,33 @@ static void test_exp_row(nm_test *t) {
     free(x), free(y);
 }
 
+/* The fast row decoders give exactly the reference decoders' values. */
+static void test_row_decoders(nm_test *t) {
+    int64_t n = 32 * 37;
+    uint8_t *raw = malloc((size_t)n * 2);
+    for (int64_t i = 0; i < n * 2; i++) raw[i] = (uint8_t)nm_rng_u64(&RNG);
+    float *a = malloc((size_t)n * 4), *b = malloc((size_t)n * 4);
+    nm_err err = {0};
+    /* random bits: every half-float value, NaNs and infinities included */
+    const nm_type types[] = {NM_TYPE_F16, NM_TYPE_BF16, NM_TYPE_Q4_0, NM_TYPE_Q8_0};
+    void (*const fast[])(const void *, float *, int64_t) = {nm_f16_row_to_f32, nm_bf16_row_to_f32, nm_q4_0_row_to_f32,
+                                                           nm_q8_0_row_to_f32};
+    for (int k = 0; k < 4; k++) {
+        CHECK_OK(t, nm_dequantize(types[k], raw, a, n, &err), err);
+        fast[k](raw, b, n);
+        /* the same bits, except that NaNs may come back quieted (hardware
+         * F16 conversion): a NaN weight is garbage either way */
+        int64_t bad = 0;
+        for (int64_t i = 0; i < n; i++) bad += !(memcmp(a + i, b + i, 4) == 0 || (isnan(a[i]) && isnan(b[i])));
+        CHECKF(t, bad == 0, "%s decoder differs from the reference in %lld values", nm_type_name(types[k]),
+               (long long)bad);
+    }
+    free(raw), free(a), free(b);
+}
+
 int main(void) {
     nm_rng_seed(&RNG, 77);
+    nm_test_run("row_decoders_exact", test_row_decoders);
     nm_test_run("exp_row", test_exp_row);
     nm_test_run("nt_every_kernel", test_nt);
     nm_test_run("nn_every_kernel", test_nn);

@@ -7,6 +7,7 @@
 #include "train/data.h"
 #include "base/base.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -478,6 +479,86 @@ static void test_adapter_roundtrip(nm_test *t) {
     nm_tmodel_free(m);
 }
 
+/* ---- personalisation: identity.json makes the model answer from the data ----
+ * stories260K's 512-token vocabulary spells Chinese byte by byte, and 75 of
+ * the 91 records are Chinese; the 16 English ones are enough (and fast) to
+ * show the model taking its name from the data. */
+static void test_identity(nm_test *t) {
+    json_error_t je;
+    json_t *all = json_load_file(nm_test_shared("data/identity.json"), 0, &je), *en = json_array();
+    if (!CHECKF(t, json_is_array(all), "identity.json: %s", je.text)) return;
+    size_t i;
+    json_t *r;
+    json_array_foreach(all, i, r) {
+        const char *texts[2] = {json_string_value(json_object_get(r, "instruction")),
+                                json_string_value(json_object_get(r, "output"))};
+        bool ascii = texts[0] && texts[1];
+        for (int k = 0; k < 2 && ascii; k++)
+            for (const char *c = texts[k]; *c; c++) ascii &= (unsigned char)*c < 0x80;
+        if (ascii) json_array_append(en, r);
+    }
+    CHECK(t, json_array_size(en) == 16);
+    const char *data = tmp_path("identity-en.json");
+    json_dump_file(en, data, 0);
+    json_decref(en);
+    json_decref(all);
+    nm_err err = {0};
+    rec rc = {.stop_at = -1};
+    nm_train_params p = base_params(tmp_path("identity"), &rc);
+    p.data = data;
+    p.val_data = NULL;
+    p.format = "auto";
+    const char *vars[] = {"name=Nomo", "author=Moat"};
+    p.vars = vars;
+    p.n_vars = 2;
+    p.dropout = 0;
+    p.rank = 16;
+    p.alpha = 32;
+    p.lr = 1e-2;
+    p.warmup = 0;
+    p.steps = 40;
+    p.seq_len = 256;
+    p.batch = 4;
+    p.grad_accum = 1;
+    p.checkpoint_every = 0;
+    p.threads = 0;
+    if (!CHECK_OK(t, nm_train_run(&p, NULL, &err), err)) return;
+    /* greedy answer to a question in the data's style, with the saved adapter */
+    nm_tmodel *m;
+    nm_vocab *v;
+    nm_tm_lora *l = NULL;
+    CHECK_OK(t, nm_tmodel_open(p.model, false, NULL, &m, &err), err);
+    CHECK_OK(t, nm_vocab_from_gguf(m->gguf, &v, NULL, &err), err);
+    CHECK_OK(t, nm_adapter_load(m, tmp_path("identity"), &l, &err), err);
+    const char *prompt = "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n";
+    int32_t *ids;
+    size_t n;
+    CHECK_OK(t, nm_tokenize(v, prompt, strlen(prompt), true, true, &ids, &n, &err), err);
+    int32_t *seq = malloc((n + 32) * sizeof *seq);
+    memcpy(seq, ids, n * sizeof *seq);
+    float *logits = malloc((size_t)m->hp.n_vocab * sizeof(float));
+    char answer[512] = "";
+    size_t alen = 0;
+    for (int k = 0; k < 24 && l; k++) {
+        if (!CHECK_OK(t, nm_tmodel_logits(m, l, seq, (int64_t)n, logits, &err), err)) break;
+        int32_t best = 0;
+        for (int32_t j = 1; j < m->hp.n_vocab; j++) best = logits[j] > logits[best] ? j : best;
+        seq[n++] = best;
+        char piece[64];
+        int32_t pl = nm_token_to_piece(v, best, piece, sizeof piece, false);
+        if (pl > 0 && alen + (size_t)pl < sizeof answer) memcpy(answer + alen, piece, (size_t)pl), alen += (size_t)pl;
+        answer[alen] = 0;
+    }
+    printf("# after 40 steps on identity.json (English records): \"%s\"\n", answer);
+    CHECKF(t, strstr(answer, "Nomo") != NULL, "the answer does not give the name from the data: %s", answer);
+    free(logits);
+    free(seq);
+    free(ids);
+    nm_tm_lora_free(l);
+    nm_vocab_free(v);
+    nm_tmodel_free(m);
+}
+
 int main(void) {
     setup_data();
     nm_test_run("deterministic_and_resume", test_deterministic_and_resume);
@@ -488,5 +569,6 @@ int main(void) {
     nm_test_run("val_loss_decreases", test_val_loss_decreases);
     nm_test_run("full_finetune", test_full_finetune);
     nm_test_run("adapter_roundtrip", test_adapter_roundtrip);
+    nm_test_run("identity_answers_from_data", test_identity);
     return nm_test_finish();
 }

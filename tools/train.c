@@ -83,6 +83,7 @@ static void fmt_time(double s, char *buf, size_t cap) {
 static int on_step(void *user, const nm_train_stats *s) {
     progress *p = user;
     if (p->quiet) return 0;
+    p->log_every = s->total_steps > 200 ? s->total_steps / 100 : 1;
     char eta[32], val[48] = "";
     fmt_time(s->eta_s, eta, sizeof eta);
     if (!isnan(s->val_loss)) snprintf(val, sizeof val, "  val %.4f", s->val_loss);
@@ -94,7 +95,7 @@ static int on_step(void *user, const nm_train_stats *s) {
         fprintf(stderr, "\r[%s] %lld/%lld  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %s \033[K", bar, (long long)s->step,
                 (long long)s->total_steps, s->loss, val, s->lr, s->tokens_per_s, eta);
         if (s->step == s->total_steps) fputc('\n', stderr);
-    } else if (s->step % p->log_every == 0 || s->evaluated || s->step == s->total_steps) {
+    } else if (s->step % p->log_every == 0 || s->step == 1 || s->evaluated || s->step == s->total_steps) {
         fprintf(stderr, "step %lld/%lld  epoch %lld  loss %.4f%s  lr %.3e  grad-norm %.3f  %.1f tok/s  ETA %s%s\n",
                 (long long)s->step, (long long)s->total_steps, (long long)s->epoch, s->loss, val, s->lr, s->grad_norm,
                 s->tokens_per_s, eta, s->checkpointed ? "  [checkpoint]" : "");
@@ -333,8 +334,8 @@ int cmd_train(int argc, char **argv) {
             goto out;
         }
     }
+    /* logs (not a terminal): every step of short runs, ~100 lines for long ones */
     progress pr = {isatty(STDERR_FILENO) != 0, quiet, 1};
-    if (!pr.tty) pr.log_every = 1;
     p.on_step = on_step;
     p.should_stop = should_stop;
     p.user = &pr;

@@ -15,6 +15,7 @@
  * order wherever it sits. */
 #include "train/gemm.h"
 #include "nomoat.h"
+#include "tensor/quants.h"
 
 #include <math.h>
 #include <string.h>
@@ -363,7 +364,54 @@ __attribute__((target("avx512f"))) static void bf16_row_avx512(const void *src, 
     }
     for (; i < n; i++) dst[i] = nm_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
 }
+
+/* Q4_0 block: f16 d, then 16 bytes; element j in the low nibble of byte j,
+ * element j + 16 in its high nibble; value (nibble - 8) * d. */
+__attribute__((target("avx512f"))) static void q4_0_row_avx512(const void *src, float *dst, int64_t n) {
+    const uint8_t *b = src;
+    const __m512i mask = _mm512_set1_epi32(0x0f), eight = _mm512_set1_epi32(8);
+    for (int64_t i = 0; i < n / 32; i++, b += 18, dst += 32) {
+        __m512 d = _mm512_set1_ps(nm_f16_to_f32((uint16_t)(b[0] | b[1] << 8)));
+        __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(b + 2)));
+        __m512i lo = _mm512_sub_epi32(_mm512_and_si512(w, mask), eight);
+        __m512i hi = _mm512_sub_epi32(_mm512_srli_epi32(w, 4), eight);
+        _mm512_storeu_ps(dst, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d));
+        _mm512_storeu_ps(dst + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
+    }
+}
+
+/* Q8_0 block: f16 d, then 32 signed bytes; value q * d. */
+__attribute__((target("avx512f"))) static void q8_0_row_avx512(const void *src, float *dst, int64_t n) {
+    const uint8_t *b = src;
+    for (int64_t i = 0; i < n / 32; i++, b += 34, dst += 32) {
+        __m512 d = _mm512_set1_ps(nm_f16_to_f32((uint16_t)(b[0] | b[1] << 8)));
+        __m512i q0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(b + 2)));
+        __m512i q1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(b + 18)));
+        _mm512_storeu_ps(dst, _mm512_mul_ps(_mm512_cvtepi32_ps(q0), d));
+        _mm512_storeu_ps(dst + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(q1), d));
+    }
+}
 #endif
+
+void nm_q4_0_row_to_f32(const void *src, float *dst, int64_t n) {
+#ifdef NM_GEMM_X86
+    if (__builtin_cpu_supports("avx512f")) {
+        q4_0_row_avx512(src, dst, n);
+        return;
+    }
+#endif
+    nm_dequant_q4_0(src, dst, n);
+}
+
+void nm_q8_0_row_to_f32(const void *src, float *dst, int64_t n) {
+#ifdef NM_GEMM_X86
+    if (__builtin_cpu_supports("avx512f")) {
+        q8_0_row_avx512(src, dst, n);
+        return;
+    }
+#endif
+    nm_dequant_q8_0(src, dst, n);
+}
 
 void nm_f16_row_to_f32(const void *src, float *dst, int64_t n) {
 #ifdef NM_GEMM_X86

@@ -28,9 +28,13 @@ void nm_gemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t ars, in
                 int64_t ldb, float *C, int64_t ldc);
 
 /* Rows of half floats to float, exactly (hardware conversion when the CPU
- * has it). */
+ * has it; NaNs may come back quieted). */
 void nm_f16_row_to_f32(const void *src, float *dst, int64_t n);
 void nm_bf16_row_to_f32(const void *src, float *dst, int64_t n);
+/* Q4_0 / Q8_0 blocks to float, the same values as the reference decoders
+ * of src/tensor/quants.c (vectorised with AVX-512, the reference otherwise). */
+void nm_q4_0_row_to_f32(const void *src, float *dst, int64_t n);
+void nm_q8_0_row_to_f32(const void *src, float *dst, int64_t n);
 
 /* x[i] = exp(x[i] - sub) for i < n; returns the sum of the results.
  * Inputs below -87 (and -inf: masked scores) give exactly 0.  Vectorised

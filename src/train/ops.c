@@ -54,8 +54,13 @@ nm_status nm_wmat_init(nm_wmat *w, const char *name, const void *data, nm_type t
     w->rows = rows;
     w->cols = cols;
     w->row_bytes = nm_type_row_bytes(type, cols);
-    /* half floats through the hardware converters (exact, like the table's) */
-    w->to_float = type == NM_TYPE_F16 ? nm_f16_row_to_f32 : type == NM_TYPE_BF16 ? nm_bf16_row_to_f32 : tr->to_float;
+    /* half floats through the hardware converters, Q4_0/Q8_0 through vector
+     * decoders: the same values as the type table's reference decoders */
+    w->to_float = type == NM_TYPE_F16    ? nm_f16_row_to_f32
+                  : type == NM_TYPE_BF16 ? nm_bf16_row_to_f32
+                  : type == NM_TYPE_Q4_0 ? nm_q4_0_row_to_f32
+                  : type == NM_TYPE_Q8_0 ? nm_q8_0_row_to_f32
+                                         : tr->to_float;
     w->blck = tr->blck_size;
     w->blck_bytes = tr->type_size;
     return NM_OK;

@@ -317,7 +317,7 @@ static nm_status setup_model(trainer *t, nm_err *err) {
     if (p->act_checkpointing >= 0) {
         t->m->checkpointing = p->act_checkpointing > 0;
     } else {
-        t->m->checkpointing = false;
+        t->m->checkpointing = false; /* measure what storing everything would take */
         t->m->checkpointing = nm_tmodel_act_bytes(t->m, t->lora, T) > AUTO_CKPT_BYTES;
     }
     return NM_OK;
@@ -599,16 +599,30 @@ static nm_status evaluate(trainer *t, double *loss, nm_err *err) {
     return NM_OK;
 }
 
+/* A JSON number, or null for NaN/inf (a diverged run still writes valid
+ * JSON lines). */
+static void json_num(FILE *f, const char *key, const char *fmt, double v) {
+    fprintf(f, ",\"%s\":", key);
+    if (isfinite(v))
+        fprintf(f, fmt, v);
+    else
+        fputs("null", f);
+}
+
 static void write_metrics(trainer *t, const nm_train_stats *s) {
     if (!t->metrics) return;
-    fprintf(t->metrics,
-            "{\"step\":%lld,\"epoch\":%lld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens\":%lld,"
-            "\"tokens_per_s\":%.1f,\"elapsed_s\":%.2f,\"peak_rss_mb\":%.1f",
-            (long long)s->step, (long long)s->epoch, s->loss, s->lr, s->grad_norm, (long long)s->tokens,
-            s->tokens_per_s, s->elapsed_s, (double)s->peak_rss / 1048576.0);
-    if (s->evaluated) fprintf(t->metrics, ",\"val_loss\":%.6f", s->val_loss);
-    fprintf(t->metrics, "}\n");
-    fflush(t->metrics);
+    FILE *f = t->metrics;
+    fprintf(f, "{\"step\":%lld,\"epoch\":%lld", (long long)s->step, (long long)s->epoch);
+    json_num(f, "loss", "%.6f", s->loss);
+    json_num(f, "lr", "%.6g", s->lr);
+    json_num(f, "grad_norm", "%.6g", s->grad_norm);
+    fprintf(f, ",\"tokens\":%lld", (long long)s->tokens);
+    json_num(f, "tokens_per_s", "%.1f", s->tokens_per_s);
+    json_num(f, "elapsed_s", "%.2f", s->elapsed_s);
+    json_num(f, "peak_rss_mb", "%.1f", (double)s->peak_rss / 1048576.0);
+    if (s->evaluated) json_num(f, "val_loss", "%.6f", s->val_loss);
+    fputs("}\n", f);
+    fflush(f);
 }
 
 /* 1: stopped by should_stop before the step finished (nothing changed). */
@@ -751,7 +765,7 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
         bool stop = false;
         while (t.step < t.total && !stop) {
             double loss, gnorm, lr;
-            int64_t ntok;
+            int64_t ntok, epoch = t.epoch; /* the epoch this step's data comes from */
             int r = run_step(&t, &loss, &gnorm, &lr, &ntok, err, &st);
             if (st) goto done;
             if (r == 1) { /* interrupted inside a step: nothing was applied */
@@ -762,7 +776,7 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
             double el = now_s() - t.run_start;
             s.step = t.step;
             s.total_steps = t.total;
-            s.epoch = t.epoch;
+            s.epoch = epoch;
             s.loss = loss;
             s.lr = lr;
             s.grad_norm = gnorm;
