@@ -94,6 +94,27 @@ $(BUILD)/examples/%: $(BUILD)/obj/examples/%.o $(BUILD)/libnomoat.a
 $(BUILD)/obj/src/serve/page.o: src/serve/page.html
 # ---- end serve ----
 
+# ---- aarch64 cross build (kernels, issue 7) ----
+# make cross-aarch64  library, tool, tests and examples for 64-bit ARM Linux
+#                     with Debian's gcc-aarch64-linux-gnu into build-aarch64/
+#                     (the arm64 -dev libraries come through multiarch, see
+#                     scripts/setup.sh)
+# make check-aarch64  runs its kernel, type, quantization and model tests
+#                     under qemu-aarch64, on an emulated core with the
+#                     dot-product extension and on one without
+# Only the tests that run under qemu are built (Debian's aarch64 gcc 12
+# also stops with an internal error on tests/test_train_optim.c).
+AARCH64_CC ?= aarch64-linux-gnu-gcc
+AARCH64_TESTS := $(filter $(TEST_SRC:tests/%.c=%),test_kernels test_types test_quantize test_model)
+.PHONY: cross-aarch64 check-aarch64
+cross-aarch64:
+	PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig \
+	  $(MAKE) --no-print-directory BUILD=build-aarch64 SAN=0 CC=$(AARCH64_CC) all \
+	  $(AARCH64_TESTS:%=build-aarch64/tests/%)
+check-aarch64: cross-aarch64
+	scripts/test-aarch64.sh build-aarch64
+# ---- end aarch64 ----
+
 # ---- the two commands of the README ----
 test:
 ifeq ($(SAN),1)

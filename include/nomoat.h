@@ -547,6 +547,8 @@ nm_status nm_chat_render(nm_chat_template tmpl, const nm_chat_msg *msgs, size_t 
  *   nm_model_load -> nm_context_new -> nm_tokenize(nm_model_vocab(m), ...)
  *   -> nm_decode(prompt) -> loop { nm_sampler_sample(nm_get_logits) ->
  *   nm_decode(1 token) } -> nm_context_free -> nm_model_free.
+ * Several sequences at once (a server's slots): one context each, all on
+ * one shared nm_pool, and one nm_decode_batch per step over all of them.
  */
 
 typedef struct nm_model nm_model;
@@ -575,12 +577,28 @@ void nm_model_get_info(const nm_model *m, nm_model_info *info);
 const nm_vocab *nm_model_vocab(const nm_model *m);
 const nm_gguf *nm_model_gguf(const nm_model *m);
 
+/* A pool of compute threads (src/base/threads.c).  Every context runs its
+ * forward passes on one; by default each context starts its own, and
+ * contexts that are decoded together (nm_decode_batch, a server's slots)
+ * share one instead, so that idle pools do not compete for the CPUs.
+ * n_threads counts the calling thread. */
+typedef struct nm_pool nm_pool;
+nm_status nm_pool_new(int n_threads, nm_pool **out, nm_err *err);
+void nm_pool_free(nm_pool *p);
+
 typedef struct nm_context_params {
     int32_t n_ctx;     /* KV cache length in tokens; 0: the training context
                           capped at 4096                                      */
     int32_t n_batch;   /* most tokens per forward pass (longer inputs are cut
-                          in batches); 0: min(n_ctx, 512)                      */
-    int32_t n_threads; /* 0: every CPU this process may run on               */
+                          in batches); 0: min(n_ctx, 512).  In nm_decode_batch
+                          the first context's n_batch bounds the tokens of all
+                          the contexts of one pass                            */
+    int32_t n_threads; /* 0: every CPU this process may run on (ignored when
+                          pool is set)                                        */
+    nm_pool *pool;     /* NULL: the context starts its own pool of n_threads.
+                          Else the context runs on this pool, which it borrows
+                          (free it after the contexts): contexts that share a
+                          pool must not decode at the same time             */
     bool logits_all;   /* keep the logits of every token of a decode call, not
                           just the last one (perplexity, training eval)       */
     nm_type kv_type;   /* KV cache element type: NM_TYPE_F16 (the default of
@@ -590,7 +608,8 @@ typedef struct nm_context_params {
 } nm_context_params;
 nm_context_params nm_context_default_params(void);
 
-/* Allocates the KV cache and all scratch and starts the thread pool: after
+/* Allocates the KV cache and all scratch and starts the thread pool (unless
+ * params->pool lends one): after
  * this, decoding allocates nothing.  The model must outlive the context;
  * several contexts may share one model and decode concurrently (the model
  * is read-only), but one context serves one caller at a time. */
@@ -602,6 +621,22 @@ void nm_context_free(nm_context *c);
  * n_ctx ("context full") and NM_ERR_ARG for a token id outside the
  * vocabulary or (logits_all) n > n_batch. */
 nm_status nm_decode(nm_context *c, const int32_t *tokens, int32_t n, nm_err *err);
+/* One forward pass over several contexts of the same model: context i gets
+ * tokens[i][0..n_tokens[i]) at its own positions (its n_past), against its
+ * own KV cache.  The tokens of all the contexts are stacked into one batch,
+ * so each weight matrix is read once per pass (passes hold at most the
+ * first context's n_batch tokens and 64 contexts; beyond that the call runs
+ * several); attention runs per context.  Afterwards each context is exactly
+ * as after nm_decode of its tokens (n_past, nm_get_logits, logits_all rows),
+ * and its results are bit-identical to decoding it alone: no value of one
+ * context depends on the others'.  Contexts may differ in n_ctx, KV type and
+ * position.  It runs on the pool and in the scratch of ctxs[0]: while it
+ * runs, no other call may use any of the contexts (or ctxs[0]'s pool).
+ * Fails without changing any context when one of them would fail nm_decode
+ * (the message names it as "context i"), when a context appears twice, or
+ * when the contexts come from different models (NM_ERR_ARG). */
+nm_status nm_decode_batch(nm_context *const *ctxs, const int32_t *const *tokens, const int32_t *n_tokens,
+                          int32_t n_ctxs, nm_err *err);
 /* n_vocab logits of the last token of the last successful decode call
  * (NULL before the first).  Valid until the next decode. */
 const float *nm_get_logits(const nm_context *c);
@@ -638,6 +673,114 @@ typedef struct nm_perplexity_result {
 } nm_perplexity_result;
 nm_status nm_perplexity(nm_context *c, const int32_t *tokens, size_t n_tokens, int32_t bos,
                         nm_progress_fn progress, void *user, nm_perplexity_result *out, nm_err *err);
+
+/* ------------------------------------------------------------------------ */
+/* Adapters (src/model/lora.c, src/formats/peft.c, src/formats/gguf_lora.c, */
+/* src/adapters/merge.c; docs/ADAPTERS.md): LoRA adapters loaded once,      */
+/* stacked per context, merged into a model or into one adapter            */
+/* ------------------------------------------------------------------------ */
+/*
+ * An adapter adds to projection p of layer l:  y += s * B (A x), where
+ * A is [r x in], B is [out x r] and s = user scale * alpha / r (alpha /
+ * sqrt(r) with rsLoRA).  Files: a PEFT directory (adapter_config.json +
+ * adapter_model.safetensors, F32/F16/BF16; the output directory of
+ * `nomoat train` is one) or a GGUF LoRA as llama.cpp's --lora loads it
+ * (general.type = adapter).  Adapters nomoat writes record the fingerprint
+ * of their base model and of the adapters they were trained on top of.
+ *
+ * Typical use: nm_lora_load once per adapter and model, then
+ * nm_context_set_loras on any number of contexts (each its own stack; an
+ * adapter is read-only and shared), nm_decode as usual.
+ */
+typedef struct nm_lora nm_lora;
+
+/* One layer of a stack: an adapter and its user scale (1: as trained). */
+typedef struct nm_lora_entry {
+    const nm_lora *lora;
+    float scale;
+} nm_lora_entry;
+
+typedef enum nm_lora_format {
+    NM_LORA_AUTO = 0, /* writers: GGUF if the path ends in .gguf, else PEFT */
+    NM_LORA_PEFT,
+    NM_LORA_GGUF
+} nm_lora_format;
+
+/* Reads an adapter file (format from its content).  With m, the adapter is
+ * checked against m's projections (a layer it lacks, a shape that differs:
+ * NM_ERR_ARG naming them) and bound to it: it can then go on m's contexts.
+ * Without m it is only for inspection, conversion and merging.  Provenance
+ * is not checked: see nm_lora_load. */
+nm_status nm_lora_open(const char *path, const nm_model *m, nm_lora **out, nm_err *err);
+/* nm_lora_open with m, then the provenance check: an adapter whose base
+ * fingerprint is not m's fails with NM_ERR_ARG naming both, unless m is that
+ * base stored in another type (its weight signature matches), a merge made
+ * from it, or force (then a warning).  An adapter without a fingerprint
+ * loads with a warning. */
+nm_status nm_lora_load(const nm_model *m, const char *path, bool force, const nm_log *log, nm_lora **out,
+                       nm_err *err);
+void nm_lora_free(nm_lora *l);
+
+/* Attaches a stack to a context (copied; the adapters must outlive the
+ * context or the next call); n = 0 detaches.  Cheap: no weight is touched.
+ * Each adapter must be bound to the context's model.  The stack applies to
+ * the following decodes, alone or in nm_decode_batch (each context with its
+ * own stack).  The KV cache is not cleared: positions cached under another
+ * stack keep what that stack computed. */
+nm_status nm_context_set_loras(nm_context *c, const nm_lora_entry *items, size_t n, nm_err *err);
+size_t nm_context_n_loras(const nm_context *c);
+/* Warns (through log) about each adapter of the stack that was trained on
+ * top of other adapters (nomoat train --lora) and finds other adapters, or
+ * other scales, below it here.  Adapters trained on the bare base stack
+ * freely. */
+void nm_lora_check_stack(const nm_model *m, const nm_lora_entry *items, size_t n, const nm_log *log);
+
+typedef struct nm_lora_info {
+    const char *path, *format, *arch; /* format: "peft" or "gguf"; arch may be "" */
+    const char *base_name;     /* base_model_name_or_path, or NULL */
+    int32_t rank, rank_min;    /* largest and smallest module rank */
+    float alpha, scale;        /* scale = alpha / rank (or / sqrt(rank)) */
+    bool rslora;
+    uint32_t targets;          /* bit p: projection p (q,k,v,o,gate,up,down) is adapted */
+    int32_t n_layer, n_layers_adapted, n_modules;
+    uint64_t n_params;
+    const char *fingerprint;   /* of the content, the same in every format */
+    const char *base_fingerprint; /* NULL: unknown */
+    bool has_signature;        /* carries a base weight signature */
+    size_t n_under;            /* adapters it was trained on top of */
+    bool bound;                /* bound to a model */
+    bool qk_rows_hf;           /* q/k rows still in Hugging Face order */
+} nm_lora_info;
+void nm_lora_get_info(const nm_lora *l, nm_lora_info *info);
+/* The j-th adapter it was trained on top of (bottom first). */
+bool nm_lora_under(const nm_lora *l, size_t j, const char **fingerprint, float *scale, const char **name);
+/* What `nomoat adapter info` prints (text or one JSON object); *out is
+ * malloc()ed. */
+nm_status nm_lora_describe(const nm_lora *l, bool json, char **out, nm_err *err);
+
+/* Writes an adapter: a PEFT directory (created if missing; q/k rows in
+ * Hugging Face order) or a GGUF LoRA file for llama.cpp.  type: F32, F16
+ * or BF16 (GGUF also Q8_0).  Atomic per file. */
+nm_status nm_lora_save(const nm_lora *l, const char *path, nm_lora_format fmt, nm_type type, nm_err *err);
+
+/* Folds a stack into one adapter.  rank 0: exact, by concatenation (each
+ * module's rank is the sum of the ranks that adapt it; scales are folded
+ * into B, alpha = rank so the scale is 1).  rank > 0: the best rank-`rank`
+ * approximation of each module's sum (truncated SVD); *rel_err (may be
+ * NULL) gets ||sum - approximation||_F / ||sum||_F over all modules.  The
+ * adapters must be bound to the same model (or all unbound with the same
+ * shapes); the result records the base of the first one. */
+nm_status nm_lora_merge(const nm_lora_entry *items, size_t n, int32_t rank, nm_lora **out, double *rel_err,
+                        nm_err *err);
+
+/* Writes model m with the stack folded into its weights (W += s B A,
+ * computed in double) as a complete GGUF: every key (tokenizer, chat
+ * template...) and tensor of m's file, the adapted matrices in their stored
+ * type or, with type >= 0, every weight matrix converted to that type (as
+ * nm_gguf_convert).  Records the base fingerprint and the adapters in
+ * nomoat.merge.* keys.  Writes one tensor at a time (memory: the largest). */
+nm_status nm_model_merge_loras(const nm_model *m, const nm_lora_entry *items, size_t n, int type,
+                               const char *out_path, const nm_log *log, nm_err *err);
 
 /* ------------------------------------------------------------------------ */
 /* Training (src/train, src/formats/safetensors.c): LoRA and full           */
@@ -746,6 +889,15 @@ typedef struct nm_train_params {
     bool rslora;
     float dropout;             /* 0 (PEFT's lora_dropout)                    */
     const char *targets;       /* "all" or a list of q,k,v,o,gate,up,down    */
+    /* training on a stack (docs/ADAPTERS.md): these adapters are applied,
+     * frozen, under the one being trained, in this order, in the forward and
+     * the backward pass; the new adapter records them as its provenance.
+     * Each must have been made for the base (force: accept another base).
+     * On resume: as saved (given again: the same adapters, moved). */
+    const char *const *loras;
+    const float *lora_scales;  /* NULL: 1 for each */
+    size_t n_loras;
+    bool force;
     /* optimisation */
     double lr, min_lr;         /* 2e-4, 0 */
     const char *schedule;      /* "cosine" (default), "linear", "constant"   */
@@ -841,9 +993,9 @@ void nm_docset_free(nm_docset *s);
 /* Appends the documents of a file.  A JSON record's text is, with field,
  * that key's strings; otherwise every string value in it (nested ones too,
  * in order) except those under "role", "from", "id", "label", "answerKey",
- * "meta" and "scores", joined by newlines - so messages, ShareGPT, Alpaca,
- * {"text": ...} and evaluation records all work.  A malformed record fails
- * with FILE:LINE and the reason. */
+ * "meta", "scores", "seed" and "dropped_by", joined by newlines - so
+ * messages, ShareGPT, Alpaca, {"text": ...} and evaluation records all
+ * work.  A malformed record fails with FILE:LINE and the reason. */
 nm_status nm_docset_add_file(nm_docset *s, const char *path, nm_doc_split split, const char *field, nm_err *err);
 /* Appends one document (copied). */
 nm_status nm_docset_add_text(nm_docset *s, const char *text, size_t len, nm_err *err);
@@ -1013,6 +1165,8 @@ typedef struct nm_gen_params {
     const char *chat_template;   /* conversation prompts; NULL: the model's   */
     int32_t n_ctx;               /* 0: the model's training context (max 4096) */
     int32_t threads;             /* workers, each with its own context (0: every CPU) */
+    const nm_lora_entry *loras;  /* adapter stack on every worker's context    */
+    size_t n_loras;
     nm_progress_fn progress;     /* after each prompt                          */
     void *user;
 } nm_gen_params;
@@ -1041,6 +1195,8 @@ typedef struct nm_scorer {
     double weight;           /* contribution to the total: weight x score      */
     double min;              /* a candidate scoring below is dropped (-INFINITY: none) */
     const nm_model *judge;   /* JUDGE */
+    const nm_lora_entry *loras; /* JUDGE: adapter stack on the judge */
+    size_t n_loras;
     const char *chat_template; /* JUDGE, conversation prompts; NULL: the judge's */
     int64_t min_len, max_len;  /* LENGTH (max_len 0: no upper bound)          */
     bool chars;                /* LENGTH in characters (default: words)        */
@@ -1077,6 +1233,8 @@ typedef struct nm_eval_ppl_params {
     bool all_tokens;           /* score prompt tokens too                        */
     int64_t max_examples;      /* 0: all                                         */
     int32_t threads;           /* 0: every CPU                                   */
+    const nm_lora_entry *loras; /* adapter stack                                 */
+    size_t n_loras;
     nm_progress_fn progress;
     void *user;
 } nm_eval_ppl_params;
@@ -1113,6 +1271,8 @@ typedef struct nm_mc_params {
     int32_t n_ctx;           /* 0: the training context, at most 2048 */
     int64_t max_items;       /* 0: all */
     int32_t threads;
+    const nm_lora_entry *loras; /* adapter stack */
+    size_t n_loras;
     void (*on_item)(void *user, const nm_mc_item *it); /* in record order; may be NULL */
     nm_progress_fn progress;
     void *user;
@@ -1124,15 +1284,18 @@ typedef struct nm_mc_result {
 nm_status nm_eval_choice(const nm_model *m, const char *path, const nm_mc_params *p, nm_mc_result *r,
                          const nm_log *log, nm_err *err);
 
-/* Side by side: the same prompts answered by two configurations (models,
- * and the same sampling and seeds), written as a self-contained HTML page
+/* Side by side: the same prompts answered by two configurations (model +
+ * adapter stack each; the same sampling and seeds), written as a self-contained HTML page
  * with the answers in a seeded random left/right order and a form that
  * exports the reader's choices as JSON, and as JSONL (one line per prompt:
  * prompt, a, b, left). */
 typedef struct nm_sbs_params {
     const nm_model *a, *b;
+    const nm_lora_entry *loras_a, *loras_b; /* each side's adapter stack      */
+    size_t n_loras_a, n_loras_b;
     const char *name_a, *name_b; /* shown nowhere on the page, kept in the files */
-    nm_gen_params gen;           /* n is ignored: one answer per side           */
+    nm_gen_params gen;           /* n and loras are ignored: one answer per side,
+                                    each side with its own stack               */
     uint64_t order_seed;         /* left/right order                            */
     const char *title;
 } nm_sbs_params;

@@ -1,8 +1,9 @@
 /* test_kernels.c - every typed dot-product kernel and the threaded matmul
  * against a float64 reference built from the scalar dequantizers of
- * quants.c (the ggml reference conversions), plus the thread pool.
+ * quants.c (the ggml reference conversions), every instruction-set level
+ * against the scalar level, and the thread pool.
  *
- * Two references per kernel:
+ * Scalar level, two references per kernel:
  *  - exact: the weight rows and the converted activation row both
  *    dequantized, multiplied and summed in double.  The kernels do integer
  *    block sums with float scales, so they must agree to float rounding
@@ -12,7 +13,15 @@
  *    block per element: sum |w| * amax_block / 127; F16/BF16 rounding).
  * Weights come from the reference quantizers where they exist, from random
  * block bytes (with sane scales) for the K-quants, and from real llama.cpp
- * tensors of the t256 files. */
+ * tensors of the t256 files.
+ *
+ * SIMD levels (each one this CPU runs): quantized and BF16 weights must give
+ * the scalar level's results bit for bit (the kernels' contract, see
+ * KERNELS.md); F32/F16 within the bound of a different float summation
+ * order; every level bit-identical to itself across batch sizes, row slices
+ * and thread counts; and the golden logits of llama.cpp reproduced with the
+ * models run at each level (in process, and test_model re-run whole with
+ * NOMOAT_ISA). */
 #include "testlib.h"
 #include "base/base.h"
 #include "base/threads.h"
@@ -21,9 +30,12 @@
 #include "tensor/quants.h"
 #include "tensor/types.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void random_floats(nm_rng *r, float *x, int64_t n, double scale) {
     for (int64_t i = 0; i < n; i++) x[i] = (float)(nm_rng_normal(r) * scale);
@@ -194,8 +206,8 @@ static void test_kernels_real_tensors(nm_test *t) {
     }
 }
 
-/* The threaded, tiled matmul gives exactly the per-row kernel results, for
- * any thread count and for row slices. */
+/* The threaded, tiled scalar matmul gives exactly the per-row kernel
+ * results, for any thread count and for row slices. */
 static void test_matmul_threads(nm_test *t) {
     static const nm_type types[] = {NM_TYPE_F32, NM_TYPE_F16, NM_TYPE_Q8_0, NM_TYPE_Q4_0, NM_TYPE_Q4_K, NM_TYPE_Q6_K};
     nm_rng r;
@@ -209,7 +221,7 @@ static void test_matmul_threads(nm_test *t) {
         const int64_t rows = 37, cols = 512, n_tok = 6;
         uint8_t *w = make_weights(&r, types[ti], rows, cols);
         nm_mat m;
-        CHECK_OK(t, nm_mat_init(&m, "w", types[ti], cols, rows, w, &err), err);
+        CHECK_OK(t, nm_mat_init_isa(&m, "w", types[ti], cols, rows, w, NM_ISA_SCALAR, &err), err);
         const nm_kernel *k = nm_kernel_get(types[ti]);
         float *x = malloc(sizeof(float) * (size_t)(n_tok * cols));
         random_floats(&r, x, n_tok * cols, 1.0);
@@ -309,6 +321,604 @@ static void test_pool(nm_test *t) {
     CHECK(t, nm_cpu_count() >= 1);
 }
 
+/* ====================================================================== */
+/* instruction-set levels                                                 */
+/* ====================================================================== */
+
+#if defined(__x86_64__)
+/* Whether the kernel lists a CPU flag (external truth for what the levels'
+ * detection says).  -1 when /proc/cpuinfo has no flags line. */
+static int cpu_flag(const char *flag) {
+    size_t len;
+    char *s = nm_test_read("/proc/cpuinfo", &len);
+    if (!s) return -1;
+    char *line = strstr(s, "\nflags");
+    int found = -1;
+    if (line) {
+        char *end = strchr(line + 1, '\n');
+        if (end) *end = 0;
+        found = 0;
+        for (char *w = strtok(strchr(line, ':') ? strchr(line, ':') + 1 : line, " \t"); w; w = strtok(NULL, " \t"))
+            if (strcmp(w, flag) == 0) found = 1;
+    }
+    free(s);
+    return found;
+}
+#endif
+
+/* Sets NOMOAT_ISA (NULL: unset), returning nothing; the tests restore the
+ * caller's value at their end. */
+static void set_isa_env(const char *v) {
+    if (v) setenv("NOMOAT_ISA", v, 1);
+    else unsetenv("NOMOAT_ISA");
+}
+
+static char *saved_isa_env(void) {
+    const char *v = getenv("NOMOAT_ISA");
+    return v ? strdup(v) : NULL;
+}
+
+static void test_isa_selection(nm_test *t) {
+    char *saved = saved_isa_env();
+    CHECK(t, nm_isa_available(NM_ISA_SCALAR));
+    CHECK(t, nm_isa_available(nm_isa_best()));
+    for (int i = 0; i < NM_ISA_COUNT; i++) {
+        CHECK(t, nm_isa_from_name(nm_isa_name((nm_isa)i)) == i);
+        if (nm_isa_available((nm_isa)i) && i != NM_ISA_SCALAR) CHECK(t, nm_isa_best() >= (nm_isa)i);
+    }
+    CHECK(t, nm_isa_from_name("AVX2") == NM_ISA_AVX2);
+    CHECK(t, nm_isa_from_name("sse9") == -1);
+#if defined(__x86_64__)
+    /* the detection against the kernel's view of the CPU */
+    if (cpu_flag("avx2") >= 0) {
+        const bool avx2 = cpu_flag("avx2") == 1 && cpu_flag("fma") == 1 && cpu_flag("f16c") == 1;
+        const bool avx512 = avx2 && cpu_flag("avx512f") == 1 && cpu_flag("avx512bw") == 1 &&
+                            cpu_flag("avx512vl") == 1 && cpu_flag("avx512dq") == 1 && cpu_flag("avx512_vnni") == 1;
+        CHECKF(t, nm_isa_available(NM_ISA_AVX2) == avx2, "avx2 level %d, /proc/cpuinfo says %d",
+               nm_isa_available(NM_ISA_AVX2), avx2);
+        CHECKF(t, nm_isa_available(NM_ISA_AVX512) == avx512, "avx512 level %d, /proc/cpuinfo says %d",
+               nm_isa_available(NM_ISA_AVX512), avx512);
+        CHECK(t, nm_cpu_has_avx512_bf16() == (avx512 && cpu_flag("avx512_bf16") == 1));
+    }
+    CHECK(t, !nm_isa_available(NM_ISA_NEON));
+#elif defined(__aarch64__)
+    CHECK(t, nm_isa_available(NM_ISA_NEON) && nm_isa_best() == NM_ISA_NEON);
+    CHECK(t, !nm_isa_available(NM_ISA_AVX2) && !nm_isa_available(NM_ISA_AVX512));
+#endif
+    /* NOMOAT_ISA: unset or empty = best; a name = that level; errors name
+     * the variable */
+    nm_isa isa;
+    nm_err err = {0};
+    set_isa_env(NULL);
+    CHECK(t, nm_isa_select(&isa, &err) == NM_OK && isa == nm_isa_best());
+    set_isa_env("");
+    CHECK(t, nm_isa_select(&isa, &err) == NM_OK && isa == nm_isa_best());
+    set_isa_env("bogus");
+    CHECK(t, nm_isa_select(&isa, &err) == NM_ERR_ARG && strstr(err.msg, "NOMOAT_ISA") != NULL);
+    uint8_t blk[34] = {0};
+    nm_mat m;
+    CHECK(t, nm_mat_init(&m, "blk.0.attn_q.weight", NM_TYPE_Q8_0, 32, 1, blk, &err) == NM_ERR_ARG);
+    CHECKF(t, strstr(err.msg, "NOMOAT_ISA") != NULL, "message: %s", err.msg);
+    for (int i = 0; i < NM_ISA_COUNT; i++) {
+        set_isa_env(nm_isa_name((nm_isa)i));
+        const nm_status st = nm_isa_select(&isa, &err);
+        if (nm_isa_available((nm_isa)i)) {
+            CHECK(t, st == NM_OK && isa == (nm_isa)i);
+            if (CHECK_OK(t, nm_mat_init(&m, "w", NM_TYPE_Q8_0, 32, 1, blk, &err), err))
+                CHECKF(t, m.k->isa == (nm_isa)i, "Q8_0 at level %s runs %s kernels", nm_isa_name((nm_isa)i),
+                       nm_isa_name(m.k->isa));
+        } else {
+            CHECKF(t, st == NM_ERR_UNSUPPORTED && strstr(err.msg, nm_isa_name((nm_isa)i)),
+                   "NOMOAT_ISA=%s on a CPU without it: status %d (%s)", nm_isa_name((nm_isa)i), st, err.msg);
+            CHECK(t, nm_mat_init_isa(&m, "w", NM_TYPE_Q8_0, 32, 1, blk, (nm_isa)i, &err) == NM_ERR_UNSUPPORTED);
+        }
+    }
+    set_isa_env(saved);
+    free(saved);
+}
+
+/* The activation side data, against its definition. */
+static void test_act_extra(nm_test *t) {
+    nm_rng r;
+    nm_rng_seed(&r, 11);
+    const int64_t n = 512;
+    float x[512];
+    random_floats(&r, x, n, 1.0);
+    uint8_t act[2048];
+    float extra[1024];
+    /* Q8_0: scales as floats, then block sums */
+    nm_act_from_float(NM_TYPE_Q8_0, x, act, n);
+    CHECK(t, nm_act_extra_bytes(NM_TYPE_Q8_0, n) == (size_t)(n / 32) * 8);
+    nm_act_extra(NM_TYPE_Q8_0, act, extra, n);
+    bool ok = true;
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *blk = act + b * 34;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) sum += (int8_t)blk[2 + j];
+        int32_t got;
+        memcpy(&got, (const uint8_t *)(extra + n / 32) + 4 * b, 4);
+        ok &= extra[b] == nm_f16_to_f32(nm_rd_u16(blk)) && got == sum;
+    }
+    CHECK(t, ok);
+    /* Q8_K: 32-element sums */
+    nm_act_from_float(NM_TYPE_Q8_K, x, act, n);
+    nm_act_extra(NM_TYPE_Q8_K, act, extra, n);
+    ok = true;
+    for (int64_t b = 0; b < n / 256; b++)
+        for (int j = 0; j < 8; j++) {
+            int sum = 0;
+            for (int l = 0; l < 32; l++) sum += (int8_t)act[b * 292 + 4 + 32 * j + l];
+            int16_t got;
+            memcpy(&got, (const uint8_t *)extra + 2 * (8 * b + j), 2);
+            ok &= got == sum;
+        }
+    CHECK(t, ok);
+    /* F16 / BF16: the rounded values */
+    nm_act_from_float(NM_TYPE_F16, x, act, n);
+    nm_act_extra(NM_TYPE_F16, act, extra, n);
+    ok = true;
+    for (int64_t i = 0; i < n; i++) ok &= extra[i] == nm_f16_to_f32(nm_f32_to_f16(x[i]));
+    CHECK(t, ok);
+    nm_act_from_float(NM_TYPE_BF16, x, act, n);
+    nm_act_extra(NM_TYPE_BF16, act, extra, n);
+    ok = true;
+    for (int64_t i = 0; i < n; i++) ok &= extra[i] == nm_bf16_to_f32(nm_f32_to_bf16(x[i]));
+    CHECK(t, ok);
+    CHECK(t, nm_act_extra_bytes(NM_TYPE_F32, n) == 0);
+}
+
+/* Each level's activation conversion gives the reference's bytes (rows and
+ * side data) for finite input: random rows, rows with exact .5 ties after
+ * scaling, zeros, a negative largest element, equal magnitudes of both
+ * signs, tiny and huge values. */
+static void test_isa_conversion(nm_test *t) {
+    static const nm_type types[] = {NM_TYPE_Q8_0, NM_TYPE_Q4_K, NM_TYPE_F16, NM_TYPE_BF16};
+    const int64_t n = 512;
+    nm_rng r;
+    nm_rng_seed(&r, 21);
+    float *x = malloc(sizeof(float) * (size_t)n);
+    uint8_t *a0 = malloc(4096), *a1 = malloc(4096), *e0 = malloc(4096), *e1 = malloc(4096);
+    for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
+        if (!nm_isa_available((nm_isa)isa)) continue;
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+            const nm_mm_kernel *k = nm_mm_kernel_get(types[ti], (nm_isa)isa);
+            if (!k->convert) continue;
+            const size_t ab = nm_act_row_bytes(k->act_type, n), eb = nm_act_extra_bytes(k->act_type, n);
+            int bad = 0;
+            for (int c = 0; c < 12; c++) {
+                random_floats(&r, x, n, c < 4 ? 1.0 : c < 6 ? 1e-30 : c < 8 ? 1e30 : 3.0);
+                if (c == 8) /* block maximum 127: the scale is 1 and every other value is a tie (m + 0.5) */
+                    for (int64_t i = 0; i < n; i++) x[i] = i % 32 == 0 ? 127.0f : (float)((int)(i % 50) - 25) + 0.5f;
+                if (c == 9) memset(x, 0, sizeof(float) * (size_t)n);
+                if (c == 10)
+                    for (int64_t i = 0; i < n; i++) x[i] = (i % 3 == 0 ? -2.5f : 2.5f) * (float)(1 + i % 2);
+                if (c == 11)
+                    for (int64_t i = 0; i < n; i++) x[i] = i % 32 == 5 ? -100.0f : (float)(i % 7) - 3.0f;
+                memset(a0, 0, 4096);
+                memset(a1, 0, 4096);
+                memset(e0, 0, 4096);
+                memset(e1, 0, 4096);
+                nm_act_from_float(k->act_type, x, a0, n);
+                nm_act_extra(k->act_type, a0, e0, n);
+                k->convert(x, a1, e1, n);
+                if ((memcmp(a0, a1, ab) != 0 || memcmp(e0, e1, eb) != 0) && bad++ < 2)
+                    CHECKF(t, false, "%s conversion to %s differs from the reference (case %d)", nm_isa_name((nm_isa)isa),
+                           nm_type_name(k->act_type), c);
+                /* without side data: the same row */
+                memset(a1, 0, 4096);
+                k->convert(x, a1, NULL, n);
+                if (memcmp(a0, a1, ab) != 0 && bad++ < 2)
+                    CHECKF(t, false, "%s conversion to %s without side data differs", nm_isa_name((nm_isa)isa),
+                           nm_type_name(k->act_type));
+            }
+        }
+    }
+    free(x);
+    free(a0);
+    free(a1);
+    free(e0);
+    free(e1);
+}
+
+/* Summation bound of the float kernels against the reference (double sum
+ * of float products): the levels add exact products in chains of at most
+ * 16 fused multiply-adds, then add the chains (K/16 of them): each output
+ * is within (K/16 + 16 + 1) rounding units of sum |w x| of the exact sum,
+ * the reference within 1 + 1 (its product and its final rounding). */
+static double float_bound(int64_t cols, double mag) { return ((double)cols / 16 + 20) * 0x1p-24 * mag + 1e-30; }
+
+static const char *isa_label(nm_isa i) { return nm_isa_name(i); }
+
+static void check_level(nm_test *t, nm_isa isa, nm_type type, int64_t cols, nm_pool **pools, nm_rng *r) {
+    const int64_t rows = 45, n_tok = 17;
+    nm_err err = {0};
+    uint8_t *w = make_weights(r, type, rows, cols);
+    nm_mat ms, ml;
+    if (!CHECK_OK(t, nm_mat_init_isa(&ms, "w", type, cols, rows, w, NM_ISA_SCALAR, &err), err) ||
+        !CHECK_OK(t, nm_mat_init_isa(&ml, "w", type, cols, rows, w, isa, &err), err)) {
+        free(w);
+        return;
+    }
+    float *x = malloc(sizeof(float) * (size_t)(n_tok * cols));
+    random_floats(r, x, n_tok * cols, 1.0);
+    const size_t ny = (size_t)(n_tok * rows);
+    float *ref = malloc(sizeof(float) * ny), *y = malloc(sizeof(float) * ny), *y1 = malloc(sizeof(float) * ny);
+    void *scratch = malloc(nm_matmul_scratch_bytes(type, cols, n_tok) + 1);
+    nm_matmul(pools[0], &ms, x, n_tok, ref, scratch);
+    const bool exact = type != NM_TYPE_F32 && type != NM_TYPE_F16;
+    const char *tn = nm_type_name(type);
+
+    /* against the scalar level */
+    memset(y, 0xff, sizeof(float) * ny);
+    nm_matmul(pools[1], &ml, x, n_tok, y, scratch);
+    if (exact) {
+        int bad = 0;
+        for (size_t i = 0; i < ny; i++)
+            if (memcmp(&y[i], &ref[i], sizeof(float)) != 0 && bad++ < 3)
+                CHECKF(t, false, "%s %s cols %lld: output %zu (token %zu row %zu) %.9g, scalar %.9g", isa_label(isa), tn,
+                       (long long)cols, i, i / (size_t)rows, i % (size_t)rows, y[i], ref[i]);
+    } else {
+        float *wf = malloc(sizeof(float) * (size_t)cols), *xr = malloc(sizeof(float) * (size_t)cols);
+        int bad = 0;
+        for (int64_t tok = 0; tok < n_tok; tok++) {
+            for (int64_t j = 0; j < cols; j++)
+                xr[j] = type == NM_TYPE_F16 ? nm_f16_to_f32(nm_f32_to_f16(x[tok * cols + j])) : x[tok * cols + j];
+            for (int64_t i = 0; i < rows; i++) {
+                nm_dequantize(type, w + (size_t)i * ms.row_bytes, wf, cols, &err);
+                double mag = 0;
+                for (int64_t j = 0; j < cols; j++) mag += fabs((double)wf[j] * xr[j]);
+                const size_t o = (size_t)(tok * rows + i);
+                if (fabs((double)y[o] - ref[o]) > float_bound(cols, mag) && bad++ < 3)
+                    CHECKF(t, false, "%s %s cols %lld: token %lld row %lld: %.9g vs scalar %.9g beyond %.3g", isa_label(isa),
+                           tn, (long long)cols, (long long)tok, (long long)i, y[o], ref[o], float_bound(cols, mag));
+            }
+        }
+        free(wf);
+        free(xr);
+    }
+
+    /* the level against itself: thread counts, batch sizes, row slices */
+    for (int p = 0; p < 3; p++) {
+        memset(y1, 0xff, sizeof(float) * ny);
+        nm_matmul(pools[p], &ml, x, n_tok, y1, scratch);
+        CHECKF(t, memcmp(y1, y, sizeof(float) * ny) == 0, "%s %s: %d threads differ from 2", isa_label(isa), tn,
+               nm_pool_size(pools[p]));
+    }
+    static const int64_t sizes[] = {1, 2, 3, 4, 5, 13};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+        for (int64_t t0 = 0; t0 + sizes[k] <= n_tok; t0 += sizes[k] + 3) {
+            memset(y1, 0xff, sizeof(float) * ny);
+            nm_matmul(pools[2], &ml, x + t0 * cols, sizes[k], y1, scratch);
+            CHECKF(t, memcmp(y1, y + t0 * rows, sizeof(float) * (size_t)(sizes[k] * rows)) == 0,
+                   "%s %s: a batch of %lld tokens (from %lld) differs from the batch of %lld", isa_label(isa), tn,
+                   (long long)sizes[k], (long long)t0, (long long)n_tok);
+        }
+    const int64_t r0 = 5, r1 = 40, ldy = 41;
+    float *ys = malloc(sizeof(float) * (size_t)(n_tok * ldy));
+    for (int64_t nt = 1; nt <= n_tok; nt += n_tok - 1) {
+        nm_matmul_rows(pools[1], &ml, r0, r1, x, nt, ys, ldy, scratch);
+        bool same = true;
+        for (int64_t tok = 0; tok < nt; tok++)
+            same &= memcmp(ys + tok * ldy, y + tok * rows + r0, sizeof(float) * (size_t)(r1 - r0)) == 0;
+        CHECKF(t, same, "%s %s: rows %lld..%lld of %lld tokens differ", isa_label(isa), tn, (long long)r0,
+               (long long)r1, (long long)nt);
+    }
+    free(ys);
+    free(w);
+    free(x);
+    free(ref);
+    free(y);
+    free(y1);
+    free(scratch);
+}
+
+static void test_isa_vs_scalar(nm_test *t) {
+    static const kernel_case cases[] = {
+        {NM_TYPE_F32, 100},  {NM_TYPE_F32, 300},  {NM_TYPE_F16, 172},  {NM_TYPE_F16, 512},  {NM_TYPE_BF16, 100},
+        {NM_TYPE_BF16, 288}, {NM_TYPE_Q8_0, 1088}, {NM_TYPE_Q4_0, 1088}, {NM_TYPE_Q8_0, 64}, {NM_TYPE_Q4_0, 96},
+        {NM_TYPE_Q4_1, 512}, {NM_TYPE_Q5_0, 512}, {NM_TYPE_Q5_1, 512}, {NM_TYPE_Q4_K, 768}, {NM_TYPE_Q5_K, 768},
+        {NM_TYPE_Q6_K, 768}, {NM_TYPE_Q4_K, 256}, {NM_TYPE_Q6_K, 256},
+    };
+    nm_err err = {0};
+    nm_pool *pools[3] = {NULL};
+    CHECK_OK(t, nm_pool_new(1, &pools[0], &err), err);
+    CHECK_OK(t, nm_pool_new(2, &pools[1], &err), err);
+    CHECK_OK(t, nm_pool_new(3, &pools[2], &err), err);
+    int levels = 0;
+    for (int isa = 0; isa < NM_ISA_COUNT; isa++) {
+        if (!nm_isa_available((nm_isa)isa)) continue;
+        levels++;
+        nm_rng r;
+        nm_rng_seed(&r, 100 + (uint64_t)isa);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            check_level(t, (nm_isa)isa, cases[i].type, cases[i].cols, pools, &r);
+    }
+    printf("  %d instruction-set levels run here (best: %s)\n", levels, nm_isa_name(nm_isa_best()));
+    for (int p = 0; p < 3; p++) nm_pool_free(pools[p]);
+}
+
+/* Hostile-looking but valid blocks: Q8_0 quants of -128 (never written by
+ * a quantizer, legal in a file) and extreme nibbles, at every level. */
+static void test_isa_extreme_blocks(nm_test *t) {
+    const int64_t cols = 512, rows = 20;
+    uint8_t *w = malloc((size_t)rows * 16 * 34);
+    for (int64_t i = 0; i < rows * 16; i++) {
+        uint8_t *b = w + i * 34;
+        const uint16_t d = nm_f32_to_f16(0.01f);
+        b[0] = (uint8_t)d;
+        b[1] = (uint8_t)(d >> 8);
+        for (int j = 0; j < 32; j++) b[2 + j] = (uint8_t)((i + j) % 3 == 0 ? 0x80 : (i + j) % 3 == 1 ? 0x7f : 0x81);
+    }
+    float x[4 * 512];
+    for (int64_t i = 0; i < 4 * cols; i++) x[i] = (i % 7 == 0 ? -1.0f : 1.0f) * (float)(i % 13 + 1);
+    nm_err err = {0};
+    nm_mat ms;
+    CHECK_OK(t, nm_mat_init_isa(&ms, "w", NM_TYPE_Q8_0, cols, rows, w, NM_ISA_SCALAR, &err), err);
+    float ref[4 * 20], y[4 * 20];
+    uint8_t scratch[4 * 1024];
+    CHECK(t, nm_matmul_scratch_bytes(NM_TYPE_Q8_0, cols, 4) <= sizeof scratch);
+    for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
+        nm_mat ml;
+        if (!nm_isa_available((nm_isa)isa)) continue;
+        CHECK_OK(t, nm_mat_init_isa(&ml, "w", NM_TYPE_Q8_0, cols, rows, w, (nm_isa)isa, &err), err);
+        for (int64_t nt = 1; nt <= 4; nt += 3) {
+            nm_matmul(NULL, &ms, x, nt, ref, scratch);
+            nm_matmul(NULL, &ml, x, nt, y, scratch);
+            CHECKF(t, memcmp(ref, y, sizeof(float) * (size_t)(nt * rows)) == 0, "%s: Q8_0 quants of -128 (%lld tokens)",
+                   nm_isa_name((nm_isa)isa), (long long)nt);
+        }
+    }
+    free(w);
+}
+
+/* dx = dy W against a float64 reference, and bit-identical across thread
+ * counts; accumulate adds to what dx holds. */
+static void test_matmul_t(nm_test *t) {
+    static const kernel_case cases[] = {
+        {NM_TYPE_F32, 100}, {NM_TYPE_F16, 512}, {NM_TYPE_BF16, 96}, {NM_TYPE_Q8_0, 544}, {NM_TYPE_Q4_K, 768}, {NM_TYPE_Q6_K, 512},
+    };
+    nm_err err = {0};
+    nm_pool *pools[3] = {NULL};
+    CHECK_OK(t, nm_pool_new(1, &pools[0], &err), err);
+    CHECK_OK(t, nm_pool_new(2, &pools[1], &err), err);
+    CHECK_OK(t, nm_pool_new(3, &pools[2], &err), err);
+    nm_rng r;
+    nm_rng_seed(&r, 5);
+    for (int isa = 0; isa < NM_ISA_COUNT; isa++) {
+        if (!nm_isa_available((nm_isa)isa)) continue;
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            const nm_type type = cases[ci].type;
+            const int64_t cols = cases[ci].cols, rows = 75, n_tok = 7;
+            uint8_t *w = make_weights(&r, type, rows, cols);
+            nm_mat m;
+            if (!CHECK_OK(t, nm_mat_init_isa(&m, "w", type, cols, rows, w, (nm_isa)isa, &err), err)) {
+                free(w);
+                continue;
+            }
+            float *wf = malloc(sizeof(float) * (size_t)(rows * cols));
+            for (int64_t i = 0; i < rows; i++) nm_dequantize(type, w + (size_t)i * m.row_bytes, wf + i * cols, cols, &err);
+            float *dy = malloc(sizeof(float) * (size_t)(n_tok * rows));
+            random_floats(&r, dy, n_tok * rows, 1.0);
+            float *dx = malloc(sizeof(float) * (size_t)(n_tok * cols)), *dx2 = malloc(sizeof(float) * (size_t)(n_tok * cols));
+            void *scratch = malloc(nm_matmul_t_scratch_bytes(&m, pools[2]));
+            for (int64_t i = 0; i < n_tok * cols; i++) dx[i] = NAN; /* overwritten, not read */
+            nm_matmul_t(pools[1], &m, dy, n_tok, dx, false, scratch);
+            int bad = 0;
+            for (int64_t tok = 0; tok < n_tok; tok++)
+                for (int64_t c = 0; c < cols; c++) {
+                    double want = 0, mag = 0;
+                    for (int64_t i = 0; i < rows; i++) {
+                        want += (double)dy[tok * rows + i] * wf[i * cols + c];
+                        mag += fabs((double)dy[tok * rows + i] * wf[i * cols + c]);
+                    }
+                    const double bound = (rows + 2) * 0x1p-24 * mag + 1e-30;
+                    if (!(fabs(dx[tok * cols + c] - want) <= bound) && bad++ < 3)
+                        CHECKF(t, false, "%s %s: dx[%lld][%lld] = %.9g, want %.9g", nm_isa_name((nm_isa)isa),
+                               nm_type_name(type), (long long)tok, (long long)c, dx[tok * cols + c], want);
+                }
+            for (int p = 0; p < 3; p += 2) {
+                nm_matmul_t(pools[p], &m, dy, n_tok, dx2, false, scratch);
+                CHECKF(t, memcmp(dx, dx2, sizeof(float) * (size_t)(n_tok * cols)) == 0, "%s %s: %d threads differ",
+                       nm_isa_name((nm_isa)isa), nm_type_name(type), nm_pool_size(pools[p]));
+            }
+            /* accumulate: dx2 = 1 + dy W, within one more rounding */
+            for (int64_t i = 0; i < n_tok * cols; i++) dx2[i] = 1.0f;
+            nm_matmul_t(pools[2], &m, dy, n_tok, dx2, true, scratch);
+            bool acc_ok = true;
+            for (int64_t i = 0; i < n_tok * cols; i++) acc_ok &= fabs(dx2[i] - (1.0 + dx[i])) <= 1e-4 * (1 + fabs(dx[i]));
+            CHECKF(t, acc_ok, "%s %s: accumulate", nm_isa_name((nm_isa)isa), nm_type_name(type));
+            free(w);
+            free(wf);
+            free(dy);
+            free(dx);
+            free(dx2);
+            free(scratch);
+        }
+    }
+    for (int p = 0; p < 3; p++) nm_pool_free(pools[p]);
+}
+
+/* ---- golden logits at every level, in process ---- */
+
+typedef struct golden_case {
+    int32_t *tokens;
+    size_t n_tokens;
+    float *logits;
+    size_t n_logits;
+} golden_case;
+
+static size_t golden_read(nm_test *t, const char *name, golden_case **out) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "golden/%s.jsonl", name);
+    size_t len;
+    char *text = nm_test_read(nm_test_shared(rel), &len);
+    *out = NULL;
+    if (!CHECKF(t, text != NULL, "cannot read %s", rel)) return 0;
+    size_t n = 0, cap = 0;
+    golden_case *g = NULL;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        json_error_t je;
+        json_t *o = json_loads(line, 0, &je);
+        if (!CHECKF(t, o != NULL, "%s: bad JSON line", rel)) continue;
+        json_t *tk = json_object_get(o, "tokens"), *lg = json_object_get(o, "last_logits");
+        if (json_is_array(tk) && json_is_array(lg)) {
+            if (n == cap) {
+                cap = cap ? 2 * cap : 8;
+                g = realloc(g, cap * sizeof *g);
+            }
+            golden_case *c = &g[n++];
+            c->n_tokens = json_array_size(tk);
+            c->tokens = malloc(sizeof(int32_t) * (c->n_tokens + 1));
+            for (size_t i = 0; i < c->n_tokens; i++) c->tokens[i] = (int32_t)json_integer_value(json_array_get(tk, i));
+            c->n_logits = json_array_size(lg);
+            c->logits = malloc(sizeof(float) * (c->n_logits + 1));
+            for (size_t i = 0; i < c->n_logits; i++) c->logits[i] = (float)json_number_value(json_array_get(lg, i));
+        }
+        json_decref(o);
+    }
+    free(text);
+    *out = g;
+    return n;
+}
+
+/* The last logits of every golden prompt (one batch each), at the level
+ * NOMOAT_ISA names; also checks that token-by-token decoding on 3 threads
+ * gives the same bits as the batch on 1.  NULL if the model cannot load. */
+static float *golden_logits(nm_test *t, const char *model, const golden_case *g, size_t n, int32_t *n_vocab) {
+    nm_err err = {0};
+    nm_model *m;
+    if (!CHECK_OK(t, nm_model_load(nm_test_shared(model), NULL, &m, &err), err)) return NULL;
+    nm_model_info info;
+    nm_model_get_info(m, &info);
+    *n_vocab = info.n_vocab;
+    nm_context_params p = nm_context_default_params();
+    p.n_ctx = 256;
+    p.n_threads = 1;
+    nm_context *c1 = NULL, *c3 = NULL;
+    CHECK_OK(t, nm_context_new(m, &p, &c1, &err), err);
+    p.n_threads = 3;
+    CHECK_OK(t, nm_context_new(m, &p, &c3, &err), err);
+    float *out = calloc(n * (size_t)info.n_vocab + 1, sizeof(float));
+    for (size_t k = 0; c1 && c3 && k < n; k++) {
+        nm_context_truncate(c1, 0, NULL);
+        nm_context_truncate(c3, 0, NULL);
+        if (!CHECK_OK(t, nm_decode(c1, g[k].tokens, (int32_t)g[k].n_tokens, &err), err)) continue;
+        memcpy(out + k * (size_t)info.n_vocab, nm_get_logits(c1), sizeof(float) * (size_t)info.n_vocab);
+        if (k < 2) { /* the property, on a couple of prompts per model */
+            for (size_t i = 0; i < g[k].n_tokens; i++) CHECK_OK(t, nm_decode(c3, g[k].tokens + i, 1, &err), err);
+            CHECKF(t, memcmp(nm_get_logits(c3), out + k * (size_t)info.n_vocab, sizeof(float) * (size_t)info.n_vocab) == 0,
+                   "%s case %zu: token by token on 3 threads differs from the batch on 1", model, k);
+        }
+    }
+    nm_context_free(c1);
+    nm_context_free(c3);
+    nm_model_free(m);
+    return out;
+}
+
+static void test_isa_golden(nm_test *t) {
+    /* Tolerances of test_model.c (argued there): stories 0.02 / rms 0.005,
+     * t256 0.03 / 0.006, tiny-random 1e-3 / 2e-4.  Quantized and BF16 models
+     * must moreover give the scalar level's logits exactly. */
+    static const struct {
+        const char *model, *golden;
+        double tol, rms_tol;
+        bool exact;
+    } files[] = {
+        {"models/stories260K.gguf", "stories260K", 0.02, 0.005, false},
+        {"models/stories260K-f16.gguf", "stories260K-f16", 0.02, 0.005, false},
+        {"models/stories260K-bf16.gguf", "stories260K-bf16", 0.02, 0.005, true},
+        {"models/t256-q8_0.gguf", "t256-q8_0", 0.03, 0.006, true},
+        {"models/t256-q4_0.gguf", "t256-q4_0", 0.03, 0.006, true},
+        {"models/t256-q4_k_m.gguf", "t256-q4_k_m", 0.03, 0.006, true},
+        {"models/t256-q6_k.gguf", "t256-q6_k", 0.03, 0.006, true},
+        {"models/llama-2-tiny-random.gguf", "llama-2-tiny-random", 1e-3, 2e-4, false},
+    };
+    char *saved = saved_isa_env();
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+        golden_case *g;
+        const size_t n = golden_read(t, files[f].golden, &g);
+        float *scalar = NULL;
+        for (int isa = 0; isa < NM_ISA_COUNT; isa++) {
+            if (!nm_isa_available((nm_isa)isa)) continue;
+            set_isa_env(nm_isa_name((nm_isa)isa));
+            int32_t nv = 0;
+            float *got = golden_logits(t, files[f].model, g, n, &nv);
+            if (!got) continue;
+            double worst = 0, worst_rms = 0, vs_scalar = 0;
+            for (size_t k = 0; k < n; k++) {
+                if (!CHECK(t, g[k].n_logits == (size_t)nv)) continue;
+                double ss = 0;
+                for (size_t i = 0; i < g[k].n_logits; i++) {
+                    const double d = fabs((double)got[k * (size_t)nv + i] - g[k].logits[i]);
+                    worst = fmax(worst, d);
+                    ss += d * d;
+                    if (scalar) vs_scalar = fmax(vs_scalar, fabs((double)got[k * (size_t)nv + i] - scalar[k * (size_t)nv + i]));
+                }
+                worst_rms = fmax(worst_rms, sqrt(ss / (double)g[k].n_logits));
+            }
+            printf("  %-8s %-20s max |logit - golden| %.5f, rms %.5f; vs scalar %.3g\n", nm_isa_name((nm_isa)isa),
+                   files[f].golden, worst, worst_rms, vs_scalar);
+            CHECKF(t, worst <= files[f].tol && worst_rms <= files[f].rms_tol, "%s at %s: max %.5f rms %.5f",
+                   files[f].golden, nm_isa_name((nm_isa)isa), worst, worst_rms);
+            if (scalar && files[f].exact)
+                CHECKF(t, vs_scalar == 0, "%s at %s: logits differ from the scalar level's by %.3g", files[f].golden,
+                       nm_isa_name((nm_isa)isa), vs_scalar);
+            if (!scalar) scalar = got;
+            else free(got);
+        }
+        free(scalar);
+        for (size_t k = 0; k < n; k++) {
+            free(g[k].tokens);
+            free(g[k].logits);
+        }
+        free(g);
+    }
+    set_isa_env(saved);
+    free(saved);
+}
+
+/* test_model (the whole golden and property suite, CLI included) once more
+ * at every other level this CPU runs: the suite's own run covers the best
+ * level.  Skipped under the sanitizers, whose run covers the levels through
+ * test_isa_golden above in far less time. */
+static void test_model_every_isa(nm_test *t) {
+#if defined(__SANITIZE_ADDRESS__)
+    printf("  skipped under AddressSanitizer\n");
+    return;
+#else
+    char self[4096];
+    const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 32);
+    if (!CHECK(t, len > 0)) return;
+    self[len] = 0;
+    char *slash = strrchr(self, '/');
+    if (!CHECK(t, slash != NULL)) return;
+    strcpy(slash + 1, "test_model");
+    if (!CHECKF(t, access(self, X_OK) == 0, "%s is not built", self)) return;
+    for (int isa = 0; isa < NM_ISA_COUNT; isa++) {
+        if (!nm_isa_available((nm_isa)isa) || (nm_isa)isa == nm_isa_best()) continue;
+        /* NOMOAT_TEST_RUNNER: an emulator prefix (qemu-user for the
+         * aarch64 build, see scripts/test-aarch64.sh) */
+        const char *runner = getenv("NOMOAT_TEST_RUNNER");
+        char cmd[4600];
+        snprintf(cmd, sizeof cmd, "NOMOAT_ISA=%s %.256s '%s' 2>&1", nm_isa_name((nm_isa)isa), runner ? runner : "", self);
+        char *out = NULL;
+        const int rc = nm_test_sh(cmd, &out);
+        const char *res = out ? strstr(out, "RESULT passed=") : NULL;
+        printf("  NOMOAT_ISA=%s test_model: %.*s\n", nm_isa_name((nm_isa)isa), res ? (int)strcspn(res, "\n") : 16,
+               res ? res : "(no result line)");
+        CHECKF(t, rc == 0 && res && strstr(res, "failed=0"), "test_model at %s: exit %d, %s", nm_isa_name((nm_isa)isa),
+               rc, res ? res : "no result");
+        if (rc != 0 && out) {
+            /* the failing lines, for the log */
+            for (char *l = strtok(out, "\n"); l; l = strtok(NULL, "\n"))
+                if (strncmp(l, "FAIL", 4) == 0) printf("    %s\n", l);
+        }
+        free(out);
+    }
+#endif
+}
+
 int main(void) {
     nm_test_run("f16_conversion", test_f16_conversion);
     nm_test_run("kernels_random", test_kernels_random);
@@ -316,5 +926,13 @@ int main(void) {
     nm_test_run("matmul_threads", test_matmul_threads);
     nm_test_run("mat_init_errors", test_mat_init_errors);
     nm_test_run("pool", test_pool);
+    nm_test_run("isa_selection", test_isa_selection);
+    nm_test_run("act_extra", test_act_extra);
+    nm_test_run("isa_conversion", test_isa_conversion);
+    nm_test_run("isa_vs_scalar", test_isa_vs_scalar);
+    nm_test_run("isa_extreme_blocks", test_isa_extreme_blocks);
+    nm_test_run("matmul_t", test_matmul_t);
+    nm_test_run("isa_golden", test_isa_golden);
+    nm_test_run("model_every_isa", test_model_every_isa);
     return nm_test_finish();
 }

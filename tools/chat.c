@@ -51,6 +51,7 @@ static void help(void) {
            "  -t, --threads N         threads (default: all available CPUs)\n"
            "  -v, --verbose           print the template, seed and speed of each answer\n\n");
     cli_sampling_help(stdout);
+    cli_lora_help(stdout);
 }
 
 typedef struct chat_opts {
@@ -60,6 +61,7 @@ typedef struct chat_opts {
     int64_t n_predict, n_ctx, n_threads;
     bool verbose;
     nm_sampler_params sp;
+    cli_loras loras;
 } chat_opts;
 
 /* The conversation; every string is owned. */
@@ -416,6 +418,8 @@ static int parse(int argc, char **argv, chat_opts *o) {
             return -1;
         } else if (cli_sampling_opt(argc, argv, &i, &o->sp, &rc)) {
             if (rc) return rc;
+        } else if (cli_lora_stack_opt(argc, argv, &i, &o->loras, &rc)) {
+            if (rc) return rc;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             if (!(o->model = cli_value(argc, argv, &i))) return 2;
         } else if (!strcmp(a, "--chat-template")) {
@@ -491,6 +495,7 @@ static int run(chat_opts *o) {
     cp.n_ctx = (int32_t)o->n_ctx;
     cp.n_threads = (int32_t)o->n_threads;
     if (nm_context_new(s.model, &cp, &s.ctx, &err)) goto out_fail;
+    if (cli_loras_attach(&o->loras, s.model, s.ctx, &log, &err)) goto out_fail;
     s.n_ctx = nm_context_n_ctx(s.ctx);
     if (o->sp.penalty_last_n < 0) o->sp.penalty_last_n = s.n_ctx;
 
@@ -553,5 +558,6 @@ int cmd_chat(int argc, char **argv) {
     if (rc == 0) rc = run(&o);
     else if (rc < 0) rc = 0; /* --help, --chat-template list */
     cli_sampling_free(&o.sp);
+    cli_loras_free(&o.loras);
     return rc;
 }

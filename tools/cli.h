@@ -26,6 +26,8 @@ int cmd_serve(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_curate(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_adapter(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 /* A logger that writes "nomoat: warning: ..." lines to stderr. */
 nm_log cli_logger(bool verbose);
@@ -54,5 +56,28 @@ bool cli_sampling_opt(int argc, char **argv, int *i, nm_sampler_params *p, int *
 void cli_sampling_free(nm_sampler_params *p);
 /* The help lines of those options (for a command's --help). */
 void cli_sampling_help(FILE *f);
+
+/* Adapter stacks of `curate` and `eval` (tools/eval.c): FLAG FILE and
+ * FLAG-scaled FILE SCALE (as llama.cpp's --lora / --lora-scaled), repeated
+ * from the bottom of the stack up.  cli_lora_opt works like
+ * cli_sampling_opt; cli_loras_load loads them for model m. */
+#define CLI_MAX_LORAS 16
+typedef struct cli_loras {
+    const char *path[CLI_MAX_LORAS];
+    nm_lora *lora[CLI_MAX_LORAS];
+    nm_lora_entry entry[CLI_MAX_LORAS];
+    size_t n;
+    bool force;   /* --force (tools/lora_opts.c): load adapters made on another base */
+} cli_loras;
+bool cli_lora_opt(int argc, char **argv, int *i, const char *flag, cli_loras *s, int *rc);
+nm_status cli_loras_load(cli_loras *s, const nm_model *m, const nm_log *log, nm_err *err);
+void cli_loras_free(cli_loras *s);
+/* run, chat, perplexity, merge (tools/lora_opts.c): --lora, --lora-scaled
+ * and --force; cli_loras_attach loads the stack for m (honouring --force),
+ * warns about stacks that differ from the ones adapters were trained on,
+ * and attaches it to c (c may be NULL). */
+bool cli_lora_stack_opt(int argc, char **argv, int *i, cli_loras *s, int *rc);
+nm_status cli_loras_attach(cli_loras *s, const nm_model *m, nm_context *c, const nm_log *log, nm_err *err);
+void cli_lora_help(FILE *f);
 
 #endif

@@ -23,6 +23,8 @@ static void help(void) {
         "  --chat-template NAME    for conversation prompts (default: the model's)\n"
         "  -o, --out FILE          the candidates (JSONL, the input of 'score')\n"
         "  -t, --threads N         parallel prompts (default: every CPU)\n"
+        "  --lora FILE / --lora-scaled FILE SCALE   an adapter on the generator (repeatable: a\n"
+        "                          stack, bottom first; a PEFT directory or a GGUF LoRA)\n"
         "  sampling: --temp --top-k --top-p --min-p --seed ... as 'nomoat run' (see below); the seed\n"
         "  of candidate j of prompt i is derived from (--seed, i, j): the output does not depend on -t\n\n"
         "score: scorers combined with weights, then the best per prompt kept.  Total = sum of\n"
@@ -31,6 +33,7 @@ static void help(void) {
         "                          last assistant message is the response; identical prompts share an id)\n"
         "  --judge MODEL.gguf      mean log-probability of the response tokens given the prompt\n"
         "      --judge-weight W (1)  --judge-min V  --judge-template NAME\n"
+        "      --judge-lora FILE / --judge-lora-scaled FILE SCALE: the judge's adapter stack\n"
         "  --min-words N / --max-words N / --min-chars N / --max-chars N\n"
         "                          length bounds: score 1 inside, 0 outside; a gate (minimum 1)\n"
         "      --length-weight W (0)\n"
@@ -113,6 +116,7 @@ static int curate_generate(int argc, char **argv) {
     const char *cmd = "curate generate", *model = NULL, *prompts = NULL, *pfmt = "auto", *out = NULL;
     nm_gen_params g;
     nm_gen_params_default(&g);
+    cli_loras loras = {0};
     bool verbose = false;
     int rc = 0;
     int64_t v64;
@@ -122,7 +126,7 @@ static int curate_generate(int argc, char **argv) {
             help();
             cli_sampling_free(&g.sampling);
             return 0;
-        } else if (cli_sampling_opt(argc, argv, &i, &g.sampling, &rc)) {
+        } else if (cli_sampling_opt(argc, argv, &i, &g.sampling, &rc) || cli_lora_opt(argc, argv, &i, "--lora", &loras, &rc)) {
             if (rc) goto usage;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             if (!(model = cli_value(argc, argv, &i))) goto usage2;
@@ -164,10 +168,13 @@ static int curate_generate(int argc, char **argv) {
     rc = 1;
     g.progress = on_progress;
     g.user = &verbose;
+    g.loras = loras.entry; /* filled in by cli_loras_load */
+    g.n_loras = loras.n;
     if (!pr || !cands) {
         nm_err_set(&err, NM_ERR_NOMEM, "out of memory");
     } else if (!nm_cands_load(pr, prompts, pfmt, &err) && !nm_model_load(model, &log, &m, &err) &&
-               !nm_cands_generate(m, pr, &g, cands, &log, &err) && !nm_cands_write(cands, out, "candidates", false, &err)) {
+               !cli_loras_load(&loras, m, &log, &err) && !nm_cands_generate(m, pr, &g, cands, &log, &err) &&
+               !nm_cands_write(cands, out, "candidates", false, &err)) {
         fprintf(stderr, "nomoat: %zu candidates for %lld prompts written to %s\n", nm_cands_size(cands),
                 (long long)nm_cands_n_prompts(pr), out);
         rc = 0;
@@ -175,6 +182,7 @@ static int curate_generate(int argc, char **argv) {
     if (rc) cli_fail(&err);
     nm_cands_free(pr);
     nm_cands_free(cands);
+    cli_loras_free(&loras);
     nm_model_free(m);
     cli_sampling_free(&g.sampling);
     return rc;
@@ -197,6 +205,7 @@ static int curate_score(int argc, char **argv) {
     int64_t min_words = 0, max_words = 0, min_chars = 0, max_chars = 0, rep_n = 0, best_k = 0, threads = 0;
     const char *patterns[MAX_SCORERS];
     bool negate[MAX_SCORERS], soft = false, verbose = false;
+    cli_loras jl = {0};
     size_t n_patterns = 0;
     int rc = 2;
     for (int i = 1; i < argc; i++) {
@@ -204,6 +213,8 @@ static int curate_score(int argc, char **argv) {
         if (cli_is_help(a)) {
             help();
             return 0;
+        } else if (cli_lora_opt(argc, argv, &i, "--judge-lora", &jl, &rc)) {
+            if (rc) return rc;
         } else if (!strcmp(a, "--in") || !strcmp(a, "-i")) {
             if (!(in = cli_value(argc, argv, &i))) return 2;
         } else if (!strcmp(a, "-o") || !strcmp(a, "--out")) {
@@ -266,8 +277,9 @@ static int curate_score(int argc, char **argv) {
     size_t ns = 0;
     memset(sc, 0, sizeof sc);
     const double gate = soft ? -INFINITY : 1.0;
-    if (judge_path) sc[ns++] = (nm_scorer){.kind = NM_SCORER_JUDGE, .weight = judge_w, .min = judge_min,
-                                          .chat_template = judge_tmpl};
+    if (judge_path)
+        sc[ns++] = (nm_scorer){.kind = NM_SCORER_JUDGE, .weight = judge_w, .min = judge_min, .loras = jl.entry,
+                               .n_loras = jl.n, .chat_template = judge_tmpl};
     if (min_words || max_words)
         sc[ns++] = (nm_scorer){.kind = NM_SCORER_LENGTH, .name = "words", .weight = len_w, .min = gate,
                                .min_len = min_words, .max_len = max_words};
@@ -292,7 +304,7 @@ static int curate_score(int argc, char **argv) {
     }
     if (nm_cands_load(c, in, "auto", &err)) goto out;
     if (judge_path) {
-        if (nm_model_load(judge_path, &log, &judge, &err)) goto out;
+        if (nm_model_load(judge_path, &log, &judge, &err) || cli_loras_load(&jl, judge, &log, &err)) goto out;
         sc[0].judge = judge;
     }
     nm_select_params sp = {sc, ns, (int32_t)best_k, threshold, (int32_t)threads, on_progress, &verbose};
@@ -329,6 +341,7 @@ static int curate_score(int argc, char **argv) {
 out:
     if (rc) cli_fail(&err);
     nm_cands_free(c);
+    cli_loras_free(&jl);
     nm_model_free(judge);
     return rc;
 }

@@ -34,8 +34,53 @@ static void help(void) {
         "  -a MODEL  -b MODEL  --name-a NAME  --name-b NAME  --prompts FILE  -o, --out REPORT.html\n"
         "  --jsonl FILE  --title TEXT  --order-seed N (1)  --max-tokens N (256)\n\n"
         "--tally FILE...: B's win rate among decisive choices with its Wilson interval; ties apart.\n\n"
+        "adapters: --lora FILE / --lora-scaled FILE SCALE (repeatable, bottom of the stack first) on\n"
+        "the model of ppl, choice and match and on sbs's -a; --lora-b FILE (--lora-b-scaled) on sbs's -b.\n"
+        "A PEFT directory (the output of 'nomoat train') or a GGUF LoRA.\n\n"
         "common: -t, --threads N (default: every CPU)  --json  -v, --verbose\n\n");
     cli_sampling_help(stdout);
+}
+
+bool cli_lora_opt(int argc, char **argv, int *i, const char *flag, cli_loras *s, int *rc) {
+    const char *a = argv[*i];
+    size_t fl = strlen(flag);
+    bool scaled = !strncmp(a, flag, fl) && !strcmp(a + fl, "-scaled");
+    if (strcmp(a, flag) && !scaled) return false;
+    *rc = 2;
+    const char *path = cli_value(argc, argv, i), *v = NULL;
+    if (!path || (scaled && !(v = cli_value(argc, argv, i)))) return true;
+    double sc = 1.0;
+    if (scaled && (!cli_parse_f64(v, &sc) || !isfinite(sc))) {
+        cli_usage(argv[0], "%s needs FILE SCALE, got scale '%s'", a, v);
+        return true;
+    }
+    if (s->n == CLI_MAX_LORAS) {
+        cli_usage(argv[0], "at most %d adapters in a stack", CLI_MAX_LORAS);
+        return true;
+    }
+    s->path[s->n] = path;
+    s->entry[s->n].scale = (float)sc;
+    s->n++;
+    *rc = 0;
+    return true;
+}
+
+nm_status cli_loras_load(cli_loras *s, const nm_model *m, const nm_log *log, nm_err *err) {
+    for (size_t k = 0; k < s->n; k++) {
+        if (s->lora[k]) continue;
+        nm_status st = nm_lora_load(m, s->path[k], false, log, &s->lora[k], err);
+        if (st) return st;
+        s->entry[k].lora = s->lora[k];
+    }
+    if (s->n) nm_lora_check_stack(m, s->entry, s->n, log);
+    return NM_OK;
+}
+
+void cli_loras_free(cli_loras *s) {
+    for (size_t k = 0; k < s->n; k++) {
+        nm_lora_free(s->lora[k]);
+        s->lora[k] = NULL;
+    }
 }
 
 static bool num_i(int argc, char **argv, int *i, int64_t lo, int64_t hi, int64_t *out, int *rc) {
@@ -80,6 +125,7 @@ typedef struct eval_opts {
     double confidence;
     bool all_tokens, json, verbose;
     nm_sampler_params sp;
+    cli_loras loras, loras_b; /* -a's (or -m's) stack and -b's */
 } eval_opts;
 
 /* 0: parsed; otherwise the exit status. */
@@ -90,7 +136,10 @@ static int parse(int argc, char **argv, eval_opts *o) {
         if (cli_is_help(a)) {
             help();
             return -1;
-        } else if (cli_sampling_opt(argc, argv, &i, &o->sp, &rc)) {
+        } else if (cli_sampling_opt(argc, argv, &i, &o->sp, &rc) ||
+                   cli_lora_opt(argc, argv, &i, "--lora", &o->loras, &rc) ||
+                   cli_lora_opt(argc, argv, &i, "--lora-a", &o->loras, &rc) ||
+                   cli_lora_opt(argc, argv, &i, "--lora-b", &o->loras_b, &rc)) {
             if (rc) return rc;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "-a")) {
             if (!(o->model = cli_value(argc, argv, &i))) return 2;
@@ -169,9 +218,12 @@ static int eval_ppl(eval_opts *o) {
     p.threads = (int32_t)o->threads;
     p.progress = on_progress;
     p.user = &o->verbose;
+    p.loras = o->loras.entry; /* filled in by cli_loras_load */
+    p.n_loras = o->loras.n;
     nm_eval_ppl_result r;
     int rc = 1;
-    if (!nm_model_load(o->model, &log, &m, &err) && !nm_eval_perplexity(m, o->data, &p, &r, &log, &err)) {
+    if (!nm_model_load(o->model, &log, &m, &err) && !cli_loras_load(&o->loras, m, &log, &err) &&
+        !nm_eval_perplexity(m, o->data, &p, &r, &log, &err)) {
         if (o->json)
             printf("{\"perplexity\": %.6f, \"stderr\": %.6f, \"nll\": %.6f, \"nll_stderr\": %.6f, "
                    "\"nll_stderr_examples\": %.6f, \"tokens\": %lld, \"examples\": %lld}\n",
@@ -183,6 +235,7 @@ static int eval_ppl(eval_opts *o) {
         rc = 0;
     }
     if (rc) cli_fail(&err);
+    cli_loras_free(&o->loras);
     nm_model_free(m);
     return rc;
 }
@@ -215,12 +268,15 @@ static int eval_choice(eval_opts *o) {
     nm_model *m = NULL;
     details d = {NULL};
     void *user[2] = {&o->verbose, &d};
-    nm_mc_params p = {(int32_t)o->ctx, o->limit, (int32_t)o->threads, on_item, on_progress_mc, user};
+    nm_mc_params p = {.n_ctx = (int32_t)o->ctx, .max_items = o->limit, .threads = (int32_t)o->threads,
+                      .loras = o->loras.entry, .n_loras = o->loras.n, .on_item = on_item,
+                      .progress = on_progress_mc, .user = user};
     nm_mc_result r;
     int rc = 1;
     if (o->details && !(d.f = fopen(o->details, "w"))) {
         nm_err_set(&err, NM_ERR_IO, "%s: cannot create", o->details);
-    } else if (!nm_model_load(o->model, &log, &m, &err) && !nm_eval_choice(m, o->data, &p, &r, &log, &err)) {
+    } else if (!nm_model_load(o->model, &log, &m, &err) && !cli_loras_load(&o->loras, m, &log, &err) &&
+               !nm_eval_choice(m, o->data, &p, &r, &log, &err)) {
         if (o->json)
             printf("{\"items\": %lld, \"acc\": %.6f, \"acc_stderr\": %.6f, \"acc_norm\": %.6f, \"acc_norm_stderr\": %.6f}\n",
                    (long long)r.n, r.acc, r.acc_se, r.acc_norm, r.acc_norm_se);
@@ -234,6 +290,7 @@ static int eval_choice(eval_opts *o) {
         rc = 1;
     }
     if (rc) cli_fail(&err);
+    cli_loras_free(&o->loras);
     nm_model_free(m);
     return rc;
 }
@@ -256,6 +313,8 @@ static int eval_match(eval_opts *o) {
     g.n_ctx = (int32_t)o->ctx;
     g.chat_template = o->tmpl;
     g.threads = (int32_t)o->threads;
+    g.loras = o->loras.entry;
+    g.n_loras = o->loras.n;
     g.progress = on_progress;
     g.user = &o->verbose;
     nm_scorer sc = {.kind = NM_SCORER_REGEX, .name = "match", .weight = 1, .min = -INFINITY, .pattern = o->regex};
@@ -264,7 +323,8 @@ static int eval_match(eval_opts *o) {
     if (!pr || !c) {
         nm_err_set(&err, NM_ERR_NOMEM, "out of memory");
     } else if (!nm_cands_load(pr, o->prompts, "auto", &err) && !nm_model_load(o->model, &log, &m, &err) &&
-               !nm_cands_generate(m, pr, &g, c, &log, &err) && !nm_cands_score(c, &sp, &log, &err) &&
+               !cli_loras_load(&o->loras, m, &log, &err) && !nm_cands_generate(m, pr, &g, c, &log, &err) &&
+               !nm_cands_score(c, &sp, &log, &err) &&
                !(o->samples && nm_cands_write(c, o->samples, "candidates", false, &err))) {
         int64_t k = 0, n = (int64_t)nm_cands_size(c);
         for (int64_t i = 0; i < n; i++) k += nm_cands_at(c, (size_t)i)->scores[0] > 0.5;
@@ -282,6 +342,7 @@ static int eval_match(eval_opts *o) {
     if (rc) cli_fail(&err);
     nm_cands_free(pr);
     nm_cands_free(c);
+    cli_loras_free(&o->loras);
     nm_model_free(m);
     return rc;
 }
@@ -312,9 +373,14 @@ static int eval_sbs(eval_opts *o) {
     if (!pr) {
         nm_err_set(&err, NM_ERR_NOMEM, "out of memory");
     } else if (!nm_cands_load(pr, o->prompts, "auto", &err) && !nm_model_load(o->model, &log, &a, &err) &&
-               !nm_model_load(o->model_b, &log, &b, &err)) {
+               !nm_model_load(o->model_b, &log, &b, &err) && !cli_loras_load(&o->loras, a, &log, &err) &&
+               !cli_loras_load(&o->loras_b, b, &log, &err)) {
         p.a = a;
         p.b = b;
+        p.loras_a = o->loras.entry;
+        p.n_loras_a = o->loras.n;
+        p.loras_b = o->loras_b.entry;
+        p.n_loras_b = o->loras_b.n;
         if (!nm_eval_side_by_side(pr, &p, o->out, o->jsonl, &log, &err)) {
             printf("side by side: %lld prompts -> %s%s%s\n", (long long)nm_cands_n_prompts(pr), o->out,
                    o->jsonl ? " and " : "", o->jsonl ? o->jsonl : "");
@@ -323,6 +389,8 @@ static int eval_sbs(eval_opts *o) {
     }
     if (rc) cli_fail(&err);
     nm_cands_free(pr);
+    cli_loras_free(&o->loras);
+    cli_loras_free(&o->loras_b);
     nm_model_free(a);
     nm_model_free(b);
     return rc;

@@ -21,6 +21,8 @@ static const command COMMANDS[] = {
     {"train", "fine-tune a LoRA adapter (or every weight) on text, Alpaca, ShareGPT or chat data", cmd_train},
     {"curate", "make a small clean dataset: generate candidates, score and keep the best, de-duplicate, filter", cmd_curate},
     {"eval", "perplexity, multiple-choice accuracy, regex match rates, side-by-side reports and win rates", cmd_eval},
+    {"adapter", "LoRA adapters: info, convert PEFT <-> GGUF, merge a stack into one adapter", cmd_adapter},
+    {"merge", "fold a stack of LoRA adapters into a model's weights (a complete GGUF)", cmd_merge},
     {"bench", "measure speed: inference tokens/s (-m MODEL), tokenizer throughput (--tokenize)", cmd_bench},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])

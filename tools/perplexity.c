@@ -21,7 +21,8 @@ static void help(void) {
            "  -t, --threads N         threads (default: all available CPUs)\n"
            "  --kv-type f16|f32       KV cache precision (default f16)\n"
            "  --json                  print one JSON object\n"
-           "  -v, --verbose           print the running perplexity after each chunk\n");
+           "  -v, --verbose           print the running perplexity after each chunk\n\n");
+    cli_lora_help(stdout);
 }
 
 typedef struct ppl_progress {
@@ -49,11 +50,15 @@ int cmd_perplexity(int argc, char **argv) {
     int64_t n_ctx = 512, n_chunks = -1, n_threads = 0;
     nm_type kv_type = NM_TYPE_F16;
     bool json = false, verbose = false;
+    cli_loras loras = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        int lrc;
         if (cli_is_help(a)) {
             help();
             return 0;
+        } else if (cli_lora_stack_opt(argc, argv, &i, &loras, &lrc)) {
+            if (lrc) return lrc;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             if (!(model = cli_value(argc, argv, &i))) return 2;
         } else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
@@ -116,7 +121,7 @@ int cmd_perplexity(int argc, char **argv) {
     cp.n_threads = (int32_t)n_threads;
     cp.logits_all = true;
     cp.kv_type = kv_type;
-    if (nm_context_new(m, &cp, &c, &err)) goto out;
+    if (nm_context_new(m, &cp, &c, &err) || cli_loras_attach(&loras, m, c, &log, &err)) goto out;
     ppl_progress pp = {verbose, now_s()};
     nm_perplexity_result r;
     if (nm_perplexity(c, ids, n_ids, nm_vocab_add_bos(v) ? nm_vocab_bos(v) : -1, on_chunk, &pp, &r, &err)) goto out;
@@ -133,6 +138,7 @@ int cmd_perplexity(int argc, char **argv) {
 out:
     if (rc) cli_fail(&err);
     nm_context_free(c);
+    cli_loras_free(&loras);
     nm_model_free(m);
     free(ids);
     free(text);

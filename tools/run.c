@@ -37,6 +37,7 @@ static void help(void) {
            "                          prompt position\n"
            "  -v, --verbose           more logging (model, seed, settings)\n\n");
     cli_sampling_help(stdout);
+    cli_lora_help(stdout);
 }
 
 typedef struct run_opts {
@@ -45,6 +46,7 @@ typedef struct run_opts {
     nm_type kv_type;
     bool ignore_eos, json, dump_logits, verbose;
     nm_sampler_params sp;
+    cli_loras loras;
 } run_opts;
 
 static double now_s(void) {
@@ -62,6 +64,8 @@ static int parse_args(int argc, char **argv, run_opts *o) {
             help();
             return 0;
         } else if (cli_sampling_opt(argc, argv, &i, &o->sp, &rc)) {
+            if (rc) return rc;
+        } else if (cli_lora_stack_opt(argc, argv, &i, &o->loras, &rc)) {
             if (rc) return rc;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             if (!(o->model = cli_value(argc, argv, &i))) return 2;
@@ -205,6 +209,7 @@ static int run(run_opts *o) {
     cp.n_threads = (int32_t)o->n_threads;
     cp.kv_type = o->kv_type;
     if (nm_context_new(s.model, &cp, &s.ctx, &err)) goto fail;
+    if (cli_loras_attach(&o->loras, s.model, s.ctx, &log, &err)) goto fail;
     const int32_t n_ctx = nm_context_n_ctx(s.ctx);
     if (s.n_prompt > (size_t)n_ctx) {
         nm_err_set(&err, NM_ERR_RANGE, "the prompt has %zu tokens but the context holds %d (raise --ctx)", s.n_prompt,
@@ -335,5 +340,6 @@ int cmd_run(int argc, char **argv) {
     int rc = parse_args(argc, argv, &o);
     if (rc < 0) rc = run(&o);
     cli_sampling_free(&o.sp);
+    cli_loras_free(&o.loras);
     return rc;
 }

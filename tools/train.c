@@ -31,6 +31,9 @@ static void help(void) {
         "  --rank R (8)  --alpha A (16)  --rslora  --dropout P (0)\n"
         "  --targets LIST         all (default) or q,k,v,o,gate,up,down\n"
         "  --full                 full fine-tuning of every weight (float32)\n"
+        "  --lora A, --lora-scaled A S   train on top of adapter A (frozen, scale S; repeatable,\n"
+        "                         bottom of the stack first): the new adapter records the stack\n"
+        "  --force                accept stack adapters trained on another base\n"
         "optimisation:\n"
         "  --lr LR (2e-4)  --min-lr LR (0)  --schedule cosine|linear|constant  --warmup N (0)\n"
         "  --weight-decay W (0)  --beta1 B (0.9)  --beta2 B (0.999)  --adam-eps E (1e-8)\n"
@@ -138,6 +141,8 @@ int cmd_train(int argc, char **argv) {
     size_t n_vars = 0;
     bool quiet = false, verbose = false, do_bench = false;
     bool rank_set = false, seq_set = false, batch_set = false;
+    cli_loras stack = {0};
+    float stack_scales[CLI_MAX_LORAS];
     int rc = 2;
 #define VAL()                                   \
     const char *v = cli_value(argc, argv, &i);  \
@@ -165,10 +170,13 @@ int cmd_train(int argc, char **argv) {
     } while (0)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int lrc;
         if (cli_is_help(a)) {
             help();
             rc = 0;
             goto out;
+        } else if (cli_lora_stack_opt(argc, argv, &i, &stack, &lrc)) {
+            if (lrc) goto out;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             VAL();
             p.model = v;
@@ -297,6 +305,11 @@ int cmd_train(int argc, char **argv) {
 #undef REAL
     p.vars = vars;
     p.n_vars = n_vars;
+    for (size_t k = 0; k < stack.n; k++) stack_scales[k] = stack.entry[k].scale;
+    p.loras = stack.path;
+    p.lora_scales = stack_scales;
+    p.n_loras = stack.n;
+    p.force = stack.force;
     if (do_bench) {
         if (!p.model) {
             cli_usage("train", "--bench needs -m MODEL");
@@ -319,6 +332,8 @@ int cmd_train(int argc, char **argv) {
         q.steps = p.steps;
         q.threads = p.threads;
         q.metrics = p.metrics;
+        q.loras = p.loras; /* the saved stack, moved (scales as saved) */
+        q.n_loras = p.n_loras;
         p = q;
     } else {
         if (!p.model) {

@@ -112,6 +112,13 @@ nm_status nm_cands_add(nm_cands *c, int64_t prompt_id, int32_t index, const nm_c
         c->cap = cap;
     }
     const prompt_rec *p = &c->prompts[pi];
+    /* an id names one prompt: a different one under a known id is a mistake
+     * (e.g. candidates files of two runs loaded together) */
+    bool same = p->n == n_msgs && p->raw == raw;
+    for (size_t i = 0; same && i < n_msgs; i++)
+        same = !strcmp(p->msgs[i].role, msgs[i].role) && !strcmp(p->msgs[i].content, msgs[i].content);
+    if (!same)
+        return nm_err_set(err, NM_ERR_ARG, "prompt id %lld already names another prompt", (long long)prompt_id);
     char *resp = NULL;
     if (response && !(resp = nm_arena_strndup(&c->arena, response, strlen(response))))
         return nm_err_set(err, NM_ERR_NOMEM, "out of memory");

@@ -128,7 +128,7 @@ static nm_status split_lines(nm_docset *s, int32_t f, bool paragraphs, nm_err *e
 /* ---- JSON records ---- */
 
 static bool skipped_key(const char *k) {
-    static const char *const skip[] = {"role", "from", "id", "label", "answerKey", "meta", "scores"};
+    static const char *const skip[] = {"role", "from", "id", "label", "answerKey", "meta", "scores", "seed", "dropped_by"};
     for (size_t i = 0; i < sizeof skip / sizeof skip[0]; i++)
         if (!strcmp(k, skip[i])) return true;
     return false;

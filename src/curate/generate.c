@@ -188,7 +188,7 @@ nm_status nm_cands_generate(const nm_model *m, const nm_cands *prompts, const nm
         cp.n_batch = cp.n_ctx < 512 ? cp.n_ctx : 512;
         nm_logf(log, NM_LOG_INFO, "generating %d candidate%s for each of %lld prompts (seed %llu, %d worker%s)", p->n,
                 p->n == 1 ? "" : "s", (long long)n_prompts, (unsigned long long)j.base_seed, nw, nw == 1 ? "" : "s");
-        st = nm_ev_parallel(m, &cp, p->threads, n_prompts, gen_item, &j, p->progress, p->user, "generation", NULL, err);
+        st = nm_ev_parallel(m, &cp, p->loras, p->n_loras, p->threads, n_prompts, gen_item, &j, p->progress, p->user, "generation", NULL, err);
     }
     for (int64_t i = 0; !st && i < n_prompts; i++) {
         const nm_cand *x = j.prompts[i];

@@ -164,7 +164,7 @@ static nm_status run_judge(nm_cands *c, size_t k, const nm_scorer *s, const nm_s
         cp.n_ctx = (int32_t)(longest < 16 ? 16 : longest);
         cp.n_batch = cp.n_ctx;
         cp.logits_all = true;
-        st = nm_ev_parallel(m, &cp, p->threads, (int64_t)n_items, judge_item, &j, p->progress, p->user, "judge", NULL,
+        st = nm_ev_parallel(m, &cp, s->loras, s->n_loras, p->threads, (int64_t)n_items, judge_item, &j, p->progress, p->user, "judge", NULL,
                             err);
     }
     for (size_t i = 0; j.ids && i < n; i++) free(j.ids[i]);
@@ -224,6 +224,8 @@ static nm_status cmd_one(cmd_job *j, size_t i, nm_err *err) {
     /* a number, or a JSON object with a numeric "score" */
     char *p = out, *end;
     while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+    size_t pl = strlen(p);
+    while (pl > 0 && strchr(" \n\t\r", p[pl - 1])) p[--pl] = 0;
     double v = strtod(p, &end);
     bool ok = end != p;
     if (ok) {
@@ -240,11 +242,12 @@ static nm_status cmd_one(cmd_job *j, size_t i, nm_err *err) {
         json_decref(o);
     }
     if (!ok) {
-        size_t l = strcspn(p, "\n");
+        size_t l = strcspn(p, "\r\n");
         st = nm_err_set(err, NM_ERR_FORMAT,
-                        "scorer command '%.100s' printed '%.60s%s' for prompt %lld, candidate %d: not a number or "
+                        "scorer command '%.100s' printed '%.*s%s' for prompt %lld, candidate %d: not a number or "
                         "{\"score\": number}",
-                        j->s->command, l ? p : "", l > 60 ? "..." : "", (long long)x->prompt_id, x->index);
+                        j->s->command, (int)(l < 60 ? l : 60), p, l > 60 || p[l] ? "..." : "", (long long)x->prompt_id,
+                        x->index);
     } else {
         ((double *)x->scores)[j->k] = v;
     }

@@ -229,7 +229,7 @@ nm_status nm_eval_choice(const nm_model *m, const char *path, const nm_mc_params
         cp.n_ctx = j.n_ctx;
         cp.n_batch = j.n_ctx;
         cp.logits_all = true;
-        st = nm_ev_parallel(m, &cp, p->threads, (int64_t)n_items, mc_run, &j, p->progress, p->user, "choices", NULL, err);
+        st = nm_ev_parallel(m, &cp, p->loras, p->n_loras, p->threads, (int64_t)n_items, mc_run, &j, p->progress, p->user, "choices", NULL, err);
     }
     if (!st) {
         size_t *bytes = NULL;

@@ -26,13 +26,13 @@ nm_status nm_ev_nll(nm_context *c, int32_t n_vocab, const int32_t *ids, size_t n
 
 /* Items 0..n_items-1 shared out to workers, each with its own context made
  * from cp (n_threads is replaced: the threads are split among the
- * workers).  fn runs once per item, from any worker; the first error stops
+ * workers) with the adapter stack loras[0..n_loras) attached.  fn runs once per item, from any worker; the first error stops
  * the run and is returned.  progress (may be NULL) is called from the
  * calling thread with the number of items done; non-zero cancels. */
 typedef nm_status (*nm_ev_item_fn)(void *user, int worker, nm_context *c, int64_t item, nm_err *err);
-nm_status nm_ev_parallel(const nm_model *m, const nm_context_params *cp, int32_t threads, int64_t n_items,
-                         nm_ev_item_fn fn, void *user, nm_progress_fn progress, void *puser, const char *what,
-                         int *n_workers, nm_err *err);
+nm_status nm_ev_parallel(const nm_model *m, const nm_context_params *cp, const nm_lora_entry *loras, size_t n_loras,
+                         int32_t threads, int64_t n_items, nm_ev_item_fn fn, void *user, nm_progress_fn progress,
+                         void *puser, const char *what, int *n_workers, nm_err *err);
 /* How many workers nm_ev_parallel will use for n_items (so callers can size
  * per-worker scratch before the run). */
 int nm_ev_workers(int32_t threads, int64_t n_items);

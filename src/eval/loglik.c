@@ -100,6 +100,8 @@ int nm_ev_workers(int32_t threads, int64_t n_items) {
 typedef struct par_job {
     const nm_model *m;
     nm_context_params cp;
+    const nm_lora_entry *loras;
+    size_t n_loras;
     int64_t n_items;
     nm_ev_item_fn fn;
     void *user;
@@ -118,6 +120,7 @@ static void par_task(void *arg, int ith, int nth) {
     nm_context *c = NULL;
     nm_err *err = &j->errs[ith];
     nm_status st = nm_context_new(j->m, &j->cp, &c, err);
+    if (!st && j->n_loras) st = nm_context_set_loras(c, j->loras, j->n_loras, err);
     while (!st && !atomic_load(&j->failed)) {
         long long i = atomic_fetch_add(&j->next, 1);
         if (i >= j->n_items) break;
@@ -134,9 +137,9 @@ static void par_task(void *arg, int ith, int nth) {
     nm_context_free(c);
 }
 
-nm_status nm_ev_parallel(const nm_model *m, const nm_context_params *cp, int32_t threads, int64_t n_items,
-                         nm_ev_item_fn fn, void *user, nm_progress_fn progress, void *puser, const char *what,
-                         int *n_workers, nm_err *err) {
+nm_status nm_ev_parallel(const nm_model *m, const nm_context_params *cp, const nm_lora_entry *loras, size_t n_loras,
+                         int32_t threads, int64_t n_items, nm_ev_item_fn fn, void *user, nm_progress_fn progress,
+                         void *puser, const char *what, int *n_workers, nm_err *err) {
     int all = threads > 0 ? threads : nm_cpu_count();
     int nw = nm_ev_workers(threads, n_items);
     if (n_workers) *n_workers = nw;
@@ -146,6 +149,8 @@ nm_status nm_ev_parallel(const nm_model *m, const nm_context_params *cp, int32_t
     j.m = m;
     j.cp = *cp;
     j.cp.n_threads = all / nw > 0 ? all / nw : 1;
+    j.loras = loras;
+    j.n_loras = n_loras;
     j.n_items = n_items;
     j.fn = fn;
     j.user = user;

@@ -79,7 +79,7 @@ nm_status nm_eval_perplexity(const nm_model *m, const char *path, const nm_eval_
         cp.n_ctx = (int32_t)(longest < 4 ? 4 : longest);
         cp.n_batch = cp.n_ctx;
         cp.logits_all = true;
-        st = nm_ev_parallel(m, &cp, p->threads, n_ex, ppl_item, &j, p->progress, p->user, "perplexity", NULL, err);
+        st = nm_ev_parallel(m, &cp, p->loras, p->n_loras, p->threads, n_ex, ppl_item, &j, p->progress, p->user, "perplexity", NULL, err);
     }
     if (!st) {
         double S = 0, S2 = 0;

@@ -130,10 +130,14 @@ nm_status nm_eval_side_by_side(const nm_cands *prompts, const nm_sbs_params *p, 
     if (!ca || !cb) st = nm_err_set(err, NM_ERR_NOMEM, "out of memory");
     if (!st) {
         nm_logf(log, NM_LOG_INFO, "side by side: answers of %s", p->name_a ? p->name_a : "A");
+        g.loras = p->loras_a;
+        g.n_loras = p->n_loras_a;
         st = nm_cands_generate(p->a, prompts, &g, ca, log, err);
     }
     if (!st) {
         nm_logf(log, NM_LOG_INFO, "side by side: answers of %s", p->name_b ? p->name_b : "B");
+        g.loras = p->loras_b;
+        g.n_loras = p->n_loras_b;
         st = nm_cands_generate(p->b, prompts, &g, cb, log, err);
     }
     if (!st && nm_cands_size(ca) != nm_cands_size(cb))

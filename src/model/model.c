@@ -4,14 +4,17 @@
  * The forward pass reads like llama2.c: one function per step of a block
  * (norm, projections, RoPE, attention, FFN), each working on a batch of n
  * tokens at once so the prompt is one matrix-matrix pass over the weights
- * and generation is the same code with n = 1.  Architectures that are only
+ * and generation is the same code with n = 1; nm_decode_batch stacks the
+ * tokens of several contexts into the same pass.  Architectures that are only
  * metadata variations of LLaMA are rows of ARCHS below, not code paths. */
 #include "model.h"
 #include "base/base.h"
 #include "tensor/kernels.h"
 #include "tensor/types.h"
+#include "model/lora.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -351,8 +354,10 @@ static float *ctx_floats(nm_context *c, int64_t a, int64_t b, int64_t d) {
     return ctx_alloc(c, a, b, d, sizeof(float));
 }
 
-static size_t max_act_bytes(const nm_model *m, int64_t n_batch, int64_t n_out) {
-    size_t best = nm_matmul_scratch_bytes(m->output.type, m->output.cols, n_out);
+/* The output product may take every row of a batch too (logits_all, or one
+ * last row per context in nm_decode_batch), so it is sized for n_batch. */
+static size_t max_act_bytes(const nm_model *m, int64_t n_batch) {
+    size_t best = nm_matmul_scratch_bytes(m->output.type, m->output.cols, n_batch);
     for (int64_t l = 0; l < m->hp.n_layer; l++)
         for (int p = 0; p < NM_PROJ_COUNT; p++) {
             const nm_mat *w = &m->layers[l].w[p];
@@ -381,12 +386,18 @@ nm_status nm_context_new(const nm_model *m, const nm_context_params *p, nm_conte
     c->n_batch = p->n_batch ? p->n_batch : 512;
     if (c->n_batch > c->n_ctx) c->n_batch = c->n_ctx;
     c->logits_all = p->logits_all;
-    int nth = p->n_threads ? p->n_threads : nm_cpu_count();
-    nm_status st = nm_pool_new(nth, &c->pool, err);
-    if (st) {
-        free(c);
-        return st;
+    if (p->pool) {
+        c->pool = p->pool;
+    } else {
+        nm_status st = nm_pool_new(p->n_threads ? p->n_threads : nm_cpu_count(), &c->pool, err);
+        if (st) {
+            free(c);
+            return st;
+        }
+        c->own_pool = true;
     }
+    const int nth = nm_pool_size(c->pool);
+    c->n_scratch_threads = nth;
     const int64_t B = c->n_batch, n_out = c->logits_all ? B : 1;
     c->kv_type = p->kv_type;
     c->kv_elt = p->kv_type == NM_TYPE_F16 ? 2 : 4;
@@ -405,7 +416,7 @@ nm_status nm_context_new(const nm_model *m, const nm_context_params *p, nm_conte
     c->scores = ctx_floats(c, nth, c->n_ctx, 1);
     c->att_acc = ctx_alloc(c, nth, hp->head_dim, 1, sizeof(double));
     c->logits = ctx_floats(c, n_out, hp->n_vocab, 1);
-    c->act_bytes = max_act_bytes(m, B, n_out);
+    c->act_bytes = max_act_bytes(m, B);
     c->act = c->act_bytes ? malloc(c->act_bytes) : NULL;
     c->bytes += c->act_bytes;
     if (!c->k_cache || !c->v_cache || !c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->hb ||
@@ -420,7 +431,8 @@ nm_status nm_context_new(const nm_model *m, const nm_context_params *p, nm_conte
 
 void nm_context_free(nm_context *c) {
     if (!c) return;
-    nm_pool_free(c->pool);
+    nm_lora_stack_free(c->loras);
+    if (c->own_pool) nm_pool_free(c->pool);
     free(c->k_cache);
     free(c->v_cache);
     free(c->x);
@@ -476,6 +488,34 @@ int32_t nm_logits_argmax(const float *logits, int32_t n) {
 /* ====================================================================== */
 /* forward pass                                                           */
 /* ====================================================================== */
+/*
+ * One forward pass runs over a stack of rows: the tokens of one context
+ * (nm_decode) or of several contexts of the same model (nm_decode_batch),
+ * each context's tokens a contiguous run of rows (an nm_seq).  Everything
+ * that is per row - norms, projections, RoPE, the FFN - runs over the whole
+ * stack, so every weight matrix is read once per pass; what involves the
+ * KV cache (storing keys and values, attention) runs per sequence against
+ * its own context's cache.  No result depends on which other rows share the
+ * stack: every output element of a product is one kernel dot product of a
+ * weight row with one activation row (converted per row), and every
+ * (token, head) of attention is computed by one thread in a fixed order.  A
+ * context therefore gets bit-identical results alone or in any batch, in
+ * one call or token by token, on any number of threads.
+ */
+
+enum { BATCH_SEQS = 64 }; /* sequences in one pass; more contexts take more passes */
+
+/* Below this many multiply-adds per parallel region (a product or the
+ * attention of one layer), a pass runs on the calling thread alone: waking
+ * the pool costs about 1 us per region on an idle machine and 15-20 us on a
+ * busy one, which is more than a small region's work (stories260K: 45K per
+ * token and layer, spread over 8 regions).  Which thread computes what never
+ * changes a result, so this only decides speed. */
+enum { PAR_MIN_MACS = 1 << 18 };
+
+static nm_pool *pool_for(nm_pool *pool, double macs_per_region) {
+    return macs_per_region >= PAR_MIN_MACS ? pool : NULL;
+}
 
 static uint8_t *k_cache_at(const nm_context *c, int64_t l, int64_t pos) {
     return c->k_cache + (size_t)((l * c->n_ctx + pos) * c->m->hp.kv_dim) * c->kv_elt;
@@ -487,185 +527,352 @@ static uint8_t *v_cache_at(const nm_context *c, int64_t l, int64_t pos) {
 /* Rounds to the nearest half-precision value (kept as a float). */
 static inline float round_f16(float x) { return nm_half_to_f32(nm_f32_to_f16(x)); }
 
-/* Stores n rows of keys and values at positions pos0.. of layer l. */
-static void kv_store(nm_context *c, int64_t l, int64_t pos0, int64_t n) {
+/* Stores n rows of keys k and values v at positions pos0.. of layer l. */
+static void kv_store(nm_context *c, int64_t l, int64_t pos0, const float *k, const float *v, int64_t n) {
     const int64_t m = n * c->m->hp.kv_dim;
     if (c->kv_type == NM_TYPE_F32) {
-        memcpy(k_cache_at(c, l, pos0), c->k, (size_t)m * sizeof(float));
-        memcpy(v_cache_at(c, l, pos0), c->v, (size_t)m * sizeof(float));
+        memcpy(k_cache_at(c, l, pos0), k, (size_t)m * sizeof(float));
+        memcpy(v_cache_at(c, l, pos0), v, (size_t)m * sizeof(float));
         return;
     }
     uint16_t *kd = (uint16_t *)(void *)k_cache_at(c, l, pos0), *vd = (uint16_t *)(void *)v_cache_at(c, l, pos0);
     for (int64_t i = 0; i < m; i++) {
-        kd[i] = nm_f32_to_f16(c->k[i]);
-        vd[i] = nm_f32_to_f16(c->v[i]);
+        kd[i] = nm_f32_to_f16(k[i]);
+        vd[i] = nm_f32_to_f16(v[i]);
     }
 }
 
 /* x[t] = embedding row of tokens[t] (dequantized from the stored type). */
-static void embed_tokens(nm_context *c, const int32_t *tokens, int64_t n) {
-    const nm_mat *e = &c->m->tok_embd;
+static void embed_tokens(const nm_model *m, const int32_t *tokens, int64_t n, float *x) {
+    const nm_mat *e = &m->tok_embd;
     const nm_type_traits *tr = nm_type_traits_get(e->type);
     for (int64_t t = 0; t < n; t++)
-        tr->to_float((const uint8_t *)e->data + (size_t)tokens[t] * e->row_bytes, c->x + t * e->cols, e->cols);
+        tr->to_float((const uint8_t *)e->data + (size_t)tokens[t] * e->row_bytes, x + t * e->cols, e->cols);
 }
 
 static void rmsnorm_rows(float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps) {
     for (int64_t t = 0; t < n; t++) nm_rmsnorm(y + t * dim, x + t * dim, w, dim, eps);
 }
 
-void nm_model_proj(nm_context *c, int64_t l, nm_proj which, const float *x, float *y, int64_t n) {
-    const nm_layer *L = &c->m->layers[l];
+void nm_model_proj(const nm_fwd *f, int64_t l, nm_proj which, const float *x, float *y) {
+    const nm_layer *L = &f->m->layers[l];
     const nm_mat *w = &L->w[which];
-    nm_matmul(c->pool, w, x, n, y, c->act);
+    nm_matmul(f->pool, w, x, f->n, y, f->host->act);
     if (L->bias[which])
-        for (int64_t t = 0; t < n; t++) nm_add(y + t * w->rows, L->bias[which], w->rows);
-    /* LoRA: adapters will add scale * B (A x) to y here. */
+        for (int64_t t = 0; t < f->n; t++) nm_add(y + t * w->rows, L->bias[which], w->rows);
+    /* The contexts of one pass may carry different adapter stacks, so
+     * adapters apply per sequence, after the shared base product. */
+    for (int s = 0; s < f->n_seqs; s++) {
+        const nm_seq *q = &f->seqs[s];
+        if (q->c->loras)
+            nm_lora_apply(q->c->loras, l, which, x + q->row0 * w->cols, y + q->row0 * w->rows, q->n);
+    }
 }
 
-/* Angles of the batch's positions, shared by every layer and head. */
-static void rope_prepare(nm_context *c, int64_t pos0, int64_t n) {
-    const nm_hparams *hp = &c->m->hp;
-    for (int64_t t = 0; t < n; t++)
-        nm_rope_angles(c->rope_cs + t * hp->n_rot, pos0 + t, (int)hp->n_rot, hp->rope_base, hp->rope_freq_scale,
-                       c->m->rope_freqs);
+/* Angles of every row's position, shared by every layer and head. */
+static void rope_prepare(const nm_fwd *f) {
+    const nm_hparams *hp = &f->m->hp;
+    for (int s = 0; s < f->n_seqs; s++) {
+        const nm_seq *q = &f->seqs[s];
+        for (int64_t t = 0; t < q->n; t++)
+            nm_rope_angles(f->host->rope_cs + (q->row0 + t) * hp->n_rot, q->pos0 + t, (int)hp->n_rot, hp->rope_base,
+                           hp->rope_freq_scale, f->m->rope_freqs);
+    }
 }
 
-static void rope_rows(nm_context *c, float *x, int64_t n_heads, int64_t n) {
-    const nm_hparams *hp = &c->m->hp;
-    for (int64_t t = 0; t < n; t++)
+static void rope_rows(const nm_fwd *f, float *x, int64_t n_heads) {
+    const nm_hparams *hp = &f->m->hp;
+    for (int64_t t = 0; t < f->n; t++)
         nm_rope_apply(x + t * n_heads * hp->head_dim, (int)n_heads, (int)hp->head_dim, (int)hp->n_rot,
-                      c->rope_cs + t * hp->n_rot, hp->rope_type);
+                      f->host->rope_cs + t * hp->n_rot, hp->rope_type);
 }
 
+/* The attention work of a pass: items are (row, head) pairs numbered
+ * sequence by sequence; item0[s] is the first item of sequence s. */
 typedef struct attn_task {
-    nm_context *c;
-    int64_t l, pos0, n;
+    const nm_fwd *f;
+    int64_t l;
+    int64_t item0[BATCH_SEQS + 1];
+    int64_t chunk;             /* items taken at a time */
+    int nth;                   /* threads taking part */
+    atomic_llong next;         /* first item nobody has taken */
 } attn_task;
 
-/* Causal attention of the batch's queries over the cache (which already
- * holds this batch's keys and values), one (token, head) pair at a time;
- * each pair is computed by one thread in a fixed order, so results do not
- * depend on the thread count.  With an F16 cache the query and the
- * attention weights are rounded to F16 as llama.cpp does (its KQ and KQV
- * products take F16 operands), which is what its golden logits carry. */
-static void attention_task(void *arg, int ith, int nth) {
-    const attn_task *a = arg;
-    nm_context *c = a->c;
-    const nm_hparams *hp = &c->m->hp;
-    const int64_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+/* Softmax(q . keys) . values over the n_keys first cache positions of layer
+ * l, one head (keys and values at offset kvo of each cached row).  With an
+ * F16 cache the query and the attention weights are rounded to F16 as
+ * llama.cpp does (its KQ and KQV products take F16 operands), which is what
+ * its golden logits carry; q is already rounded by the caller. */
+static void attend(const nm_context *c, int64_t l, const float *q, int64_t kvo, int64_t n_keys, float *out,
+                   float *scores, double *acc) {
+    const int64_t hd = c->m->hp.head_dim;
     const bool f16 = c->kv_type == NM_TYPE_F16;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = c->scores + (int64_t)ith * c->n_ctx;
-    double *acc = c->att_acc + (int64_t)ith * hd;
-    int64_t lo, hi;
-    nm_split_range(a->n * hp->n_head, ith, nth, 1, &lo, &hi);
-    for (int64_t item = lo; item < hi; item++) {
-        const int64_t t = item / hp->n_head, h = item % hp->n_head;
-        const int64_t kvo = (h / group) * hd, n_keys = a->pos0 + t + 1;
-        const float *q = c->q + t * hp->q_dim + h * hd;
-        for (int64_t p = 0; p < n_keys; p++) {
-            if (f16) {
-                const uint16_t *k = (const uint16_t *)(const void *)k_cache_at(c, a->l, p) + kvo;
-                double dot = 0.0;
-                for (int64_t i = 0; i < hd; i++) dot += q[i] * nm_half_to_f32(k[i]);
-                scores[p] = (float)dot * scale;
-            } else {
-                scores[p] = nm_dot_f32(q, (const float *)(const void *)k_cache_at(c, a->l, p) + kvo, hd) * scale;
-            }
+    for (int64_t p = 0; p < n_keys; p++) {
+        if (f16) {
+            const uint16_t *k = (const uint16_t *)(const void *)k_cache_at(c, l, p) + kvo;
+            double dot = 0.0;
+            for (int64_t i = 0; i < hd; i++) dot += q[i] * nm_half_to_f32(k[i]);
+            scores[p] = (float)dot * scale;
+        } else {
+            scores[p] = nm_dot_f32(q, (const float *)(const void *)k_cache_at(c, l, p) + kvo, hd) * scale;
         }
-        nm_softmax(scores, n_keys);
-        float *out = c->att + t * hp->q_dim + h * hd;
-        memset(out, 0, (size_t)hd * sizeof *out);
-        if (f16) memset(acc, 0, (size_t)hd * sizeof *acc);
-        for (int64_t p = 0; p < n_keys; p++) {
-            if (f16) {
-                const uint16_t *v = (const uint16_t *)(const void *)v_cache_at(c, a->l, p) + kvo;
-                const float s = round_f16(scores[p]);
-                for (int64_t i = 0; i < hd; i++) acc[i] += s * nm_half_to_f32(v[i]);
-            } else {
-                const float *v = (const float *)(const void *)v_cache_at(c, a->l, p) + kvo;
-                const float s = scores[p];
-                for (int64_t i = 0; i < hd; i++) out[i] += s * v[i];
-            }
+    }
+    nm_softmax(scores, n_keys);
+    memset(out, 0, (size_t)hd * sizeof *out);
+    if (f16) memset(acc, 0, (size_t)hd * sizeof *acc);
+    for (int64_t p = 0; p < n_keys; p++) {
+        if (f16) {
+            const uint16_t *v = (const uint16_t *)(const void *)v_cache_at(c, l, p) + kvo;
+            const float s = round_f16(scores[p]);
+            for (int64_t i = 0; i < hd; i++) acc[i] += s * nm_half_to_f32(v[i]);
+        } else {
+            const float *v = (const float *)(const void *)v_cache_at(c, l, p) + kvo;
+            const float s = scores[p];
+            for (int64_t i = 0; i < hd; i++) out[i] += s * v[i];
         }
-        if (f16)
-            for (int64_t i = 0; i < hd; i++) out[i] = (float)acc[i];
+    }
+    if (f16)
+        for (int64_t i = 0; i < hd; i++) out[i] = (float)acc[i];
+}
+
+/* Causal attention of every row over its own context's cache (which
+ * already holds this pass's keys and values).  Threads take chunks of items
+ * as they go: the items' costs differ (a row at position 1000 attends over
+ * 1000 keys, one at 10 over 10), and which thread computes an item does not
+ * change its result. */
+static void attention_task(void *arg, int ith, int nth) {
+    attn_task *a = arg;
+    (void)nth;
+    if (ith >= a->nth) return;  /* a context's scratch has fewer threads */
+    const nm_fwd *f = a->f;
+    const nm_hparams *hp = &f->m->hp;
+    const int64_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, n_items = a->item0[f->n_seqs];
+    int s = 0;
+    for (;;) {
+        int64_t lo = atomic_fetch_add_explicit(&a->next, a->chunk, memory_order_relaxed);
+        if (lo >= n_items) break;
+        int64_t hi = lo + a->chunk < n_items ? lo + a->chunk : n_items;
+        for (int64_t item = lo; item < hi; item++) {
+            while (item >= a->item0[s + 1]) s++;  /* this thread's items only increase */
+            const nm_seq *q = &f->seqs[s];
+            const nm_context *c = q->c;
+            const int64_t k = item - a->item0[s], t = k / hp->n_head, h = k % hp->n_head;
+            const int64_t row = q->row0 + t;
+            attend(c, a->l, f->host->q + row * hp->q_dim + h * hd, (h / group) * hd, q->pos0 + t + 1,
+                   f->host->att + row * hp->q_dim + h * hd, c->scores + (int64_t)ith * c->n_ctx,
+                   c->att_acc + (int64_t)ith * hd);
+        }
     }
 }
 
 /* x += Wo attention(rope(Wq xn), cache <- rope(Wk xn), Wv xn), xn = norm(x) */
-static void attention_block(nm_context *c, int64_t l, int64_t pos0, int64_t n) {
-    const nm_hparams *hp = &c->m->hp;
-    const nm_layer *L = &c->m->layers[l];
-    rmsnorm_rows(c->xb, c->x, L->attn_norm, n, hp->n_embd, hp->norm_eps);
-    nm_model_proj(c, l, NM_PROJ_Q, c->xb, c->q, n);
-    nm_model_proj(c, l, NM_PROJ_K, c->xb, c->k, n);
-    nm_model_proj(c, l, NM_PROJ_V, c->xb, c->v, n);
-    rope_rows(c, c->q, hp->n_head, n);
-    rope_rows(c, c->k, hp->n_head_kv, n);
-    kv_store(c, l, pos0, n);
-    if (c->kv_type == NM_TYPE_F16)
-        for (int64_t i = 0; i < n * hp->q_dim; i++) c->q[i] = round_f16(c->q[i]);
-    attn_task a = {c, l, pos0, n};
-    nm_pool_run(c->pool, attention_task, &a);
-    nm_model_proj(c, l, NM_PROJ_O, c->att, c->xb, n);
-    for (int64_t t = 0; t < n * hp->n_embd; t++) c->x[t] += c->xb[t];
+static void attention_block(const nm_fwd *f, int64_t l) {
+    const nm_hparams *hp = &f->m->hp;
+    const nm_layer *L = &f->m->layers[l];
+    nm_context *h = f->host;
+    rmsnorm_rows(h->xb, h->x, L->attn_norm, f->n, hp->n_embd, hp->norm_eps);
+    nm_model_proj(f, l, NM_PROJ_Q, h->xb, h->q);
+    nm_model_proj(f, l, NM_PROJ_K, h->xb, h->k);
+    nm_model_proj(f, l, NM_PROJ_V, h->xb, h->v);
+    rope_rows(f, h->q, hp->n_head);
+    rope_rows(f, h->k, hp->n_head_kv);
+
+    attn_task a = {.f = f, .l = l, .nth = nm_pool_size(f->pool)};
+    for (int s = 0; s < f->n_seqs; s++) {
+        const nm_seq *q = &f->seqs[s];
+        kv_store(q->c, l, q->pos0, h->k + q->row0 * hp->kv_dim, h->v + q->row0 * hp->kv_dim, q->n);
+        if (q->c->kv_type == NM_TYPE_F16) {
+            float *qr = h->q + q->row0 * hp->q_dim;
+            for (int64_t i = 0; i < q->n * hp->q_dim; i++) qr[i] = round_f16(qr[i]);
+        }
+        a.item0[s + 1] = a.item0[s] + q->n * hp->n_head;
+        if (q->c->n_scratch_threads < a.nth) a.nth = q->c->n_scratch_threads;
+    }
+    a.chunk = a.item0[f->n_seqs] / ((int64_t)a.nth * 8);
+    if (a.chunk < 1) a.chunk = 1;
+    atomic_init(&a.next, 0);
+    nm_pool_run(f->pool, attention_task, &a);
+
+    nm_model_proj(f, l, NM_PROJ_O, h->att, h->xb);
+    for (int64_t t = 0; t < f->n * hp->n_embd; t++) h->x[t] += h->xb[t];
 }
 
 /* x += Wdown (silu(Wgate xn) * Wup xn), xn = norm(x) */
-static void ffn_block(nm_context *c, int64_t l, int64_t n) {
-    const nm_hparams *hp = &c->m->hp;
-    const nm_layer *L = &c->m->layers[l];
-    rmsnorm_rows(c->xb, c->x, L->ffn_norm, n, hp->n_embd, hp->norm_eps);
-    nm_model_proj(c, l, NM_PROJ_GATE, c->xb, c->hb, n);
-    nm_model_proj(c, l, NM_PROJ_UP, c->xb, c->hb2, n);
-    nm_swiglu(c->hb, c->hb, c->hb2, n * hp->n_ff);
-    nm_model_proj(c, l, NM_PROJ_DOWN, c->hb, c->xb, n);
-    for (int64_t t = 0; t < n * hp->n_embd; t++) c->x[t] += c->xb[t];
+static void ffn_block(const nm_fwd *f, int64_t l) {
+    const nm_hparams *hp = &f->m->hp;
+    const nm_layer *L = &f->m->layers[l];
+    nm_context *h = f->host;
+    rmsnorm_rows(h->xb, h->x, L->ffn_norm, f->n, hp->n_embd, hp->norm_eps);
+    nm_model_proj(f, l, NM_PROJ_GATE, h->xb, h->hb);
+    nm_model_proj(f, l, NM_PROJ_UP, h->xb, h->hb2);
+    nm_swiglu(h->hb, h->hb, h->hb2, f->n * hp->n_ff);
+    nm_model_proj(f, l, NM_PROJ_DOWN, h->hb, h->xb);
+    for (int64_t t = 0; t < f->n * hp->n_embd; t++) h->x[t] += h->xb[t];
 }
 
-/* logits of the rows [first, n) of the batch */
-static void output_logits(nm_context *c, int64_t first, int64_t n) {
-    const nm_hparams *hp = &c->m->hp;
-    const int64_t rows = n - first;
-    rmsnorm_rows(c->xb, c->x + first * hp->n_embd, c->m->output_norm, rows, hp->n_embd, hp->norm_eps);
-    nm_matmul(c->pool, &c->m->output, c->xb, rows, c->logits, c->act);
-    c->n_logits = rows;
-}
-
-/* One batch of n <= n_batch tokens at positions n_past.. */
-static void forward_batch(nm_context *c, const int32_t *tokens, int64_t n, bool want_logits) {
-    const int64_t pos0 = c->n_past;
-    embed_tokens(c, tokens, n);
-    rope_prepare(c, pos0, n);
-    for (int64_t l = 0; l < c->m->hp.n_layer; l++) {
-        attention_block(c, l, pos0, n);
-        ffn_block(c, l, n);
+/* The logits each sequence asks for, normed rows gathered in the host's xb
+ * and multiplied by the output matrix in one product. */
+static void output_logits(const nm_fwd *f) {
+    const nm_hparams *hp = &f->m->hp;
+    const nm_mat *w = &f->m->output;
+    nm_context *h = f->host;
+    const int64_t E = hp->n_embd, nv = hp->n_vocab;
+    int64_t R = 0;
+    int n_out = 0;
+    const nm_seq *only = NULL;
+    for (int s = 0; s < f->n_seqs; s++) {
+        const nm_seq *q = &f->seqs[s];
+        const int64_t k = q->n - q->out_first;
+        if (k <= 0) continue;
+        rmsnorm_rows(h->xb + R * E, h->x + (q->row0 + q->out_first) * E, f->m->output_norm, k, E, hp->norm_eps);
+        R += k;
+        n_out++;
+        only = q;
     }
-    if (want_logits) output_logits(c, c->logits_all ? 0 : n - 1, n);
-    c->n_past += n;
+    if (R == 0) return;
+    nm_pool *pool = pool_for(h->pool, (double)R * (double)nv * (double)E);
+    if (n_out == 1) {
+        nm_matmul(pool, w, h->xb, R, only->c->logits + only->out_row * nv, h->act);
+    } else {
+        /* The contexts' logits live apart, so the product goes through the
+         * host's FFN scratch (n_batch * n_ff floats, R <= n_batch) in slices
+         * of the vocabulary, then to each context: the output matrix is
+         * still read once. */
+        int64_t S = h->n_batch * hp->n_ff / R;
+        if (S > nv) S = nv;
+        for (int64_t r0 = 0; r0 < nv; r0 += S) {
+            const int64_t r1 = r0 + S < nv ? r0 + S : nv, len = r1 - r0;
+            nm_matmul_rows(pool, w, r0, r1, h->xb, R, h->hb, len, h->act);
+            int64_t g = 0;
+            for (int s = 0; s < f->n_seqs; s++) {
+                const nm_seq *q = &f->seqs[s];
+                for (int64_t t = 0; t < q->n - q->out_first; t++, g++)
+                    memcpy(q->c->logits + (q->out_row + t) * nv + r0, h->hb + g * len, (size_t)len * sizeof(float));
+            }
+        }
+    }
+    for (int s = 0; s < f->n_seqs; s++) {
+        const nm_seq *q = &f->seqs[s];
+        if (q->n > q->out_first) q->c->n_logits = q->out_row + q->n - q->out_first;
+    }
+}
+
+static void forward(const nm_fwd *f) {
+    const int64_t E = f->m->hp.n_embd;
+    for (int s = 0; s < f->n_seqs; s++)
+        embed_tokens(f->m, f->seqs[s].tokens, f->seqs[s].n, f->host->x + f->seqs[s].row0 * E);
+    rope_prepare(f);
+    for (int64_t l = 0; l < f->m->hp.n_layer; l++) {
+        attention_block(f, l);
+        ffn_block(f, l);
+    }
+    output_logits(f);
+    for (int s = 0; s < f->n_seqs; s++) f->seqs[s].c->n_past += f->seqs[s].n;
+}
+
+/* Multiply-adds of one layer of a pass: the projections of every row, and
+ * each row's attention over its keys (scores and weighted values). */
+static double layer_macs(const nm_fwd *f) {
+    const nm_hparams *hp = &f->m->hp;
+    double per_row = 0, attn = 0;
+    for (int p = 0; p < NM_PROJ_COUNT; p++) {
+        const nm_mat *w = &f->m->layers[0].w[p];
+        per_row += (double)w->rows * (double)w->cols;
+    }
+    for (int s = 0; s < f->n_seqs; s++) {
+        const nm_seq *q = &f->seqs[s];
+        /* keys pos0+1 .. pos0+n over the rows */
+        attn += (double)q->n * ((double)q->pos0 + (double)(q->n + 1) / 2.0);
+    }
+    return per_row * (double)f->n + attn * 2.0 * (double)hp->n_head * (double)hp->head_dim;
+}
+
+/* Runs checked inputs in passes of at most host->n_batch rows and
+ * BATCH_SEQS sequences, contexts in order: a context whose tokens do not
+ * fit the rest of a pass continues in the next one, as nm_decode cuts a
+ * long input in batches.  Logits: every row for logits_all contexts, else
+ * the last token's, in the pass that takes it. */
+static void run_passes(nm_context *const *ctxs, const int32_t *const *tokens, const int32_t *n_tokens,
+                       int32_t n_ctxs) {
+    nm_context *host = ctxs[0];
+    nm_seq seqs[BATCH_SEQS];
+    for (int32_t i = 0; i < n_ctxs; i++) ctxs[i]->n_logits = 0;
+    int32_t i = 0;
+    int64_t off = 0; /* tokens of ctxs[i] already run */
+    while (i < n_ctxs) {
+        int n_seqs = 0;
+        int64_t rows = 0;
+        while (i < n_ctxs && n_seqs < BATCH_SEQS && rows < host->n_batch) {
+            nm_context *c = ctxs[i];
+            const int64_t left = n_tokens[i] - off, room = host->n_batch - rows;
+            const int64_t take = left < room ? left : room;
+            const bool last = take == left;
+            nm_seq *q = &seqs[n_seqs++];
+            *q = (nm_seq){.c = c, .tokens = tokens[i] + off, .row0 = rows, .n = take, .pos0 = c->n_past};
+            if (c->logits_all) {
+                q->out_first = 0;
+                q->out_row = off;
+            } else {
+                q->out_first = last ? take - 1 : take;
+                q->out_row = 0;
+            }
+            rows += take;
+            off += take;
+            if (last) {
+                i++;
+                off = 0;
+            }
+        }
+        nm_fwd f = {.m = host->m, .host = host, .seqs = seqs, .n_seqs = n_seqs, .n = rows};
+        f.pool = pool_for(host->pool, layer_macs(&f) / (NM_PROJ_COUNT + 1));
+        forward(&f);
+    }
+}
+
+/* Checks one context's share of a decode call without changing anything;
+ * idx >= 0 names the context in messages (nm_decode_batch). */
+static nm_status check_decode(const nm_context *c, const int32_t *tokens, int32_t n, int32_t idx, nm_err *err) {
+    char who[32] = "";
+    if (idx >= 0) snprintf(who, sizeof who, "context %d: ", idx);
+    if (n <= 0) return nm_err_set(err, NM_ERR_ARG, "%snothing to decode (%d tokens)", who, n);
+    if (!tokens) return nm_err_set(err, NM_ERR_ARG, "%sno token array", who);
+    if (c->n_past + n > c->n_ctx)
+        return nm_err_set(err, NM_ERR_RANGE,
+                          "%scontext full: %lld tokens already in the context + %d new exceed its size of %lld "
+                          "(raise --ctx)",
+                          who, (long long)c->n_past, n, (long long)c->n_ctx);
+    if (c->logits_all && n > c->n_batch)
+        return nm_err_set(err, NM_ERR_ARG, "%s%d tokens in one call exceed the batch size %lld (all logits kept)", who,
+                          n, (long long)c->n_batch);
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->m->hp.n_vocab)
+            return nm_err_set(err, NM_ERR_ARG, "%stoken id %d at index %d is outside the vocabulary (0..%lld)", who,
+                              tokens[i], i, (long long)c->m->hp.n_vocab - 1);
+    return NM_OK;
 }
 
 nm_status nm_decode(nm_context *c, const int32_t *tokens, int32_t n, nm_err *err) {
-    if (n <= 0) return nm_err_set(err, NM_ERR_ARG, "nothing to decode (%d tokens)", n);
-    if (c->n_past + n > c->n_ctx)
-        return nm_err_set(err, NM_ERR_RANGE,
-                          "context full: %lld tokens already in the context + %d new exceed its size of %lld "
-                          "(raise --ctx)",
-                          (long long)c->n_past, n, (long long)c->n_ctx);
-    if (c->logits_all && n > c->n_batch)
-        return nm_err_set(err, NM_ERR_ARG, "%d tokens in one call exceed the batch size %lld (all logits kept)", n,
-                          (long long)c->n_batch);
-    for (int32_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->m->hp.n_vocab)
-            return nm_err_set(err, NM_ERR_ARG, "token id %d at index %d is outside the vocabulary (0..%lld)",
-                              tokens[i], i, (long long)c->m->hp.n_vocab - 1);
-    c->n_logits = 0;
-    for (int64_t done = 0; done < n;) {
-        const int64_t b = n - done < c->n_batch ? n - done : c->n_batch;
-        forward_batch(c, tokens + done, b, done + b == n);
-        done += b;
+    nm_status st = check_decode(c, tokens, n, -1, err);
+    if (st) return st;
+    run_passes(&c, &tokens, &n, 1);
+    return NM_OK;
+}
+
+nm_status nm_decode_batch(nm_context *const *ctxs, const int32_t *const *tokens, const int32_t *n_tokens,
+                          int32_t n_ctxs, nm_err *err) {
+    if (n_ctxs <= 0 || !ctxs || !tokens || !n_tokens)
+        return nm_err_set(err, NM_ERR_ARG, "nothing to decode (%d contexts)", n_ctxs);
+    for (int32_t i = 0; i < n_ctxs; i++) {
+        if (!ctxs[i]) return nm_err_set(err, NM_ERR_ARG, "context %d is NULL", i);
+        if (ctxs[i]->m != ctxs[0]->m)
+            return nm_err_set(err, NM_ERR_ARG, "context %d belongs to another model than context 0", i);
+        /* One context twice would write its cache rows twice in one pass. */
+        for (int32_t j = 0; j < i; j++)
+            if (ctxs[j] == ctxs[i]) return nm_err_set(err, NM_ERR_ARG, "context %d is also context %d", i, j);
+        nm_status st = check_decode(ctxs[i], tokens[i], n_tokens[i], i, err);
+        if (st) return st;
     }
+    run_passes(ctxs, tokens, n_tokens, n_ctxs);
     return NM_OK;
 }

@@ -61,7 +61,9 @@ struct nm_model {
 
 struct nm_context {
     const nm_model *m;
-    nm_pool *pool;
+    nm_pool *pool;                 /* own (own_pool) or borrowed from the params */
+    bool own_pool;
+    int n_scratch_threads;         /* threads the per-thread scratch is sized for */
     int64_t n_ctx, n_batch, n_past;
     bool logits_all;
 
@@ -71,7 +73,10 @@ struct nm_context {
     size_t kv_elt;                 /* bytes per cached element */
     uint8_t *k_cache, *v_cache;
 
-    /* scratch for n_batch tokens */
+    /* Scratch for n_batch rows of a forward pass.  In nm_decode_batch the
+     * rows of every context of the batch are stacked in the scratch of the
+     * first one (the host); the other contexts' scratch stays unused except
+     * the per-thread attention buffers, which depend on their n_ctx. */
     float *x;                      /* residual stream   [B][n_embd] */
     float *xb;                     /* block input/out   [B][n_embd] */
     float *q;                      /* queries           [B][q_dim]  */
@@ -81,15 +86,43 @@ struct nm_context {
     float *rope_cs;                /* angles            [B][n_rot]  */
     float *scores;                 /* per thread        [nth][n_ctx] */
     double *att_acc;               /* per thread        [nth][head_dim] */
-    void *act;                     /* converted activations for matmul */
+    void *act;                     /* converted activations for matmul ([B] rows) */
     size_t act_bytes;
 
     float *logits;                 /* [logits_all ? B : 1][n_vocab] */
     int64_t n_logits;              /* rows valid after the last decode */
     size_t bytes;                  /* everything allocated above */
+    struct nm_lora_stack *loras;   /* attached adapters (src/model/lora.c), or NULL */
 };
 
-/* y[n][rows] = x[n][cols] W^T (+ bias) for projection `which` of layer l. */
-void nm_model_proj(nm_context *c, int64_t l, nm_proj which, const float *x, float *y, int64_t n);
+/* One context's share of a forward pass: its tokens are rows
+ * [row0, row0 + n) of the stacked activations, at positions pos0.. of its
+ * own KV cache.  Logits are computed for its rows [out_first, n) (none when
+ * out_first == n) and stored from row out_row of c->logits on. */
+typedef struct nm_seq {
+    nm_context *c;
+    const int32_t *tokens;
+    int64_t row0, n, pos0;
+    int64_t out_first, out_row;
+} nm_seq;
+
+/* A forward pass over the rows of one or more sequences (nm_decode: one
+ * context; nm_decode_batch: several of the same model), on the scratch and
+ * the thread pool of `host`.  n <= host->n_batch. */
+typedef struct nm_fwd {
+    const nm_model *m;
+    nm_context *host;
+    nm_pool *pool;
+    const nm_seq *seqs;
+    int n_seqs;
+    int64_t n;                     /* rows: the sum of seqs[].n */
+} nm_fwd;
+
+/* y[n][rows] = x[n][cols] W^T (+ bias) for projection `which` of layer l,
+ * over all f->n stacked rows: the weights are read once for every context
+ * of the pass.  Per-context terms (LoRA adapters, which may differ between
+ * the contexts of one batch) are added afterwards for each sequence's rows
+ * [row0, row0 + n) of x and y, from that sequence's context. */
+void nm_model_proj(const nm_fwd *f, int64_t l, nm_proj which, const float *x, float *y);
 
 #endif

@@ -6,7 +6,7 @@
  *   api.c     the OpenAI request schema: strict parsing into srv_request,
  *             adapter-stack resolution, response and chunk JSON
  *   sched.c   slots, the bounded queue and the scheduler thread that
- *             generates for every active slot in turn
+ *             advances every active slot in one batched forward pass a step
  *   page.c    the chat page, embedded from page.html
  *
  * Threads: libmicrohttpd's worker threads run server.c; one scheduler thread
@@ -238,13 +238,13 @@ struct nm_server {
     bool stop;
     pthread_t sched;
     bool sched_started;
-    struct nm_pool *workers;       /* runs the slots of a step side by side       */
+    nm_pool *pool;                 /* every slot's forward passes (one per step)  */
     srv_slot *slots;
     int n_slots;
     int n_busy;
     int32_t kv_used;               /* tokens cached over all slots (for /metrics)  */
     struct MHD_Connection **wake;  /* connections to resume (scheduler thread)    */
-    int n_wake, cap_wake;          /* cap_wake: slots + queue, the most jobs alive */
+    int n_wake, cap_wake;          /* cap_wake: the most jobs alive, 2 (slots + queue) + 1 */
     struct pollfd *poll_fds;       /* check_clients' arrays, cap_wake each         */
     struct srv_job **poll_jobs;
     srv_job *q_head, *q_tail;

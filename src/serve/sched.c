@@ -1,18 +1,20 @@
 /*
  * sched.c - slots, the bounded queue and the scheduler thread.
  *
- * Each slot owns one nm_context (its KV cache) on the shared model.  The
- * scheduler thread loops: admit waiting jobs into free slots, then advance
- * every active slot by one step (a chunk of its prompt, or one generated
- * token), then publish what the step produced to the waiting connections.
- * A job that arrives while others generate joins at the next step instead of
- * waiting for them to finish (continuous batching).
+ * Each slot owns one nm_context (its KV cache) on the shared model; all the
+ * contexts run on one thread pool.  The scheduler thread loops: admit
+ * waiting jobs into free slots, then advance every active slot by one step
+ * (a chunk of its prompt, or one generated token), then publish what the
+ * step produced to the waiting connections.  A job that arrives while
+ * others generate joins at the next step instead of waiting for them to
+ * finish (continuous batching).
  *
- * The step still runs one nm_decode per slot (the slots side by side on a
- * small pool of workers, one per CPU at most): the model API has no
- * multi-sequence decode yet, so the weights are read once per slot per step
- * instead of once per step.  step_worker() is the one place that changes
- * when nm_decode_batch exists (docs/SERVE.md, "Batching").
+ * A step is one nm_decode_batch over every active slot: the prompt chunks
+ * and generated tokens of all the slots go through the model as one batch,
+ * so each weight matrix is read once per step, not once per slot; attention
+ * runs per slot against its own cache.  Each slot's results are exactly
+ * those of decoding it alone, so a request gets the same text whatever it
+ * shares the steps with.
  *
  * Locking: s->mu guards the queue, slot->job assignment and every field of
  * a job that the HTTP threads read (state, text, sse, cancel...).  The
@@ -61,9 +63,31 @@ void srv_wake_flush(nm_server *s) {
     s->n_wake = 0;
 }
 
+static void check_hangups(nm_server *s);
+
+/* Jobs in slots or queue whose client has left (mu held). */
+static int count_cancelled(const nm_server *s) {
+    int n = 0;
+    for (int i = 0; i < s->n_slots; i++)
+        if (s->slots[i].job && s->slots[i].job->cancel) n++;
+    for (const srv_job *j = s->q_head; j; j = j->next)
+        if (j->cancel) n++;
+    return n;
+}
+
 bool srv_sched_submit(nm_server *s, srv_job *j) {
     if (s->stop) return false;
-    if (s->n_queued + s->n_busy >= s->n_slots + s->p.n_queue) return false;
+    const int cap = s->n_slots + s->p.n_queue, held = s->n_queued + s->n_busy;
+    if (held >= cap) {
+        /* A client that left keeps its place until the scheduler's next step
+         * drops its job, and a client that gives up and asks again at once
+         * would find its own old place taken.  So look for leavers now, and
+         * count no place of a job already cancelled - up to twice the
+         * capacity of live jobs, which the scheduler's arrays are sized
+         * for. */
+        check_hangups(s);
+        if (held - count_cancelled(s) >= cap || held >= 2 * cap) return false;
+    }
     j->next = NULL;
     if (s->q_tail) s->q_tail->next = j;
     else s->q_head = j;
@@ -250,33 +274,49 @@ static bool slot_begin(nm_server *s, srv_slot *slot, srv_job *j, step_out *o) {
     return true;
 }
 
-static void slot_step(nm_server *s, srv_slot *slot, srv_job *j, bool first, step_out *o) {
+/* Prompt tokens one slot feeds per step: a long prompt delays the other
+ * slots' next token by one chunk per step, not by the whole prompt. */
+enum { PROMPT_CHUNK = 128 };
+
+/* What the slot feeds the model this step: a chunk of the prompt, or the
+ * token sampled last step.  False when the job failed to begin (o says
+ * why) and takes no part in the step. */
+static bool slot_prepare(nm_server *s, srv_slot *slot, srv_job *j, bool first, step_out *o, const int32_t **toks,
+                         int32_t *n) {
     memset(o, 0, sizeof *o);
     const srv_request *r = &j->req;
-    const nm_vocab *v = nm_model_vocab(s->model);
-    nm_err err = {0};
-    if (first && !slot_begin(s, slot, j, o)) return;
-
-    nm_status st;
+    if (first && !slot_begin(s, slot, j, o)) return false;
     if (slot->n_fed < (int32_t)r->n_prompt) {
-        /* Prompts go in chunks so that one long prompt delays the other
-         * slots by one chunk per step, not by the whole prompt. */
-        int32_t chunk = 128, left = (int32_t)r->n_prompt - slot->n_fed;
-        int32_t k = left < chunk ? left : chunk;
-        st = nm_decode(slot->ctx, r->prompt + slot->n_fed, k, &err);
+        int32_t left = (int32_t)r->n_prompt - slot->n_fed;
+        *toks = r->prompt + slot->n_fed;
+        *n = left < PROMPT_CHUNK ? left : PROMPT_CHUNK;
+    } else {
+        *toks = &slot->last;
+        *n = 1;
+    }
+    return true;
+}
+
+/* After the slot's n tokens went through the model (st: how that went):
+ * the cache bookkeeping, then, once the whole prompt is in, one token
+ * sampled from the slot's logits and turned into text. */
+static void slot_finish(nm_server *s, srv_slot *slot, srv_job *j, int32_t n, nm_status st, const nm_err *err,
+                        step_out *o) {
+    const srv_request *r = &j->req;
+    const nm_vocab *v = nm_model_vocab(s->model);
+    if (slot->n_fed < (int32_t)r->n_prompt) {
         if (st != NM_OK) {
             slot->n_cache = nm_context_n_past(slot->ctx);
-            step_fail(o, 500, "server_error", NULL, err.msg);
+            step_fail(o, 500, "server_error", NULL, err->msg);
             return;
         }
-        memcpy(slot->cache + slot->n_cache, r->prompt + slot->n_fed, (size_t)k * sizeof(int32_t));
-        slot->n_cache += k;
-        slot->n_fed += k;
+        memcpy(slot->cache + slot->n_cache, r->prompt + slot->n_fed, (size_t)n * sizeof(int32_t));
+        slot->n_cache += n;
+        slot->n_fed += n;
         if (slot->n_fed < (int32_t)r->n_prompt) return;
     } else {
-        st = nm_decode(slot->ctx, &slot->last, 1, &err);
         if (st != NM_OK) {
-            step_fail(o, 500, "server_error", NULL, err.msg);
+            step_fail(o, 500, "server_error", NULL, err->msg);
             return;
         }
         slot->cache[slot->n_cache++] = slot->last;
@@ -294,20 +334,20 @@ static void slot_step(nm_server *s, srv_slot *slot, srv_job *j, bool first, step
     } else {
         nm_sampler_accept(r->sampler, tok);
         slot->last = tok;
-        int32_t n = nm_detok_stream_push(&slot->detok, tok, o->text, sizeof o->text);
-        if (n < 0) {
+        int32_t nt = nm_detok_stream_push(&slot->detok, tok, o->text, sizeof o->text);
+        if (nt < 0) {
             step_fail(o, 500, "server_error", NULL, "a token's text is longer than the stream buffer");
             return;
         }
-        o->n_text = n;
+        o->n_text = nt;
         if (j->n_gen + 1 >= r->max_tokens || slot->n_cache >= nm_context_n_ctx(slot->ctx)) {
             o->done = true;
             o->finish = "length";
         }
     }
     if (o->done) {
-        int32_t n = nm_detok_stream_flush(&slot->detok, o->text + o->n_text, sizeof o->text - (size_t)o->n_text);
-        if (n > 0) o->n_text += n;
+        int32_t nt = nm_detok_stream_flush(&slot->detok, o->text + o->n_text, sizeof o->text - (size_t)o->n_text);
+        if (nt > 0) o->n_text += nt;
     }
 }
 
@@ -396,29 +436,53 @@ static void publish(nm_server *s, srv_slot *slot, const step_out *o, double now)
 /* the scheduler loop                                                       */
 /* ------------------------------------------------------------------------ */
 
-/* One step of the active slots, spread over the scheduler's workers: the
- * slots are independent (own context, own sampler) and the model is only
- * read, so they run side by side. */
-typedef struct step_work {
-    nm_server *s;
-    srv_job **jobs;
-    bool *fresh;
+/* The scheduler thread's arrays for one step, one entry per slot. */
+typedef struct step_arrays {
+    bool *fresh;             /* the slot's job begins this step          */
     step_out *outs;
-    const int *active;
-    int n_active;
-} step_work;
+    srv_job **jobs;          /* the slot's job, snapshot under mu        */
+    nm_context **ctxs;       /* the step's batch ...                     */
+    const int32_t **toks;
+    int32_t *ns;
+    int *slot_of;            /* ... and the slot of each batch entry     */
+} step_arrays;
 
-static void step_worker(void *arg, int ith, int nth) {
-    step_work *w = arg;
-    for (int k = ith; k < w->n_active; k += nth) {
-        int i = w->active[k];
-        slot_step(w->s, &w->s->slots[i], w->jobs[i], w->fresh[i], &w->outs[i]);
-        w->fresh[i] = false;
+/* One step of every active slot (no lock held): one nm_decode_batch over
+ * the slots that have tokens to feed, then sampling per slot.  Should the
+ * batch be refused (a slot's context full: the request checks rule that
+ * out), each slot runs alone so that only the slot at fault fails. */
+static void run_step(nm_server *s, step_arrays *a) {
+    int n = 0;
+    for (int i = 0; i < s->n_slots; i++) {
+        if (!a->jobs[i]) continue;
+        srv_slot *slot = &s->slots[i];
+        const int32_t *toks;
+        int32_t k;
+        bool go = slot_prepare(s, slot, a->jobs[i], a->fresh[i], &a->outs[i], &toks, &k);
+        a->fresh[i] = false;
+        if (!go) continue;
+        a->ctxs[n] = slot->ctx;
+        a->toks[n] = toks;
+        a->ns[n] = k;
+        a->slot_of[n++] = i;
+    }
+    if (n == 0) return;
+    nm_err err = {0};
+    nm_status st = nm_decode_batch(a->ctxs, a->toks, a->ns, n, &err);
+    for (int b = 0; b < n; b++) {
+        int i = a->slot_of[b];
+        nm_status sb = st;
+        nm_err eb = err;
+        if (st != NM_OK) {
+            eb = (nm_err){0};
+            sb = nm_decode(a->ctxs[b], a->toks[b], a->ns[b], &eb);
+        }
+        slot_finish(s, &s->slots[i], a->jobs[i], a->ns[b], sb, &eb, &a->outs[i]);
     }
 }
 
-/* Clients that left while their connection waits, and deadlines (mu held). */
-static void check_clients(nm_server *s, double now) {
+/* Clients that left while their connection waits (mu held). */
+static void check_hangups(nm_server *s) {
     /* Only suspended connections: libmicrohttpd neither reads nor closes
      * them, so their sockets stay open and ours to look at. */
     struct pollfd *fds = s->poll_fds;
@@ -441,7 +505,11 @@ static void check_clients(nm_server *s, double now) {
     if (n > 0 && poll(fds, (nfds_t)n, 0) > 0)
         for (int i = 0; i < n; i++)
             if (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) who[i]->cancel = true;
+}
 
+/* Clients that left, and deadlines (mu held). */
+static void check_clients(nm_server *s, double now) {
+    check_hangups(s);
     for (int i = 0; i < s->n_slots; i++) {
         srv_job *j = s->slots[i].job;
         if (j && !j->cancel && now > j->deadline) {
@@ -510,43 +578,43 @@ static void admit(nm_server *s, double now, bool *fresh) {
 
 static void *sched_main(void *arg) {
     nm_server *s = arg;
-    bool *fresh = nm_calloc((size_t)s->n_slots, sizeof *fresh);
-    step_out *outs = nm_calloc((size_t)s->n_slots, sizeof *outs);
-    srv_job **jobs = nm_calloc((size_t)s->n_slots, sizeof *jobs);
-    int *active = nm_calloc((size_t)s->n_slots, sizeof *active);
+    const size_t ns = (size_t)s->n_slots;
+    step_arrays a = {
+        .fresh = nm_calloc(ns, sizeof *a.fresh), .outs = nm_calloc(ns, sizeof *a.outs),
+        .jobs = nm_calloc(ns, sizeof *a.jobs), .ctxs = nm_calloc(ns, sizeof *a.ctxs),
+        .toks = nm_calloc(ns, sizeof *a.toks), .ns = nm_calloc(ns, sizeof *a.ns),
+        .slot_of = nm_calloc(ns, sizeof *a.slot_of),
+    };
+    bool ok = a.fresh && a.outs && a.jobs && a.ctxs && a.toks && a.ns && a.slot_of;
     pthread_mutex_lock(&s->mu);
-    while (fresh && outs && jobs && active) {
+    while (ok) {
         while (!s->stop && s->n_busy == 0 && !s->q_head) pthread_cond_wait(&s->cv, &s->mu);
         if (s->stop) break;
         double now = srv_now();
         check_clients(s, now);
-        admit(s, now, fresh);
+        admit(s, now, a.fresh);
         int32_t kv = 0;
+        bool any = false;
         for (int i = 0; i < s->n_slots; i++) {
-            jobs[i] = s->slots[i].job;
+            a.jobs[i] = s->slots[i].job;
+            any = any || a.jobs[i];
             kv += s->slots[i].n_cache;
         }
         s->kv_used = kv;
         pthread_mutex_unlock(&s->mu);
         srv_wake_flush(s);
 
-        /* One step of every active slot. */
         double t0 = srv_now();
-        int n_active = 0;
-        for (int i = 0; i < s->n_slots; i++)
-            if (jobs[i]) active[n_active++] = i;
-        step_work w = {s, jobs, fresh, outs, active, n_active};
-        if (n_active > 1) nm_pool_run(s->workers, step_worker, &w);
-        else step_worker(&w, 0, 1);
+        if (any) run_step(s, &a);
         double t1 = srv_now();
 
         pthread_mutex_lock(&s->mu);
-        if (n_active) {
+        if (any) {
             s->m.decode_seconds += t1 - t0;
             s->m.steps++;
         }
         for (int i = 0; i < s->n_slots; i++)
-            if (jobs[i] && s->slots[i].job == jobs[i]) publish(s, &s->slots[i], &outs[i], t1);
+            if (a.jobs[i] && s->slots[i].job == a.jobs[i]) publish(s, &s->slots[i], &a.outs[i], t1);
         pthread_mutex_unlock(&s->mu);
         srv_wake_flush(s);
         pthread_mutex_lock(&s->mu);
@@ -571,10 +639,13 @@ static void *sched_main(void *arg) {
     s->stop = true; /* a scheduler out of memory refuses new jobs too */
     pthread_mutex_unlock(&s->mu);
     srv_wake_flush(s);
-    free(fresh);
-    free(outs);
-    free(jobs);
-    free(active);
+    free(a.fresh);
+    free(a.outs);
+    free(a.jobs);
+    free(a.ctxs);
+    free(a.toks);
+    free(a.ns);
+    free(a.slot_of);
     return NULL;
 }
 
@@ -585,22 +656,20 @@ static void *sched_main(void *arg) {
 nm_status srv_sched_init(nm_server *s, nm_err *err) {
     s->n_slots = s->p.n_parallel;
     s->slots = nm_calloc((size_t)s->n_slots, sizeof *s->slots);
-    s->cap_wake = s->n_slots + s->p.n_queue + 1;
+    s->cap_wake = 2 * (s->n_slots + s->p.n_queue) + 1; /* see srv_sched_submit */
     s->wake = nm_calloc((size_t)s->cap_wake, sizeof *s->wake);
     s->poll_fds = nm_calloc((size_t)s->cap_wake, sizeof *s->poll_fds);
     s->poll_jobs = nm_calloc((size_t)s->cap_wake, sizeof *s->poll_jobs);
     if (!s->slots || !s->wake || !s->poll_fds || !s->poll_jobs) return nm_err_set(err, NM_ERR_NOMEM, "serve: out of memory for %d slots", s->n_slots);
-    /* Slots step side by side on up to one worker per CPU; each slot's
-     * forward pass gets the CPUs left per worker (--threads overrides). */
-    int cpus = nm_cpu_count();
-    int n_workers = s->n_slots < cpus ? s->n_slots : cpus;
-    nm_status pst = nm_pool_new(n_workers, &s->workers, err);
+    /* One pool for every slot: a step is one forward pass over all of
+     * them, so there is never more than one pass to run at a time. */
+    nm_status pst = nm_pool_new(s->p.n_threads > 0 ? s->p.n_threads : nm_cpu_count(), &s->pool, err);
     if (pst != NM_OK) return pst;
     nm_context_params cp = nm_context_default_params();
     int32_t n_ctx = s->p.n_ctx;
     if (n_ctx <= 0) n_ctx = s->info.n_ctx_train > 0 && s->info.n_ctx_train < 2048 ? s->info.n_ctx_train : 2048;
     cp.n_ctx = n_ctx;
-    cp.n_threads = s->p.n_threads > 0 ? s->p.n_threads : (cpus / n_workers > 1 ? cpus / n_workers : 1);
+    cp.pool = s->pool;
     for (int i = 0; i < s->n_slots; i++) {
         srv_slot *slot = &s->slots[i];
         slot->id = i;
@@ -641,8 +710,8 @@ void srv_sched_deinit(nm_server *s) {
     free(s->poll_jobs);
     s->poll_fds = NULL;
     s->poll_jobs = NULL;
-    nm_pool_free(s->workers);
-    s->workers = NULL;
+    nm_pool_free(s->pool); /* after the contexts that borrow it */
+    s->pool = NULL;
     s->slots = NULL;
     s->wake = NULL;
 }

@@ -10,13 +10,24 @@
  * The loops are plain and fixed-length so the compiler can vectorise them;
  * dedicated SIMD variants are future rows of the same table. */
 #include "kernels.h"
+#include "kernels_impl.h"
 #include "quants.h"
 #include "types.h"
 #include "base/base.h"
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#define NM_X86 1
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#define NM_ARM64 1
+#endif
 
 /* ---- scalar helpers ---- */
 
@@ -373,7 +384,56 @@ void nm_act_from_float(nm_type act_type, const float *x, void *dst, int64_t n) {
 }
 
 /* ====================================================================== */
-/* the table                                                              */
+/* activation side data                                                   */
+/* ====================================================================== */
+
+size_t nm_act_extra_bytes(nm_type act_type, int64_t n) {
+    if (n < 0) return 0;
+    switch (act_type) {
+    case NM_TYPE_Q8_0: return (size_t)(n / 32) * (sizeof(float) + sizeof(int32_t));
+    case NM_TYPE_Q8_K: return (size_t)(n / 32) * sizeof(int16_t);
+    case NM_TYPE_F16:
+    case NM_TYPE_BF16: return (size_t)n * sizeof(float);
+    default: return 0;
+    }
+}
+
+void nm_act_extra(nm_type act_type, const void *act_row, void *extra, int64_t n) {
+    const uint8_t *a = act_row;
+    switch (act_type) {
+    case NM_TYPE_Q8_0: {
+        float *d = extra;
+        int32_t *sum = (int32_t *)(void *)(d + n / 32);
+        for (int64_t b = 0; b < n / 32; b++, a += Q8_0_BYTES) {
+            d[b] = rd_half(a);
+            int s = 0;
+            for (int j = 0; j < 32; j++) s += (int8_t)a[2 + j];
+            sum[b] = s;
+        }
+        break;
+    }
+    case NM_TYPE_Q8_K: {
+        int16_t *sum = extra;
+        for (int64_t b = 0; b < n / NM_QK_K; b++, a += sizeof(nm_block_q8_k))
+            for (int j = 0; j < 8; j++) sum[8 * b + j] = (int16_t)q8k_bsum32(a, j);
+        break;
+    }
+    case NM_TYPE_F16: {
+        float *f = extra;
+        for (int64_t i = 0; i < n; i++) f[i] = rd_half(a + 2 * i);
+        break;
+    }
+    case NM_TYPE_BF16: {
+        float *f = extra;
+        for (int64_t i = 0; i < n; i++) f[i] = rd_bf16(a + 2 * i);
+        break;
+    }
+    default: break;
+    }
+}
+
+/* ====================================================================== */
+/* the tables                                                             */
 /* ====================================================================== */
 
 static const nm_kernel KERNELS[NM_TYPE_COUNT] = {
@@ -393,4 +453,186 @@ static const nm_kernel KERNELS[NM_TYPE_COUNT] = {
 const nm_kernel *nm_kernel_get(uint32_t weight_type) {
     if (weight_type >= NM_TYPE_COUNT || !KERNELS[weight_type].vec_dot) return NULL;
     return &KERNELS[weight_type];
+}
+
+/* The scalar matrix kernel: one dot product per output element, in tiles
+ * of ROW_TILE weight rows that stay in cache while every token of the
+ * batch is multiplied with them. */
+enum { ROW_TILE = 16 };
+
+static void rows_generic(const nm_mm_args *a, int64_t r0, int64_t r1, nm_vec_dot_fn dot) {
+    for (int64_t lo = r0; lo < r1; lo += ROW_TILE) {
+        const int64_t hi = lo + ROW_TILE < r1 ? lo + ROW_TILE : r1;
+        for (int64_t t = 0; t < a->n_tok; t++) {
+            const uint8_t *x = a->act + (size_t)t * a->act_stride;
+            float *y = a->y + t * a->ldy - a->y_r0;
+            for (int64_t r = lo; r < hi; r++) y[r] = dot(a->cols, a->w + (size_t)r * a->row_bytes, x);
+        }
+    }
+}
+
+static void rows_f32(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_f32); }
+static void rows_f16(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_f16); }
+static void rows_bf16(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_bf16); }
+static void rows_q4_0(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_q4_0); }
+static void rows_q4_1(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_q4_1); }
+static void rows_q5_0(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_q5_0); }
+static void rows_q5_1(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_q5_1); }
+static void rows_q8_0(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_q8_0); }
+static void rows_q4_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_q4_k); }
+static void rows_q5_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_q5_k); }
+static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_q6_k); }
+
+static const nm_mm_kernel SCALAR_MM[NM_TYPE_COUNT] = {
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 1, NM_ISA_SCALAR, rows_f32},
+    [NM_TYPE_F16] = {NM_TYPE_F16, false, 1, NM_ISA_SCALAR, rows_f16},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, false, 1, NM_ISA_SCALAR, rows_bf16},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q4_0},
+    [NM_TYPE_Q4_1] = {NM_TYPE_Q8_1, false, 1, NM_ISA_SCALAR, rows_q4_1},
+    [NM_TYPE_Q5_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q5_0},
+    [NM_TYPE_Q5_1] = {NM_TYPE_Q8_1, false, 1, NM_ISA_SCALAR, rows_q5_1},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q8_0},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q4_k},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q5_k},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q6_k},
+};
+
+const nm_mm_kernel *nm_mm_kernel_get(uint32_t weight_type, nm_isa isa) {
+    if (weight_type >= NM_TYPE_COUNT || !SCALAR_MM[weight_type].rows) return NULL;
+    const nm_mm_kernel *k = NULL;
+    switch (isa) {
+    case NM_ISA_AVX2: k = nm_mm_kernel_avx2((nm_type)weight_type); break;
+    case NM_ISA_AVX512: k = nm_mm_kernel_avx512((nm_type)weight_type); break;
+    case NM_ISA_NEON: k = nm_mm_kernel_neon((nm_type)weight_type); break;
+    default: break;
+    }
+    return k ? k : &SCALAR_MM[weight_type];
+}
+
+/* The scalar panel product: one multiply and one add per step, in order. */
+static void nn_scalar(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                      float *C, int64_t ldc) {
+    for (int64_t m = 0; m < M; m++) {
+        float *c = C + m * ldc;
+        for (int64_t k = 0; k < K; k++) {
+            const float a = A[m * lda + k];
+            const float *b = B + k * ldb;
+            for (int64_t n = 0; n < N; n++) c[n] += a * b[n];
+        }
+    }
+}
+
+nm_nn_fn nm_nn_kernel(nm_isa isa) {
+    nm_nn_fn f = NULL;
+    switch (isa) {
+    case NM_ISA_AVX2: f = nm_nn_kernel_avx2(); break;
+    case NM_ISA_AVX512: f = nm_nn_kernel_avx512(); break;
+    case NM_ISA_NEON: f = nm_nn_kernel_neon(); break;
+    default: break;
+    }
+    return f ? f : nn_scalar;
+}
+
+/* ====================================================================== */
+/* instruction-set levels                                                 */
+/* ====================================================================== */
+
+static const char *const ISA_NAMES[NM_ISA_COUNT] = {"scalar", "avx2", "avx512", "neon"};
+
+const char *nm_isa_name(nm_isa isa) { return isa >= 0 && isa < NM_ISA_COUNT ? ISA_NAMES[isa] : "?"; }
+
+int nm_isa_from_name(const char *s) {
+    for (int i = 0; i < NM_ISA_COUNT; i++)
+        if (strcasecmp(s, ISA_NAMES[i]) == 0) return i;
+    return -1;
+}
+
+#ifdef NM_X86
+/* cpuid says what the core implements, XCR0 what the operating system saves
+ * on a context switch: the wide registers are usable only when both agree
+ * (a kernel or hypervisor may switch AVX-512 state off). */
+typedef struct x86_features {
+    bool avx2, avx512, avx512_bf16;
+} x86_features;
+
+static x86_features x86_detect(void) {
+    x86_features f = {false, false, false};
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
+    if (!osxsave || !avx) return f;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    const uint64_t xcr0 = (uint64_t)hi << 32 | lo;
+    const bool ymm_state = (xcr0 & 0x6) == 0x6, zmm_state = (xcr0 & 0xe6) == 0xe6;
+    if (__get_cpuid_max(0, NULL) < 7) return f;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool avx2 = b & (1u << 5), avx512f = b & (1u << 16), avx512dq = b & (1u << 17),
+               avx512bw = b & (1u << 30), avx512vl = b & (1u << 31), vnni = c & (1u << 11);
+    f.avx2 = ymm_state && avx2 && fma && f16c;
+    f.avx512 = f.avx2 && zmm_state && avx512f && avx512dq && avx512bw && avx512vl && vnni;
+    __cpuid_count(7, 1, a, b, c, d);
+    f.avx512_bf16 = f.avx512 && (a & (1u << 5));
+    return f;
+}
+#endif
+
+#ifdef NM_ARM64
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1 << 1)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
+
+bool nm_cpu_has_avx512_bf16(void) {
+#ifdef NM_X86
+    return x86_detect().avx512_bf16;
+#else
+    return false;
+#endif
+}
+
+bool nm_cpu_has_neon_dotprod(void) {
+#ifdef NM_ARM64
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#else
+    return false;
+#endif
+}
+
+bool nm_isa_available(nm_isa isa) {
+    switch (isa) {
+    case NM_ISA_SCALAR: return true;
+#ifdef NM_X86
+    case NM_ISA_AVX2: return x86_detect().avx2;
+    case NM_ISA_AVX512: return x86_detect().avx512;
+#endif
+#ifdef NM_ARM64
+    case NM_ISA_NEON: return (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0;
+#endif
+    default: return false;
+    }
+}
+
+nm_isa nm_isa_best(void) {
+    for (int i = NM_ISA_COUNT - 1; i > 0; i--)
+        if (nm_isa_available((nm_isa)i)) return (nm_isa)i;
+    return NM_ISA_SCALAR;
+}
+
+nm_status nm_isa_select(nm_isa *out, nm_err *err) {
+    const char *env = getenv("NOMOAT_ISA");
+    *out = nm_isa_best();
+    if (!env || !*env) return NM_OK;
+    const int isa = nm_isa_from_name(env);
+    if (isa < 0)
+        return nm_err_set(err, NM_ERR_ARG, "NOMOAT_ISA=%.40s names no instruction-set level (scalar, avx2, avx512, neon)",
+                          env);
+    if (!nm_isa_available((nm_isa)isa))
+        return nm_err_set(err, NM_ERR_UNSUPPORTED, "NOMOAT_ISA=%s: this CPU or this build cannot run that level (best here: %s)",
+                          ISA_NAMES[isa], ISA_NAMES[nm_isa_best()]);
+    *out = (nm_isa)isa;
+    return NM_OK;
 }

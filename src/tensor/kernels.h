@@ -30,8 +30,84 @@ typedef struct nm_kernel {
     nm_vec_dot_fn vec_dot;
 } nm_kernel;
 
-/* NULL if nomoat has no kernel for this weight type. */
+/* The scalar reference kernel; NULL if nomoat has no kernel for this type. */
 const nm_kernel *nm_kernel_get(uint32_t weight_type);
+
+/* ====================================================================== */
+/* instruction-set levels                                                 */
+/* ====================================================================== */
+/* One binary carries every level its target architecture has; the level is
+ * chosen per matrix when it is described (nm_mat_init): NOMOAT_ISA if that
+ * environment variable is set, else the best level this CPU runs.  Nothing
+ * is cached, so a test can set NOMOAT_ISA and load a model again. */
+typedef enum nm_isa {
+    NM_ISA_SCALAR = 0, /* portable C: the reference                       */
+    NM_ISA_AVX2,       /* x86-64: AVX2 + FMA + F16C                        */
+    NM_ISA_AVX512,     /* x86-64: AVX-512 F/BW/VL/DQ + VNNI (BF16 if there) */
+    NM_ISA_NEON,       /* aarch64: NEON (+ dot product if there)           */
+    NM_ISA_COUNT
+} nm_isa;
+
+const char *nm_isa_name(nm_isa isa);
+/* -1 if s names no level. */
+int nm_isa_from_name(const char *s);
+/* Compiled into this binary and runnable on this CPU. */
+bool nm_isa_available(nm_isa isa);
+nm_isa nm_isa_best(void);
+/* The level NOMOAT_ISA asks for, or the best one when it is unset or empty;
+ * an error naming the problem when it names no level or one this CPU (or
+ * this build) cannot run. */
+nm_status nm_isa_select(nm_isa *out, nm_err *err);
+/* Optional extensions a level uses when present (for reports and tests). */
+bool nm_cpu_has_avx512_bf16(void);
+bool nm_cpu_has_neon_dotprod(void);
+
+/* ====================================================================== */
+/* matrix kernels                                                         */
+/* ====================================================================== */
+/* A matrix kernel multiplies a range of weight rows with every activation
+ * row of a batch.  Each ISA level has one per type it accelerates (types it
+ * lacks fall back to the scalar one).  Contract, which the tests check:
+ *  - every output element is computed by the same operations in the same
+ *    order whatever the row range, the batch size, the tile it falls in or
+ *    the thread that runs it (so batching and threads change no bit);
+ *  - for the quantized types every level gives exactly the scalar
+ *    reference's bits: integer block sums are exact, and the float scale
+ *    arithmetic is done in the reference's order (see KERNELS.md);
+ *  - for F32/F16/BF16 weights the levels sum in float lanes, the reference
+ *    in double: they agree to float rounding. */
+typedef struct nm_mm_args {
+    const uint8_t *w;      /* row 0 of the matrix                          */
+    size_t row_bytes;
+    int64_t cols;
+    const uint8_t *act;    /* n_tok rows in act_type, act_stride apart     */
+    size_t act_stride;
+    const uint8_t *extra;  /* side data of each row (nm_act_extra) or NULL */
+    size_t extra_stride;
+    int64_t n_tok;
+    float *y;              /* y[t * ldy + (r - y_r0)]                      */
+    int64_t ldy, y_r0;
+} nm_mm_args;
+
+typedef void (*nm_mm_rows_fn)(const nm_mm_args *a, int64_t r0, int64_t r1);
+
+/* Converts a float row into act_type and, if extra is not NULL, its side
+ * data: the same bytes as nm_act_from_float + nm_act_extra for finite
+ * input, only faster. */
+typedef void (*nm_act_convert_fn)(const float *x, uint8_t *act, uint8_t *extra, int64_t n);
+
+typedef struct nm_mm_kernel {
+    nm_type act_type;      /* activation layout (shared by all levels)      */
+    bool wants_extra;      /* reads nm_act_extra side data                  */
+    int row_align;         /* thread shares start at multiples of this      */
+    nm_isa isa;
+    nm_mm_rows_fn rows;
+    nm_act_convert_fn convert; /* NULL: the reference conversion          */
+} nm_mm_kernel;
+
+/* The kernel of a weight type at a level (the scalar one where the level
+ * has none); NULL if the type has no kernel at all. */
+const nm_mm_kernel *nm_mm_kernel_get(uint32_t weight_type, nm_isa isa);
 
 /* Q8_1: ggml's block_q8_1 (activation side of Q4_1/Q5_1): d, then
  * s = d * sum(qs), both half precision. */
@@ -41,11 +117,28 @@ typedef struct {
 } nm_block_q8_1;
 _Static_assert(sizeof(nm_block_q8_1) == 36, "q8_1 layout");
 
+/* Float panel product of the transposed matmul (nm_matmul_t):
+ * C[m * ldc + n] += sum over k < K of A[m * lda + k] * B[k * ldb + n], for
+ * m < M, n < N, each element summed over k in increasing order (so
+ * consecutive calls over row panels continue one sum). */
+typedef void (*nm_nn_fn)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                         float *C, int64_t ldc);
+nm_nn_fn nm_nn_kernel(nm_isa isa);
+
 /* Bytes of an activation row of n elements in act_type (0 if not a valid
  * activation type or n does not fit its blocks). */
 size_t nm_act_row_bytes(nm_type act_type, int64_t n);
 /* Converts n floats into act_type (F32 is a copy).  n fits the blocks. */
 void nm_act_from_float(nm_type act_type, const float *x, void *dst, int64_t n);
+
+/* Side data derived exactly from an activation row, for the SIMD kernels:
+ *   Q8_0: float d[n/32] (the block scales), then int32 sum[n/32] (the sum
+ *         of each block's quants);
+ *   Q8_K: int16 sum[n/32] (each 32-element sub-block's quants summed);
+ *   F16, BF16: the n values as floats.
+ * 0 bytes for the other types. */
+size_t nm_act_extra_bytes(nm_type act_type, int64_t n);
+void nm_act_extra(nm_type act_type, const void *act_row, void *extra, int64_t n);
 
 /* The activation quantizers (ggml's quantize_row_q8_1_ref / q8_K_ref
  * arithmetic); Q8_0 uses the reference nm_quant_q8_0 of quants.c. */

@@ -1,24 +1,25 @@
 /* matmul.c - weight matrix x activation rows over the thread pool.
  *
  * Work split: each thread takes a contiguous range of output rows (weight
- * rows) for all tokens, so every weight byte is read by one thread only.
- * Inside its range a thread walks tiles of ROW_TILE weight rows; for a batch
- * of tokens the tile stays in cache while every token's activation row is
- * multiplied with it, which turns the prompt's matrix-matrix product into
- * one pass over the weights instead of one per token.
+ * rows) for all tokens, so every weight byte is read by one thread only;
+ * ranges start at multiples of the kernel's tile height.  Inside its range
+ * the level's kernel walks its own tiles (kernels_*.c).
  *
  * The activation rows are converted (quantized) before the split, in
- * parallel by token for large batches, so all threads share them. */
+ * parallel by token for large batches, so all threads share them; kernels
+ * that want it also get exact side data of each row (block scales as
+ * floats, block sums) computed once here instead of once per weight tile. */
 #include "matmul.h"
 #include "kernels.h"
+#include "kernels_impl.h"
 #include "types.h"
 #include "base/base.h"
 
-enum { ROW_TILE = 16 };
+#include <stdlib.h>
 
-nm_status nm_mat_init(nm_mat *m, const char *name, nm_type type, int64_t cols, int64_t rows, const void *data,
-                      nm_err *err) {
-    const nm_kernel *k = nm_kernel_get(type);
+static nm_status mat_init(nm_mat *m, const char *name, nm_type type, int64_t cols, int64_t rows, const void *data,
+                          nm_isa isa, nm_err *err) {
+    const nm_mm_kernel *k = nm_mm_kernel_get(type, isa);
     if (!k)
         return nm_err_set(err, NM_ERR_UNSUPPORTED, "%s: no matrix kernel for type %s", name,
                           nm_type_name(type) ? nm_type_name(type) : "(unknown)");
@@ -31,66 +32,89 @@ nm_status nm_mat_init(nm_mat *m, const char *name, nm_type type, int64_t cols, i
     m->rows = rows;
     m->row_bytes = rb;
     m->data = data;
+    m->k = k;
     return NM_OK;
+}
+
+nm_status nm_mat_init_isa(nm_mat *m, const char *name, nm_type type, int64_t cols, int64_t rows, const void *data,
+                          nm_isa isa, nm_err *err) {
+    if (!nm_isa_available(isa))
+        return nm_err_set(err, NM_ERR_UNSUPPORTED, "%s: instruction-set level %s is not available here", name,
+                          nm_isa_name(isa));
+    return mat_init(m, name, type, cols, rows, data, isa, err);
+}
+
+nm_status nm_mat_init(nm_mat *m, const char *name, nm_type type, int64_t cols, int64_t rows, const void *data,
+                      nm_err *err) {
+    nm_isa isa;
+    nm_status st = nm_isa_select(&isa, err);
+    if (st) return st;
+    return mat_init(m, name, type, cols, rows, data, isa, err);
+}
+
+/* Activation scratch: n_tok converted rows, then n_tok rows of side data,
+ * each row padded to 64 bytes so vector loads of one row stay in it. */
+static size_t act_stride(nm_type act_type, int64_t cols) {
+    return (size_t)nm_align_up(nm_act_row_bytes(act_type, cols), 64);
+}
+static size_t extra_stride(nm_type act_type, int64_t cols) {
+    return (size_t)nm_align_up(nm_act_extra_bytes(act_type, cols), 64);
 }
 
 size_t nm_matmul_scratch_bytes(nm_type type, int64_t cols, int64_t n_tok) {
     const nm_kernel *k = nm_kernel_get(type);
-    if (!k || k->act_type == NM_TYPE_F32) return 0;
-    return nm_act_row_bytes(k->act_type, cols) * (size_t)n_tok;
+    if (!k || k->act_type == NM_TYPE_F32 || n_tok <= 0) return 0;
+    return (act_stride(k->act_type, cols) + extra_stride(k->act_type, cols)) * (size_t)n_tok;
 }
 
 typedef struct mm_task {
     const nm_mat *w;
-    const nm_kernel *k;
     int64_t r0, r1;
     const float *x;
-    const uint8_t *act; /* converted activations (or x itself for F32) */
-    size_t act_stride;
-    uint8_t *act_out;   /* for the conversion step */
-    int64_t n_tok;
-    float *y;
-    int64_t ldy;
+    nm_mm_args args;
+    uint8_t *act_out, *extra_out; /* for the conversion step */
 } mm_task;
 
 static void convert_task(void *arg, int ith, int nth) {
     const mm_task *t = arg;
+    const nm_mm_kernel *k = t->w->k;
     int64_t lo, hi;
-    nm_split_range(t->n_tok, ith, nth, 1, &lo, &hi);
-    for (int64_t i = lo; i < hi; i++)
-        nm_act_from_float(t->k->act_type, t->x + i * t->w->cols, t->act_out + (size_t)i * t->act_stride, t->w->cols);
+    nm_split_range(t->args.n_tok, ith, nth, 1, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) {
+        uint8_t *a = t->act_out + (size_t)i * t->args.act_stride;
+        uint8_t *e = k->wants_extra ? t->extra_out + (size_t)i * t->args.extra_stride : NULL;
+        if (k->convert) {
+            k->convert(t->x + i * t->w->cols, a, e, t->w->cols);
+        } else {
+            nm_act_from_float(k->act_type, t->x + i * t->w->cols, a, t->w->cols);
+            if (e) nm_act_extra(k->act_type, a, e, t->w->cols);
+        }
+    }
 }
 
 static void dot_task(void *arg, int ith, int nth) {
     const mm_task *t = arg;
     int64_t lo, hi;
-    nm_split_range(t->r1 - t->r0, ith, nth, 4, &lo, &hi);
-    lo += t->r0;
-    hi += t->r0;
-    const uint8_t *wd = t->w->data;
-    const nm_vec_dot_fn dot = t->k->vec_dot;
-    const int64_t cols = t->w->cols;
-    for (int64_t a = lo; a < hi; a += ROW_TILE) {
-        const int64_t b = a + ROW_TILE < hi ? a + ROW_TILE : hi;
-        for (int64_t tok = 0; tok < t->n_tok; tok++) {
-            const uint8_t *xa = t->act + (size_t)tok * t->act_stride;
-            float *yt = t->y + tok * t->ldy;
-            for (int64_t r = a; r < b; r++) yt[r - t->r0] = dot(cols, wd + (size_t)r * t->w->row_bytes, xa);
-        }
-    }
+    nm_split_range(t->r1 - t->r0, ith, nth, t->w->k->row_align, &lo, &hi);
+    if (lo < hi) t->w->k->rows(&t->args, t->r0 + lo, t->r0 + hi);
 }
 
 void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
                     float *y, int64_t ldy, void *scratch) {
-    mm_task t = {.w = w, .k = nm_kernel_get(w->type), .r0 = r0, .r1 = r1, .x = x, .n_tok = n_tok, .y = y,
-                 .ldy = ldy};
-    if (t.k->act_type == NM_TYPE_F32) {
-        t.act = (const uint8_t *)x;
-        t.act_stride = (size_t)w->cols * sizeof(float);
+    const nm_mm_kernel *k = w->k;
+    mm_task t = {.w = w, .r0 = r0, .r1 = r1, .x = x};
+    t.args = (nm_mm_args){.w = w->data, .row_bytes = w->row_bytes, .cols = w->cols, .n_tok = n_tok, .y = y,
+                          .ldy = ldy, .y_r0 = r0};
+    if (k->act_type == NM_TYPE_F32) {
+        t.args.act = (const uint8_t *)x;
+        t.args.act_stride = (size_t)w->cols * sizeof(float);
     } else {
+        t.args.act_stride = act_stride(k->act_type, w->cols);
+        t.args.extra_stride = extra_stride(k->act_type, w->cols);
         t.act_out = scratch;
-        t.act = scratch;
-        t.act_stride = nm_act_row_bytes(t.k->act_type, w->cols);
+        t.extra_out = t.act_out + t.args.act_stride * (size_t)n_tok;
+        t.args.act = t.act_out;
+        t.args.extra = k->wants_extra ? t.extra_out : NULL;
         /* A region costs a few microseconds: below a handful of rows the
          * conversion is cheaper done right here. */
         if (n_tok >= 4 && pool) nm_pool_run(pool, convert_task, &t);
@@ -101,4 +125,70 @@ void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, cons
 
 void nm_matmul(nm_pool *pool, const nm_mat *w, const float *x, int64_t n_tok, float *y, void *scratch) {
     nm_matmul_rows(pool, w, 0, w->rows, x, n_tok, y, w->rows, scratch);
+}
+
+/* ====================================================================== */
+/* dx = dy W                                                              */
+/* ====================================================================== */
+/* Threads own column ranges of dx (whole blocks of W), so each element is
+ * summed over all rows by one thread.  A thread dequantizes a panel of
+ * T_ROWS rows x T_COLS columns of W into its scratch, then adds the
+ * panel's contribution to every token's dx through the level's
+ * accumulate kernel; panels follow each other down the rows, so each
+ * element's sum runs over r in increasing order. */
+enum { T_ROWS = 32, T_COLS = 256 };
+
+size_t nm_matmul_t_scratch_bytes(const nm_mat *w, const nm_pool *pool) {
+    (void)w;
+    return (size_t)nm_pool_size(pool) * T_ROWS * T_COLS * sizeof(float);
+}
+
+typedef struct mt_task {
+    const nm_mat *w;
+    const nm_type_traits *tr;
+    const float *dy;
+    int64_t n_tok;
+    float *dx;
+    bool accumulate;
+    float *scratch;
+    nm_nn_fn nn;
+} mt_task;
+
+static void transpose_task(void *arg, int ith, int nth) {
+    const mt_task *t = arg;
+    const nm_mat *w = t->w;
+    const int64_t blk = t->tr->blck_size;
+    int64_t c0, c1;
+    nm_split_range(w->cols, ith, nth, blk > 16 ? blk : 16, &c0, &c1);
+    float *panel = t->scratch + (size_t)ith * T_ROWS * T_COLS;
+    for (int64_t cc = c0; cc < c1; cc += T_COLS) {
+        const int64_t nc = c1 - cc < T_COLS ? c1 - cc : T_COLS;
+        if (!t->accumulate)
+            for (int64_t tok = 0; tok < t->n_tok; tok++) memset(t->dx + tok * w->cols + cc, 0, (size_t)nc * sizeof(float));
+        for (int64_t r = 0; r < w->rows; r += T_ROWS) {
+            const int64_t nr = w->rows - r < T_ROWS ? w->rows - r : T_ROWS;
+            const float *b;
+            int64_t ldb;
+            if (w->type == NM_TYPE_F32) {
+                b = (const float *)w->data + r * w->cols + cc;
+                ldb = w->cols;
+            } else {
+                /* cc is a multiple of the block size, and so is nc except
+                 * at the end of a row */
+                const size_t off = (size_t)(cc / blk) * t->tr->type_size;
+                for (int64_t i = 0; i < nr; i++)
+                    t->tr->to_float((const uint8_t *)w->data + (size_t)(r + i) * w->row_bytes + off, panel + i * nc, nc);
+                b = panel;
+                ldb = nc;
+            }
+            t->nn(t->n_tok, nc, nr, t->dy + r, w->rows, b, ldb, t->dx + cc, w->cols);
+        }
+    }
+}
+
+void nm_matmul_t(nm_pool *pool, const nm_mat *w, const float *dy, int64_t n_tok, float *dx, bool accumulate,
+                 void *scratch) {
+    mt_task t = {.w = w, .tr = nm_type_traits_get(w->type), .dy = dy, .n_tok = n_tok, .dx = dx,
+                 .accumulate = accumulate, .scratch = scratch, .nn = nm_nn_kernel(w->k->isa)};
+    nm_pool_run(pool, transpose_task, &t);
 }

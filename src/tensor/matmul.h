@@ -1,18 +1,24 @@
 /*
  * matmul.h - products of a stored weight matrix with rows of activations,
- * spread over a thread pool.
+ * spread over a thread pool, with the kernels of the instruction-set level
+ * chosen when the matrix is described (kernels.h).
  *
  * A weight matrix is used as stored (mapped from the file, any type with a
  * kernel in kernels.h): `rows` rows of `cols` elements, ggml's ne1 x ne0.
  * The activations are n_tok rows of cols floats; they are converted once to
  * the kernel's activation layout in caller-provided scratch, then every
  * output element is one kernel dot product.  Nothing is allocated here.
+ *
+ * Each output element is computed by one thread with the same operations
+ * whatever the batch size, the row slice and the thread count, so results
+ * are bit-identical across them (tests/test_kernels.c checks it).
  */
 #ifndef NM_MATMUL_H
 #define NM_MATMUL_H
 
 #include "nomoat.h"
 #include "base/threads.h"
+#include "tensor/kernels.h"
 
 typedef struct nm_mat {
     nm_type type;
@@ -20,15 +26,22 @@ typedef struct nm_mat {
     int64_t rows;      /* number of rows (ne1)            */
     size_t row_bytes;  /* bytes of one stored row         */
     const void *data;
+    const nm_mm_kernel *k; /* the kernel of the chosen level */
 } nm_mat;
 
-/* Describes a stored matrix; fails (naming `name`) if the type has no kernel
- * or cols does not fit its blocks or the kernel's activation blocks. */
+/* Describes a stored matrix with the kernels of nm_isa_select() (NOMOAT_ISA
+ * or the best level of this CPU); fails (naming `name`) if the type has no
+ * kernel, cols does not fit its blocks or the kernel's activation blocks,
+ * or NOMOAT_ISA asks for a level this CPU cannot run. */
 nm_status nm_mat_init(nm_mat *m, const char *name, nm_type type, int64_t cols, int64_t rows, const void *data,
                       nm_err *err);
+/* The same with an explicit level (tests, benchmarks); it must be available. */
+nm_status nm_mat_init_isa(nm_mat *m, const char *name, nm_type type, int64_t cols, int64_t rows, const void *data,
+                          nm_isa isa, nm_err *err);
 
 /* Scratch bytes nm_matmul needs for n_tok activation rows of a matrix with
- * this type and row length (0 for F32 activations that are used in place). */
+ * this type and row length, for any level (0 for F32 weights, whose
+ * activations are used in place). */
 size_t nm_matmul_scratch_bytes(nm_type type, int64_t cols, int64_t n_tok);
 
 /* y[t * w->rows + r] = dot(row r of w, x[t * w->cols ...]) for t < n_tok and
@@ -40,5 +53,15 @@ void nm_matmul(nm_pool *pool, const nm_mat *w, const float *x, int64_t n_tok, fl
  * that split one matrix into parts (fused projections) or slice rows. */
 void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
                     float *y, int64_t ldy, void *scratch);
+
+/* The transposed product of a backward pass: dx[t * w->cols + c] =
+ * sum over rows r of dy[t * w->rows + r] * W[r][c], for t < n_tok, with W
+ * dequantized (exactly) to float.  accumulate: add to dx instead of
+ * overwriting it.  scratch: nm_matmul_t_scratch_bytes(w, pool) bytes.
+ * Each element of dx is summed over r in increasing order by one thread,
+ * whatever the thread count. */
+size_t nm_matmul_t_scratch_bytes(const nm_mat *w, const nm_pool *pool);
+void nm_matmul_t(nm_pool *pool, const nm_mat *w, const float *dy, int64_t n_tok, float *dx, bool accumulate,
+                 void *scratch);
 
 #endif

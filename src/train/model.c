@@ -10,6 +10,7 @@
  * backward together, so the [T x n_vocab] logits never exist at once. */
 #include "train/model.h"
 #include "base/base.h"
+#include "model/lora.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -454,6 +455,7 @@ void nm_tmodel_free(nm_tmodel *m) {
     free(m->params);
     free(m->full_arena);
     ws_free(m->ws);
+    free(m->frozen_u);
     nm_ops_ctx_deinit(&m->ops);
     nm_gguf_free(m->gguf);
     free(m);
@@ -574,9 +576,81 @@ static bool lora_op(const run_ctx *rc, int64_t l, int k, nm_lora_op *op) {
     return true;
 }
 
+/* The frozen stack's terms of (layer, module) for rows split between the
+ * threads: each row is computed whole by one thread, in stack order, so
+ * results do not depend on the thread count. */
+typedef struct frozen_args {
+    const nm_tmodel *m;
+    int64_t l, T;
+    int k;
+    bool bwd;
+    const float *in; /* x (forward) or dy (backward) */
+    float *out;      /* y (forward) or dx (backward) */
+} frozen_args;
+
+static void frozen_task(void *arg, int ith, int nth) {
+    const frozen_args *a = arg;
+    int64_t t0, t1;
+    nm_split_range(a->T, ith, nth, 1, &t0, &t1);
+    if (t1 <= t0) return;
+    float *u = a->m->frozen_u + (size_t)ith * NM_LORA_ROWS * (size_t)a->m->frozen_r;
+    for (size_t i = 0; i < a->m->n_frozen; i++) {
+        const nm_lora *fl = a->m->frozen[i].lora;
+        if (a->l >= fl->n_layer) continue;
+        const nm_lora_mod *md = nm_lora_mod_at(fl, a->l, (nm_proj)a->k);
+        const float s = md->scale * a->m->frozen[i].scale;
+        if (!md->r || s == 0.0f) continue;
+        if (a->bwd)
+            nm_lora_mod_bwd_dx(md, s, a->in + t0 * md->out, a->out + t0 * md->in, t1 - t0, u);
+        else
+            nm_lora_mod_fwd(md, s, a->in + t0 * md->in, a->out + t0 * md->out, t1 - t0, u);
+    }
+}
+
+static void frozen_run(const run_ctx *rc, int64_t l, int k, bool bwd, const float *in, float *out) {
+    nm_tmodel *m = rc->m;
+    if (!m->n_frozen) return;
+    frozen_args a = {m, l, rc->T, k, bwd, in, out};
+    if (m->ops.pool && m->ops.nth > 1)
+        nm_pool_run(m->ops.pool, frozen_task, &a);
+    else
+        frozen_task(&a, 0, 1);
+}
+
+nm_status nm_tmodel_set_frozen(nm_tmodel *m, const nm_lora_entry *items, size_t n, nm_err *err) {
+    free(m->frozen_u);
+    m->frozen_u = NULL;
+    m->frozen = NULL;
+    m->n_frozen = 0;
+    m->frozen_r = 0;
+    if (n == 0) return NM_OK;
+    int64_t r = 1;
+    for (size_t i = 0; i < n; i++) {
+        const nm_lora *fl = items[i].lora;
+        if (!fl) return nm_err_set(err, NM_ERR_ARG, "frozen adapter %zu is NULL", i);
+        for (int64_t ly = 0; ly < fl->n_layer; ly++)
+            for (int k = 0; k < NM_TM_COUNT; k++) {
+                const nm_lora_mod *md = nm_lora_mod_at(fl, ly, (nm_proj)k);
+                if (!md->r) continue;
+                if (ly >= m->hp.n_layer || md->in != m->layers[ly].w[k].cols || md->out != m->layers[ly].w[k].rows ||
+                    fl->qk_hf)
+                    return nm_err_set(err, NM_ERR_ARG, "%s does not fit the model being trained",
+                                      fl->path ? fl->path : "frozen adapter");
+                if (md->r > r) r = md->r;
+            }
+    }
+    m->frozen_u = nm_calloc((size_t)m->ops.nth * NM_LORA_ROWS * (size_t)r, sizeof(float));
+    if (!m->frozen_u) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
+    m->frozen = items;
+    m->n_frozen = n;
+    m->frozen_r = r;
+    return NM_OK;
+}
+
 static void linear_fwd(const run_ctx *rc, int64_t l, int k, float *y, const float *x, float *lu) {
     nm_tmodel *m = rc->m;
     nm_op_matmul_fwd(&m->ops, y, x, &m->layers[l].w[k], rc->T);
+    frozen_run(rc, l, k, false, x, y);
     nm_lora_op op;
     if (lora_op(rc, l, k, &op)) nm_op_lora_fwd(&m->ops, y, lu, x, &op, rc->T, m->ws->lora_tmp);
 }
@@ -587,6 +661,7 @@ static void linear_bwd(const run_ctx *rc, int64_t l, int k, float *dx, const flo
     nm_tmodel *m = rc->m;
     float *dW = m->layers[l].dw[k];
     if (dx || dW) nm_op_matmul_bwd(&m->ops, dx, dW, dy, x, &m->layers[l].w[k], rc->T);
+    if (dx) frozen_run(rc, l, k, true, dy, dx);
     nm_lora_op op;
     if (lora_op(rc, l, k, &op)) nm_op_lora_bwd(&m->ops, dx, dy, x, lu, &op, rc->T, m->ws->lora_tmp);
 }

@@ -93,6 +93,13 @@ typedef struct nm_tmodel {
     nm_tparam *params;
     int64_t n_params;
     float *full_arena;
+    /* adapters trained on top of (training on a stack): frozen, applied in
+     * this order after the base product and before the trained adapter, in
+     * the forward and, for the input gradient, in the backward pass */
+    const nm_lora_entry *frozen; /* borrowed, n_frozen entries */
+    size_t n_frozen;
+    float *frozen_u;             /* scratch: nth * NM_LORA_ROWS * frozen_r floats */
+    int64_t frozen_r;
     /* execution */
     nm_ops_ctx ops;
     bool checkpointing; /* recompute each layer in the backward */
@@ -103,6 +110,11 @@ typedef struct nm_tmodel {
  * float32 (full fine-tuning).  pool may be NULL (one thread). */
 nm_status nm_tmodel_open(const char *path, bool full, nm_pool *pool, nm_tmodel **out, nm_err *err);
 void nm_tmodel_free(nm_tmodel *m);
+
+/* Puts a frozen stack under the trained adapter (n = 0 removes it).  Each
+ * adapter must fit the model: nm_lora_fit with nm_tm_layout (adapter.h).
+ * items is borrowed until the next call or nm_tmodel_free. */
+nm_status nm_tmodel_set_frozen(nm_tmodel *m, const nm_lora_entry *items, size_t n, nm_err *err);
 
 /* Creates a LoRA adapter for the targeted projections.  A and B are zero:
  * call nm_tm_lora_init_peft (or fill them) before training. */

@@ -90,6 +90,14 @@ typedef struct trainer {
     nm_tmodel *m;
     nm_vocab *vocab;
     nm_tm_lora *lora;
+    /* training on a stack: the frozen adapters, their provenance records,
+     * and (resume) the saved paths and scales */
+    nm_lora **frozen_l;
+    nm_lora_entry *frozen;
+    nm_lora_prov *under;
+    size_t n_frozen;
+    const char **saved_lora_paths;
+    float *saved_lora_scales;
     nm_tparam *params;
     int64_t n_params, n_elems;
     unsigned targets;
@@ -123,6 +131,12 @@ static void trainer_free(trainer *t) {
     nm_dataset_deinit(&t->val);
     nm_adamw_deinit(&t->opt);
     nm_tm_lora_free(t->lora);
+    for (size_t i = 0; i < t->n_frozen; i++) nm_lora_free(t->frozen_l[i]);
+    free(t->frozen_l);
+    free(t->frozen);
+    free(t->under);
+    free(t->saved_lora_paths);
+    free(t->saved_lora_scales);
     nm_vocab_free(t->vocab);
     nm_tmodel_free(t->m);
     nm_pool_free(t->pool);
@@ -290,6 +304,55 @@ static nm_status check_params(const nm_train_params *p, nm_err *err) {
 
 /* ---- setup ---- */
 
+static void base_name_of(const char *path, char *out, size_t cap) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--; /* "dir/" names dir */
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/') b--;
+    snprintf(out, cap, "%.*s", (int)(n - b), path + b);
+}
+
+/* The frozen adapters of training on a stack: each opened, fitted to the
+ * model (q/k rows in GGUF order) and checked against the base. */
+static nm_status setup_stack(trainer *t, nm_err *err) {
+    const nm_train_params *p = &t->p;
+    if (!p->n_loras) return NM_OK;
+    if (p->full)
+        return nm_err_set(err, NM_ERR_UNSUPPORTED,
+                          "full fine-tuning on top of adapters: merge them into the model first (nomoat merge)");
+    t->frozen_l = nm_calloc(p->n_loras, sizeof *t->frozen_l);
+    t->frozen = nm_calloc(p->n_loras, sizeof *t->frozen);
+    t->under = nm_calloc(p->n_loras, sizeof *t->under);
+    if (!t->frozen_l || !t->frozen || !t->under) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
+    nm_lora_layout lay;
+    nm_tm_layout(t->m, &lay);
+    for (size_t i = 0; i < p->n_loras; i++) {
+        nm_lora *l;
+        nm_status st = nm_lora_open(p->loras[i], NULL, &l, err);
+        if (st) return st;
+        t->frozen_l[t->n_frozen++] = l;
+        if ((st = nm_lora_fit(l, &lay, err)) || (st = nm_lora_check_base(l, t->m->gguf, p->force, t->log, NULL, err)))
+            return st;
+        float sc = p->lora_scales ? p->lora_scales[i] : 1.0f;
+        if (!isfinite(sc)) return nm_err_set(err, NM_ERR_ARG, "%s: the scale is not finite", p->loras[i]);
+        t->frozen[i] = (nm_lora_entry){l, sc};
+        memcpy(t->under[i].fp, l->fp, NM_FP_HEX);
+        t->under[i].scale = sc;
+        base_name_of(p->loras[i], t->under[i].name, sizeof t->under[i].name);
+    }
+    nm_lora_check_stack_gguf(t->m->gguf, t->frozen, t->n_frozen, t->log);
+    /* a resumed run continues on exactly the adapters it started on */
+    json_t *saved = t->saved ? json_object_get(json_object_get(t->saved, "config"), "loras") : NULL;
+    for (size_t i = 0; saved && i < t->n_frozen; i++) {
+        const char *fp = json_string_value(json_object_get(json_array_get(saved, i), "fingerprint"));
+        if (!fp || strcmp(fp, t->frozen_l[i]->fp))
+            return nm_err_set(err, NM_ERR_ARG, "%s: adapter %zu of the stack (%s) is not the one this run was trained on",
+                              p->resume_dir, i, p->loras[i]);
+    }
+    nm_logf(t->log, NM_LOG_INFO, "training on top of %zu frozen adapter%s", t->n_frozen, t->n_frozen == 1 ? "" : "s");
+    return nm_tmodel_set_frozen(t->m, t->frozen, t->n_frozen, err);
+}
+
 static nm_status setup_model(trainer *t, nm_err *err) {
     const nm_train_params *p = &t->p;
     int nth = p->threads > 0 ? p->threads : nm_cpu_count();
@@ -298,6 +361,7 @@ static nm_status setup_model(trainer *t, nm_err *err) {
     if ((st = nm_tmodel_open(p->model, p->full, t->pool, &t->m, err))) return st;
     if ((st = nm_vocab_from_gguf(t->m->gguf, &t->vocab, t->log, err))) return st;
     nm_base_fingerprint(t->m->gguf, t->fp);
+    if ((st = setup_stack(t, err))) return st;
     if (p->full) {
         t->params = t->m->params;
         t->n_params = t->m->n_params;
@@ -428,7 +492,7 @@ static nm_status save_checkpoint(trainer *t, nm_err *err) {
         st = save_full_model(t, err);
     else {
         const char *base = strrchr(t->p.model, '/');
-        st = nm_adapter_save(t->lora, t->m, t->out, base ? base + 1 : t->p.model, err);
+        st = nm_adapter_save_ex(t->lora, t->m, t->out, base ? base + 1 : t->p.model, t->under, t->n_frozen, err);
     }
     if (st) return st;
     /* trainer state: parameters, moments, position, configuration */
@@ -452,7 +516,18 @@ static nm_status save_checkpoint(trainer *t, nm_err *err) {
      * inspection, recomputed on resume */
     snprintf(h, sizeof h, "%016llx", (unsigned long long)mix(t->p.seed, 0x65706f6368ULL + (uint64_t)t->epoch));
     json_object_set_new(s, "epoch_rng_seed", json_string(h));
-    json_object_set_new(s, "config", config_json(&t->p));
+    json_t *cfg = config_json(&t->p);
+    json_t *stack = json_array();
+    for (size_t i = 0; i < t->n_frozen; i++) {
+        json_t *e = json_object();
+        json_object_set_new(e, "path", json_string(t->p.loras[i]));
+        json_object_set_new(e, "scale", json_real(t->frozen[i].scale));
+        json_object_set_new(e, "fingerprint", json_string(t->frozen_l[i]->fp));
+        json_array_append_new(stack, e);
+    }
+    json_object_set_new(cfg, "loras", stack);
+    json_object_set_new(cfg, "force", json_boolean(t->p.force));
+    json_object_set_new(s, "config", cfg);
     char *text = json_dumps(s, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(s);
     if (!text) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
@@ -672,6 +747,40 @@ static int run_step(trainer *t, double *loss, double *gnorm, double *lr, int64_t
     return 0;
 }
 
+/* The stack a run was trained on, from its saved configuration (older
+ * states have none).  Paths given again replace the saved ones (the files
+ * moved); their fingerprints are checked when they are opened. */
+static nm_status saved_stack(trainer *t, const nm_train_params *pin, const char *path, nm_err *err) {
+    json_t *c = json_object_get(t->saved, "config"), *a = json_object_get(c, "loras");
+    t->p.loras = NULL;
+    t->p.lora_scales = NULL;
+    t->p.n_loras = 0;
+    t->p.force = json_is_true(json_object_get(c, "force"));
+    if (!a) return pin->n_loras ? nm_err_set(err, NM_ERR_ARG, "%s: this run was trained without adapters below it", path)
+                                : NM_OK;
+    size_t n = json_array_size(a);
+    if (!json_is_array(a) || n > 1024) return nm_err_set(err, NM_ERR_FORMAT, "%s: saved configuration: bad \"loras\"", path);
+    if (pin->n_loras && pin->n_loras != n)
+        return nm_err_set(err, NM_ERR_ARG, "%s: this run was trained on top of %zu adapters, %zu given", path, n,
+                          pin->n_loras);
+    if (n == 0) return NM_OK;
+    t->saved_lora_paths = nm_calloc(n, sizeof *t->saved_lora_paths);
+    t->saved_lora_scales = nm_calloc(n, sizeof *t->saved_lora_scales);
+    if (!t->saved_lora_paths || !t->saved_lora_scales) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(a, i), *sc = json_object_get(e, "scale");
+        const char *p = json_string_value(json_object_get(e, "path"));
+        if (!p || !json_is_number(sc))
+            return nm_err_set(err, NM_ERR_FORMAT, "%s: saved configuration: bad entry %zu of \"loras\"", path, i);
+        t->saved_lora_paths[i] = pin->n_loras ? pin->loras[i] : p;
+        t->saved_lora_scales[i] = (float)json_number_value(sc);
+    }
+    t->p.loras = t->saved_lora_paths;
+    t->p.lora_scales = t->saved_lora_scales;
+    t->p.n_loras = n;
+    return NM_OK;
+}
+
 nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *err) {
     trainer t;
     memset(&t, 0, sizeof t);
@@ -687,6 +796,7 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
         char sp[4096];
         snprintf(sp, sizeof sp, "%s/%s", pin->resume_dir, STATE_FILE);
         if ((st = config_from_json(json_object_get(t.saved, "config"), &t.p, sp, &saved_vars, err))) goto done;
+        if ((st = saved_stack(&t, pin, sp, err))) goto done;
         /* what a resume may change: where things are, threads, feedback,
          * and the number of steps (which stretches the schedule) */
         if (pin->model) t.p.model = pin->model;

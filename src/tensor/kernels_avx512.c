@@ -1,0 +1,1075 @@
+/* kernels_avx512.c - matrix kernels for AVX-512 (F, BW, VL, DQ, VNNI).
+ *
+ * Two shapes, chosen by batch size (see KERNELS.md for the arithmetic):
+ *
+ *  - batches (prompt processing): a tile of 16 weight rows is repacked,
+ *    one chunk of the row length at a time, so that one vector holds the
+ *    same 4 consecutive elements of 16 rows ("lanes are rows").  Each
+ *    token then multiplies the whole tile with broadcasts of its own
+ *    elements: for 8-bit types one VPDPBUSD does 64 multiply-adds into 16
+ *    per-row block sums, with no horizontal reduction; the block's float
+ *    scale arithmetic is then one vector operation for 16 outputs.  The
+ *    repacking is paid once per tile and used by every token.
+ *  - single tokens (generation): no repacking; 16 rows are read as stored,
+ *    their block sums reduced horizontally into the same per-row lanes.
+ *
+ * Both shapes give every output element the same operations in the same
+ * order, so a token's result does not depend on its batch.  For quantized
+ * weights those operations are the scalar reference's: exact integer block
+ * sums, then `sum += (float)isum * (dw * dx)` in block order.
+ *
+ * 8-bit products: VPDPBUSD multiplies unsigned by signed bytes.  Weights are
+ * made unsigned (Q8_0: q + 128; Q4_0: the stored nibble 0..15) and the
+ * shift is taken back exactly with the activation block's sum:
+ * sum (q + c) x = sum q x + c sum x. */
+#include "kernels_impl.h"
+
+#include <math.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+/* Float expressions are evaluated as written (the reference's rounding):
+ * GCC does not contract them in ISO C mode; clang must be told. */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define T512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c"), always_inline)) static inline
+
+static inline int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+T512_INLINE __mmask16 lanes(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+/* Four vectors, each holding 4 rows' partial sums (row of 128-bit lane k of
+ * vector j = 4k + j), to one vector of the 16 rows' totals, in row order. */
+T512_INLINE __m512i hsum4x4(__m512i a, __m512i b, __m512i c, __m512i d) {
+    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+}
+
+/* Two vectors holding two rows each (one per 256-bit half, 8 partial sums a
+ * row) to one holding the four rows' 4 partial sums: [p.lo, p.hi, q.lo, q.hi]. */
+T512_INLINE __m512i fold_pairs(__m512i p, __m512i q) {
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(p, q, _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i32x4(p, q, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* 16 half-precision block scales at offset o of 16 rows.  Inserting 16-bit
+ * loads beats VPGATHERDD by far on the cores measured (Zen 4). */
+T512_INLINE __m512 load_halves(const uint8_t *const *rp, size_t o) {
+    __m128i a = _mm_cvtsi32_si128(nm_ld16(rp[0] + o)), b = _mm_cvtsi32_si128(nm_ld16(rp[8] + o));
+    a = _mm_insert_epi16(a, nm_ld16(rp[1] + o), 1);
+    b = _mm_insert_epi16(b, nm_ld16(rp[9] + o), 1);
+    a = _mm_insert_epi16(a, nm_ld16(rp[2] + o), 2);
+    b = _mm_insert_epi16(b, nm_ld16(rp[10] + o), 2);
+    a = _mm_insert_epi16(a, nm_ld16(rp[3] + o), 3);
+    b = _mm_insert_epi16(b, nm_ld16(rp[11] + o), 3);
+    a = _mm_insert_epi16(a, nm_ld16(rp[4] + o), 4);
+    b = _mm_insert_epi16(b, nm_ld16(rp[12] + o), 4);
+    a = _mm_insert_epi16(a, nm_ld16(rp[5] + o), 5);
+    b = _mm_insert_epi16(b, nm_ld16(rp[13] + o), 5);
+    a = _mm_insert_epi16(a, nm_ld16(rp[6] + o), 6);
+    b = _mm_insert_epi16(b, nm_ld16(rp[14] + o), 6);
+    a = _mm_insert_epi16(a, nm_ld16(rp[7] + o), 7);
+    b = _mm_insert_epi16(b, nm_ld16(rp[15] + o), 7);
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1));
+}
+
+T512_INLINE __m512i bcast32(const uint8_t *p) { return _mm512_set1_epi32((int32_t)nm_ld32(p)); }
+
+/* ====================================================================== */
+/* Q8_0 and Q4_0 weights x Q8_0 activations                               */
+/* ====================================================================== */
+/* Activation side data (nm_act_extra): per block the scale as a float and
+ * the sum of its quants. */
+typedef struct q0_tok {
+    const uint8_t *q;  /* block b0's quants (act row + 34 * b0 + 2) */
+    const float *d;    /* block b0's scale                          */
+    const int32_t *s;  /* block b0's quant sum                      */
+} q0_tok;
+
+T512_INLINE q0_tok q0_token(const nm_mm_args *a, int64_t t, int64_t b0) {
+    const int64_t nb = a->cols / 32;
+    const float *d = (const float *)(const void *)(a->extra + (size_t)t * a->extra_stride);
+    q0_tok k = {a->act + (size_t)t * a->act_stride + (size_t)b0 * 34 + 2, d + b0,
+                (const int32_t *)(const void *)(d + nb) + b0};
+    return k;
+}
+
+/* Repacked tile chunk: for block k and group g of 4 elements, 64 bytes =
+ * the 4 unsigned quants of each of 16 rows; then the 16 rows' scales. */
+typedef struct q0_panel {
+    _Alignas(64) uint8_t w[KC_BLOCKS * 8 * 64];
+    _Alignas(64) float d[KC_BLOCKS * 16];
+} q0_panel;
+
+/* 8 x 8 transpose of 32-bit elements (row i of the input = vector i). */
+T512_INLINE void transpose8x8(__m256i *r) {
+    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+    r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+    r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+    r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+    r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+/* Writes the 32 quants of 16 rows (vector i = row i) as 8 vectors of
+ * "4 quants of each of the 16 rows", 64 bytes each, at dst. */
+T512_INLINE void put_tile16(uint8_t *dst, __m256i *q) {
+    transpose8x8(q);
+    transpose8x8(q + 8);
+    for (int g = 0; g < 8; g++)
+        _mm512_store_si512(dst + 64 * g, _mm512_inserti64x4(_mm512_castsi256_si512(q[g]), q[8 + g], 1));
+}
+
+/* Rows past nr repeat the last one (their lanes are never stored) with a
+ * zero scale. */
+T512 static void repack_q8_0(const nm_mm_args *a, int64_t r, int nr, int64_t b0, int kb, q0_panel *p) {
+    const uint8_t *row[16];
+    for (int i = 0; i < 16; i++) row[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes + (size_t)b0 * 34;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int k = 0; k < kb; k++) {
+        __m256i q[16];
+        for (int i = 0; i < 16; i++) {
+            const uint8_t *blk = row[i] + 34 * k;
+            p->d[16 * k + i] = i < nr ? _cvtsh_ss(nm_ld16(blk)) : 0.0f;
+            q[i] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 2)), flip);
+        }
+        put_tile16(p->w + k * 512, q);
+    }
+}
+
+T512 static void repack_q4_0(const nm_mm_args *a, int64_t r, int nr, int64_t b0, int kb, q0_panel *p) {
+    const uint8_t *row[16];
+    for (int i = 0; i < 16; i++) row[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes + (size_t)b0 * 18;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int k = 0; k < kb; k++) {
+        __m256i q[16];
+        for (int i = 0; i < 16; i++) {
+            const uint8_t *blk = row[i] + 18 * k;
+            p->d[16 * k + i] = i < nr ? _cvtsh_ss(nm_ld16(blk)) : 0.0f;
+            const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(blk + 2));
+            q[i] = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1), m4);
+        }
+        put_tile16(p->w + k * 512, q);
+    }
+}
+
+/* NT tokens x one panel chunk: acc[t] (16 rows) continues each token's sum
+ * over blocks b0 .. b0 + kb - 1.  The tokens' integer sums advance
+ * together, group by group, so that NT independent chains of VPDPBUSD are
+ * in flight instead of one. */
+enum { QT = 8 };
+
+T512_INLINE void q0_chunk(int NT, const q0_panel *p, int kb, const q0_tok *tk, int corr, __m512 *acc) {
+    for (int k = 0; k < kb; k++) {
+        const __m512i *w = (const __m512i *)(const void *)(p->w + k * 512);
+        __m512i s[QT];
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) s[t] = _mm512_set1_epi32(corr * tk[t].s[k]);
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) {
+            const __m512i wg = _mm512_load_si512(w + g);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++) s[t] = _mm512_dpbusd_epi32(s[t], wg, bcast32(tk[t].q + 34 * k + 4 * g));
+        }
+        const __m512 dw = _mm512_load_ps(p->d + 16 * k);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(tk[t].d[k]));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s[t]), scale));
+        }
+    }
+}
+
+T512_INLINE void q0_tokens(int NT, const nm_mm_args *a, const q0_panel *p, int64_t r, __mmask16 m, int64_t t,
+                           int64_t b0, int kb, int corr) {
+    __m512 acc[QT];
+    q0_tok tk[QT];
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; i++) {
+        tk[i] = q0_token(a, t + i, b0);
+        float *y = a->y + (t + i) * a->ldy + (r - a->y_r0);
+        acc[i] = b0 ? _mm512_maskz_loadu_ps(m, y) : _mm512_setzero_ps();
+    }
+    q0_chunk(NT, p, kb, tk, corr, acc);
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; i++) _mm512_mask_storeu_ps(a->y + (t + i) * a->ldy + (r - a->y_r0), m, acc[i]);
+}
+
+T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
+    const int64_t nb = a->cols / 32;
+    const int corr = q8 ? -128 : -8;
+    q0_panel p;
+    for (int64_t r = r0; r < r1; r += 16) {
+        const int nr = (int)imin64(16, r1 - r);
+        const __mmask16 m = lanes(nr);
+        for (int64_t b0 = 0; b0 < nb; b0 += KC_BLOCKS) {
+            const int kb = (int)imin64(KC_BLOCKS, nb - b0);
+            if (q8) repack_q8_0(a, r, nr, b0, kb, &p);
+            else repack_q4_0(a, r, nr, b0, kb, &p);
+            int64_t t = 0;
+            for (; t + QT <= a->n_tok; t += QT) q0_tokens(QT, a, &p, r, m, t, b0, kb, corr);
+            for (; t < a->n_tok; t++) q0_tokens(1, a, &p, r, m, t, b0, kb, corr);
+        }
+    }
+}
+
+/* One token x 16 rows as stored.  Q8_0: rows travel in pairs, one per
+ * 256-bit half (pair i = 2j + e holds rows j + 8e and j + 4 + 8e, so that
+ * fold_pairs then hsum4x4 put row n in lane n). */
+T512_INLINE __m512i q8_pair(const uint8_t *lo, const uint8_t *hi, __m512i xb) {
+    const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)lo)),
+                                         _mm256_loadu_si256((const __m256i *)(const void *)hi), 1);
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(z, _mm512_set1_epi8((char)0x80)), xb);
+}
+
+T512 static void gemv_q8_0(const nm_mm_args *a, int64_t r, int nr, int64_t t) {
+    const int64_t nb = a->cols / 32;
+    const q0_tok tk = q0_token(a, t, 0);
+    const uint8_t *rp[16];
+    for (int i = 0; i < 16; i++) rp[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes + 2;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * 34;
+        const __m512i xb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(tk.q + o)));
+        const __m512i q0 = fold_pairs(q8_pair(rp[0] + o, rp[4] + o, xb), q8_pair(rp[8] + o, rp[12] + o, xb));
+        const __m512i q1 = fold_pairs(q8_pair(rp[1] + o, rp[5] + o, xb), q8_pair(rp[9] + o, rp[13] + o, xb));
+        const __m512i q2 = fold_pairs(q8_pair(rp[2] + o, rp[6] + o, xb), q8_pair(rp[10] + o, rp[14] + o, xb));
+        const __m512i q3 = fold_pairs(q8_pair(rp[3] + o, rp[7] + o, xb), q8_pair(rp[11] + o, rp[15] + o, xb));
+        const __m512i s = _mm512_add_epi32(hsum4x4(q0, q1, q2, q3), _mm512_set1_epi32(-128 * tk.s[b]));
+        const __m512 scale = _mm512_mul_ps(load_halves(rp, o - 2), _mm512_set1_ps(tk.d[b]));
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale));
+    }
+    _mm512_mask_storeu_ps(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), acc);
+}
+
+/* Q4_0: four rows' 16 packed bytes per vector, one per 128-bit lane (vector
+ * j holds rows j, j+4, j+8, j+12), low nibbles against elements 0..15 and
+ * high nibbles against 16..31. */
+T512_INLINE __m512i q4_quad(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2, const uint8_t *p3, __m512i xl,
+                            __m512i xh) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)p0));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(const void *)p1), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(const void *)p2), 2);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(const void *)p3), 3);
+    const __m512i m4 = _mm512_set1_epi8(15);
+    const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
+}
+
+T512 static void gemv_q4_0(const nm_mm_args *a, int64_t r, int nr, int64_t t) {
+    const int64_t nb = a->cols / 32;
+    const q0_tok tk = q0_token(a, t, 0);
+    const uint8_t *rp[16];
+    for (int i = 0; i < 16; i++) rp[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes + 2;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * 18;
+        const uint8_t *xq = tk.q + (size_t)b * 34;
+        const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)xq));
+        const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xq + 16)));
+        const __m512i q0 = q4_quad(rp[0] + o, rp[4] + o, rp[8] + o, rp[12] + o, xl, xh);
+        const __m512i q1 = q4_quad(rp[1] + o, rp[5] + o, rp[9] + o, rp[13] + o, xl, xh);
+        const __m512i q2 = q4_quad(rp[2] + o, rp[6] + o, rp[10] + o, rp[14] + o, xl, xh);
+        const __m512i q3 = q4_quad(rp[3] + o, rp[7] + o, rp[11] + o, rp[15] + o, xl, xh);
+        const __m512i s = _mm512_add_epi32(hsum4x4(q0, q1, q2, q3), _mm512_set1_epi32(-8 * tk.s[b]));
+        const __m512 scale = _mm512_mul_ps(load_halves(rp, o - 2), _mm512_set1_ps(tk.d[b]));
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale));
+    }
+    _mm512_mask_storeu_ps(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), acc);
+}
+
+T512 static void rows_q8_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    if (a->n_tok >= GEMM_MIN_TOK) {
+        q0_gemm(a, r0, r1, true);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r += 16)
+        for (int64_t t = 0; t < a->n_tok; t++) gemv_q8_0(a, r, (int)imin64(16, r1 - r), t);
+}
+
+T512 static void rows_q4_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    if (a->n_tok >= GEMM_MIN_TOK) {
+        q0_gemm(a, r0, r1, false);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r += 16)
+        for (int64_t t = 0; t < a->n_tok; t++) gemv_q4_0(a, r, (int)imin64(16, r1 - r), t);
+}
+
+/* ====================================================================== */
+/* K-quants x Q8_K activations                                            */
+/* ====================================================================== */
+/* The reference per super-block of 256: an exact integer sum of
+ * scale x (quants . activations) over the sub-blocks (and for Q4_K/Q5_K an
+ * exact sum of min x activation sub-block sums), then
+ *   sum += d * dx * (float)sumi - dmin * dx * (float)summ     (Q4_K, Q5_K)
+ *   sum += d * dx * (float)sumi                                (Q6_K)
+ * Batches repack a tile like Q8_0 (32-element sub-blocks of unsigned
+ * quants, lanes are rows) plus per-row integer scales; single tokens run a
+ * row at a time with the integer sums vectorised and the few float
+ * operations per super-block done as written above. */
+
+/* ggml's unpacking of the 12 bytes of 6-bit scales and mins: sc[8], m[8]. */
+static inline void k4_scales(const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    uint32_t u[4];
+    memcpy(u, q, 12);
+    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+    const uint32_t m_lo = u[1] & k1;
+    u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+    u[0] &= k1;
+    memcpy(sc, &u[0], 4);
+    memcpy(sc + 4, &u[1], 4);
+    memcpy(m, &m_lo, 4);
+    memcpy(m + 4, &u[3], 4);
+}
+
+typedef struct k_panel {
+    _Alignas(64) uint8_t w[KC_SUPER * 8 * 8 * 64];  /* [s][j][group][row][4]                 */
+    _Alignas(64) int32_t sc[KC_SUPER * 16 * 16];     /* [s][sub-block][row]: scales           */
+    _Alignas(64) int32_t mn[KC_SUPER * 4 * 16];      /* [s][pair][row]: (m[2p], m[2p+1]) words */
+    _Alignas(64) float d[KC_SUPER * 16], dmin[KC_SUPER * 16];
+} k_panel;
+
+/* The 256 unsigned quants of a K-quant super-block in element order
+ * (Q6_K without its -32): Q4_K/Q5_K group g is 32 bytes of qs (low
+ * nibbles: elements 64g + l, high: 64g + 32 + l) and for Q5_K bit 2g / 2g+1
+ * of qh[l]; Q6_K half h: ql[64h + l] nibbles and 2 bits of qh[32h + l] make
+ * elements 128h + {l, 32 + l, 64 + l, 96 + l}. */
+T512 static void k_unpack(nm_type type, const uint8_t *blk, uint8_t *out) {
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    if (type == NM_TYPE_Q6_K) {
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = blk + 64 * h;
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(const void *)ql);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(const void *)(ql + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(blk + offsetof(nm_block_q6_k, qh) + 32 * h));
+            const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
+            const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
+            const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
+            const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
+            uint8_t *o = out + 128 * h;
+            _mm256_storeu_si256((__m256i *)(void *)o, _mm256_or_si256(_mm256_and_si256(l0, m4), h0));
+            _mm256_storeu_si256((__m256i *)(void *)(o + 32), _mm256_or_si256(_mm256_and_si256(l1, m4), h1));
+            _mm256_storeu_si256((__m256i *)(void *)(o + 64), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2));
+            _mm256_storeu_si256((__m256i *)(void *)(o + 96), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3));
+        }
+        return;
+    }
+    const bool q5 = type == NM_TYPE_Q5_K;
+    const uint8_t *qs = blk + (q5 ? offsetof(nm_block_q5_k, qs) : offsetof(nm_block_q4_k, qs));
+    const __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + offsetof(nm_block_q5_k, qh)))
+                          : _mm256_setzero_si256();
+    for (int g = 0; g < 4; g++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * g));
+        __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if (q5) {
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g)), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g + 1)), one), 4));
+        }
+        _mm256_storeu_si256((__m256i *)(void *)(out + 64 * g), lo);
+        _mm256_storeu_si256((__m256i *)(void *)(out + 64 * g + 32), hi);
+    }
+}
+
+T512 static void repack_k(const nm_mm_args *a, nm_type type, int64_t r, int nr, int64_t s0, int ks, k_panel *p) {
+    const size_t bb = type == NM_TYPE_Q6_K ? sizeof(nm_block_q6_k) : type == NM_TYPE_Q5_K ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k);
+    _Alignas(64) uint8_t q[16][256];
+    for (int s = 0; s < ks; s++) {
+        for (int i = 0; i < 16; i++) {
+            const uint8_t *blk = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes + (size_t)(s0 + s) * bb;
+            k_unpack(type, blk, q[i]);
+            if (type == NM_TYPE_Q6_K) {
+                const int8_t *sc = (const int8_t *)(blk + offsetof(nm_block_q6_k, scales));
+                p->d[16 * s + i] = i < nr ? _cvtsh_ss(nm_ld16(blk + offsetof(nm_block_q6_k, d))) : 0.0f;
+                for (int j = 0; j < 16; j++) p->sc[(16 * s + j) * 16 + i] = sc[j];
+            } else {
+                uint8_t sc[8], m[8];
+                k4_scales(blk + 4, sc, m);
+                p->d[16 * s + i] = i < nr ? _cvtsh_ss(nm_ld16(blk)) : 0.0f;
+                p->dmin[16 * s + i] = i < nr ? _cvtsh_ss(nm_ld16(blk + 2)) : 0.0f;
+                for (int j = 0; j < 8; j++) p->sc[(16 * s + j) * 16 + i] = sc[j];
+                for (int j = 0; j < 4; j++) p->mn[(4 * s + j) * 16 + i] = m[2 * j] | m[2 * j + 1] << 16;
+            }
+        }
+        for (int j = 0; j < 8; j++) {
+            __m256i v[16];
+            for (int i = 0; i < 16; i++) v[i] = _mm256_load_si256((const __m256i *)(const void *)(q[i] + 32 * j));
+            put_tile16(p->w + (8 * s + j) * 512, v);
+        }
+    }
+}
+
+/* A token's Q8_K data at super-block s0 of the chunk. */
+typedef struct k_tok {
+    const uint8_t *blk;     /* Q8_K block s0                                */
+    const int16_t *bsum32;  /* side data: 32-element sums from block s0    */
+} k_tok;
+
+T512_INLINE k_tok k_token(const nm_mm_args *a, int64_t t, int64_t s0) {
+    k_tok k = {a->act + (size_t)t * a->act_stride + (size_t)s0 * sizeof(nm_block_q8_k),
+               (const int16_t *)(const void *)(a->extra + (size_t)t * a->extra_stride) + 8 * s0};
+    return k;
+}
+
+T512_INLINE float q8k_d(const uint8_t *blk) {
+    float d;
+    memcpy(&d, blk, 4);
+    return d;
+}
+
+/* 4 (or 8) groups of a 32-element sub-block: unsigned quants x the token's
+ * signed quants, added to s. */
+T512_INLINE __m512i dp_groups(__m512i s, const __m512i *w, const uint8_t *xq, int g0, int n) {
+    for (int g = g0; g < g0 + n; g++) s = _mm512_dpbusd_epi32(s, _mm512_load_si512(w + g), bcast32(xq + 4 * g));
+    return s;
+}
+
+T512_INLINE void q45k_chunk(int NT, const k_panel *p, int ks, const k_tok *tk, __m512 *acc) {
+    for (int s = 0; s < ks; s++) {
+        __m512i sumi[4], summ[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) sumi[t] = summ[t] = _mm512_setzero_si512();
+        for (int j = 0; j < 8; j++) {
+            const __m512i *w = (const __m512i *)(const void *)(p->w + (8 * s + j) * 512);
+            const __m512i sc = _mm512_load_si512(p->sc + (16 * s + j) * 16);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const uint8_t *xq = tk[t].blk + (size_t)s * sizeof(nm_block_q8_k) + 4 + 32 * j;
+                const __m512i v = dp_groups(_mm512_setzero_si512(), w, xq, 0, 8);
+                sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(v, sc));
+            }
+        }
+        for (int j = 0; j < 4; j++) {
+            const __m512i mn = _mm512_load_si512(p->mn + (4 * s + j) * 16);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++)
+                summ[t] = _mm512_dpwssd_epi32(summ[t], mn, bcast32((const uint8_t *)(tk[t].bsum32 + 8 * s + 2 * j)));
+        }
+        const __m512 d = _mm512_load_ps(p->d + 16 * s), dmin = _mm512_load_ps(p->dmin + 16 * s);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            const __m512 dx = _mm512_set1_ps(q8k_d(tk[t].blk + (size_t)s * sizeof(nm_block_q8_k)));
+            const __m512 x = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(sumi[t]));
+            const __m512 y = _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(summ[t]));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_sub_ps(x, y));
+        }
+    }
+}
+
+T512_INLINE void q6k_chunk(int NT, const k_panel *p, int ks, const k_tok *tk, __m512 *acc) {
+    for (int s = 0; s < ks; s++) {
+        __m512i sumi[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) sumi[t] = _mm512_setzero_si512();
+        for (int j = 0; j < 8; j++) {
+            const __m512i *w = (const __m512i *)(const void *)(p->w + (8 * s + j) * 512);
+            const __m512i sa = _mm512_load_si512(p->sc + (16 * s + 2 * j) * 16);
+            const __m512i sb = _mm512_load_si512(p->sc + (16 * s + 2 * j + 1) * 16);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const uint8_t *b = tk[t].blk + (size_t)s * sizeof(nm_block_q8_k);
+                const uint8_t *xq = b + 4 + 32 * j;
+                const int16_t *bs = (const int16_t *)(const void *)(b + offsetof(nm_block_q8_k, bsums));
+                const __m512i va = dp_groups(_mm512_set1_epi32(-32 * bs[2 * j]), w, xq, 0, 4);
+                const __m512i vb = dp_groups(_mm512_set1_epi32(-32 * bs[2 * j + 1]), w, xq, 4, 4);
+                sumi[t] = _mm512_add_epi32(sumi[t], _mm512_add_epi32(_mm512_mullo_epi32(va, sa), _mm512_mullo_epi32(vb, sb)));
+            }
+        }
+        const __m512 d = _mm512_load_ps(p->d + 16 * s);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            const __m512 dx = _mm512_set1_ps(q8k_d(tk[t].blk + (size_t)s * sizeof(nm_block_q8_k)));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(sumi[t])));
+        }
+    }
+}
+
+T512_INLINE void k_tokens(int NT, const nm_mm_args *a, const k_panel *p, int64_t r, __mmask16 m, int64_t t,
+                          int64_t s0, int ks, bool q6) {
+    __m512 acc[4];
+    k_tok tk[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < NT; i++) {
+        tk[i] = k_token(a, t + i, s0);
+        float *y = a->y + (t + i) * a->ldy + (r - a->y_r0);
+        acc[i] = s0 ? _mm512_maskz_loadu_ps(m, y) : _mm512_setzero_ps();
+    }
+    if (q6) q6k_chunk(NT, p, ks, tk, acc);
+    else q45k_chunk(NT, p, ks, tk, acc);
+#pragma GCC unroll 4
+    for (int i = 0; i < NT; i++) _mm512_mask_storeu_ps(a->y + (t + i) * a->ldy + (r - a->y_r0), m, acc[i]);
+}
+
+T512 static void k_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type) {
+    const int64_t nsb = a->cols / NM_QK_K;
+    k_panel p;
+    for (int64_t r = r0; r < r1; r += 16) {
+        const int nr = (int)imin64(16, r1 - r);
+        const __mmask16 m = lanes(nr);
+        for (int64_t s0 = 0; s0 < nsb; s0 += KC_SUPER) {
+            const int ks = (int)imin64(KC_SUPER, nsb - s0);
+            repack_k(a, type, r, nr, s0, ks, &p);
+            const bool q6 = type == NM_TYPE_Q6_K;
+            int64_t t = 0;
+            for (; t + 4 <= a->n_tok; t += 4) k_tokens(4, a, &p, r, m, t, s0, ks, q6);
+            for (; t < a->n_tok; t++) k_tokens(1, a, &p, r, m, t, s0, ks, q6);
+        }
+    }
+}
+
+/* ---- one row x one token ---- */
+
+/* Scales of a Q4_K/Q5_K super-block as 16 int32 lanes: sub-block 2g in the
+ * low 8 lanes and 2g+1 in the high 8 (vector g). */
+T512_INLINE __m512i k_scale_pair(__m512i sc16, int g) {
+    const __m512i idx = _mm512_set_epi32(2 * g + 1, 2 * g + 1, 2 * g + 1, 2 * g + 1, 2 * g + 1, 2 * g + 1, 2 * g + 1,
+                                         2 * g + 1, 2 * g, 2 * g, 2 * g, 2 * g, 2 * g, 2 * g, 2 * g, 2 * g);
+    return _mm512_permutexvar_epi32(idx, sc16);
+}
+
+T512 static float dot_q45_k(const uint8_t *row, const k_tok *tk, int64_t nsb, bool q5) {
+    const size_t bb = q5 ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k);
+    const size_t qs_off = q5 ? offsetof(nm_block_q5_k, qs) : offsetof(nm_block_q4_k, qs);
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m512i one = _mm512_set1_epi8(1);
+    float sum = 0.0f;
+    for (int64_t s = 0; s < nsb; s++, row += bb) {
+        const uint8_t *x = tk->blk + (size_t)s * sizeof(nm_block_q8_k);
+        uint8_t sc[8], m[8];
+        k4_scales(row + 4, sc, m);
+        uint64_t sc64;
+        memcpy(&sc64, sc, 8);
+        const __m512i sc16 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc64));
+        const __m512i qh = q5 ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(row + 16)))
+                              : _mm512_setzero_si512();
+        __m512i acc = _mm512_setzero_si512();
+        for (int g = 0; g < 4; g++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(row + qs_off + 32 * g));
+            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
+                                           _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
+            if (q5) {
+                /* bit 2g of qh[l] for the low half, 2g+1 for the high half */
+                const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * g)), _mm256_set1_epi16((short)(2 * g + 1)), 1);
+                v = _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, sh), one), 4));
+            }
+            const __m512i xv = _mm512_loadu_si512(x + 4 + 64 * g);
+            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), v, xv),
+                                                           k_scale_pair(sc16, g)));
+        }
+        const int32_t sumi = _mm512_reduce_add_epi32(acc);
+        uint64_t m64;
+        memcpy(&m64, m, 8);
+        const __m128i mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m64));
+        const __m128i bs = _mm_loadu_si128((const __m128i *)(const void *)(tk->bsum32 + 8 * s));
+        const __m128i pm = _mm_madd_epi16(mins, bs);
+        const __m128i pm2 = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, _MM_SHUFFLE(1, 0, 3, 2)));
+        const int32_t summ = _mm_cvtsi128_si32(_mm_add_epi32(pm2, _mm_shuffle_epi32(pm2, _MM_SHUFFLE(2, 3, 0, 1))));
+        const float dx = q8k_d(x);
+        sum += _cvtsh_ss(nm_ld16(row)) * dx * (float)sumi - _cvtsh_ss(nm_ld16(row + 2)) * dx * (float)summ;
+    }
+    return sum;
+}
+
+T512 static float dot_q6_k(const uint8_t *row, const k_tok *tk, int64_t nsb) {
+    const __m512i m4 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3);
+    float sum = 0.0f;
+    for (int64_t s = 0; s < nsb; s++, row += sizeof(nm_block_q6_k)) {
+        const uint8_t *x = tk->blk + (size_t)s * sizeof(nm_block_q8_k);
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)(const void *)(row + offsetof(nm_block_q6_k, scales)));
+        const __m512i sc16 = _mm512_cvtepi8_epi32(sc8);
+        __m512i acc = _mm512_setzero_si512();
+        for (int h = 0; h < 2; h++) {
+            const __m512i l = _mm512_loadu_si512(row + 64 * h);
+            const __m512i qh = _mm512_broadcast_i64x4(
+                _mm256_loadu_si256((const __m256i *)(const void *)(row + offsetof(nm_block_q6_k, qh) + 32 * h)));
+            /* elements 128h + [0, 64): low nibbles, qh bits 0-1 | 2-3 */
+            const __m512i sh0 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+            const __m512i sh1 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+            const __m512i hb0 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, sh0), m3), 4);
+            const __m512i hb1 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, sh1), m3), 4);
+            const __m512i v0 = _mm512_or_si512(_mm512_and_si512(l, m4), hb0);
+            const __m512i v1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), hb1);
+            const __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v0, _mm512_loadu_si512(x + 4 + 128 * h));
+            const __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v1, _mm512_loadu_si512(x + 4 + 128 * h + 64));
+            /* lane i of p covers elements 4i..4i+3: sub-block i / 4 of the 64 */
+            const __m512i i0 = _mm512_set_epi32(8 * h + 3, 8 * h + 3, 8 * h + 3, 8 * h + 3, 8 * h + 2, 8 * h + 2, 8 * h + 2,
+                                                8 * h + 2, 8 * h + 1, 8 * h + 1, 8 * h + 1, 8 * h + 1, 8 * h, 8 * h, 8 * h, 8 * h);
+            const __m512i i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(4));
+            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(p0, _mm512_permutexvar_epi32(i0, sc16)));
+            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(p1, _mm512_permutexvar_epi32(i1, sc16)));
+        }
+        /* the -32 of every quant: sum over sub-blocks of scale x 32 x sum(x) */
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)(const void *)(x + offsetof(nm_block_q8_k, bsums)));
+        const __m256i off = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bs);
+        const int32_t sumi = _mm512_reduce_add_epi32(acc) - 32 * _mm512_reduce_add_epi32(_mm512_inserti64x4(_mm512_setzero_si512(), off, 0));
+        sum += _cvtsh_ss(nm_ld16(row + offsetof(nm_block_q6_k, d))) * q8k_d(x) * (float)sumi;
+    }
+    return sum;
+}
+
+T512 static void rows_k(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type) {
+    if (a->n_tok >= GEMM_MIN_TOK) {
+        k_gemm(a, r0, r1, type);
+        return;
+    }
+    const int64_t nsb = a->cols / NM_QK_K;
+    for (int64_t t = 0; t < a->n_tok; t++) {
+        const k_tok tk = k_token(a, t, 0);
+        float *y = a->y + t * a->ldy - a->y_r0;
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *row = a->w + (size_t)r * a->row_bytes;
+            y[r] = type == NM_TYPE_Q6_K ? dot_q6_k(row, &tk, nsb) : dot_q45_k(row, &tk, nsb, type == NM_TYPE_Q5_K);
+        }
+    }
+}
+
+T512 static void rows_q4_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_k(a, r0, r1, NM_TYPE_Q4_K); }
+T512 static void rows_q5_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_k(a, r0, r1, NM_TYPE_Q5_K); }
+T512 static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_k(a, r0, r1, NM_TYPE_Q6_K); }
+
+/* ====================================================================== */
+/* F32, F16, BF16 weights                                                 */
+/* ====================================================================== */
+/* Lanes are rows here too: each output is one chain of fused multiply-adds
+ * over the row in element order, acc = fma(w[k], x[k], acc), which both
+ * shapes follow.  Batches repack a tile of 32 rows x KC_FLOATS elements
+ * transposed (element-major) to floats; single tokens transpose 16 x 16
+ * squares in registers.  x is the F32 input, or for F16/BF16 weights the
+ * activations rounded to that type (as floats, from the side data), so the
+ * products are exact and the results depend only on the summation. */
+
+/* 16 elements of a row, from element k, as floats; n < 16 reads only n. */
+T512_INLINE __m512 load16(nm_type t, const uint8_t *row, int64_t k, int n) {
+    const __mmask16 m = lanes(n);
+    switch (t) {
+    case NM_TYPE_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k));
+    case NM_TYPE_BF16:
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row + 2 * k)), 16));
+    default: return _mm512_maskz_loadu_ps(m, row + 4 * k);
+    }
+}
+
+/* In-register transpose of 16 vectors. */
+T512_INLINE void transpose16(__m512 *r) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], _MM_SHUFFLE(2, 0, 2, 0));
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], _MM_SHUFFLE(3, 1, 3, 1));
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], _MM_SHUFFLE(2, 0, 2, 0));
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], _MM_SHUFFLE(3, 1, 3, 1));
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], _MM_SHUFFLE(2, 0, 2, 0));
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], _MM_SHUFFLE(3, 1, 3, 1));
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], _MM_SHUFFLE(2, 0, 2, 0));
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* The float rows the products read: x itself for F32 weights, the rounded
+ * activations of the side data otherwise. */
+T512_INLINE const float *f_x(const nm_mm_args *a, nm_type type, int64_t t) {
+    if (type == NM_TYPE_F32) return (const float *)(const void *)(a->act + (size_t)t * a->act_stride);
+    return (const float *)(const void *)(a->extra + (size_t)t * a->extra_stride);
+}
+
+/* Element-major panel: p[k * 32 + i] = row i's element k0 + k. */
+T512 static void repack_f(const nm_mm_args *a, nm_type type, int64_t r, int nr, int64_t k0, int kc, float *p) {
+    const size_t esz = type == NM_TYPE_F32 ? 4 : 2;
+    for (int h = 0; h < 2; h++)
+        for (int c = 0; c < kc; c += 16) {
+            __m512 v[16];
+            const int n = kc - c < 16 ? kc - c : 16;
+            for (int i = 0; i < 16; i++) {
+                const int row = 16 * h + i;
+                v[i] = row < nr ? load16(type, a->w + (size_t)(r + row) * a->row_bytes + (size_t)k0 * esz, c, n)
+                                : _mm512_setzero_ps();
+            }
+            transpose16(v);
+            for (int i = 0; i < n; i++) _mm512_store_ps(p + (c + i) * 32 + 16 * h, v[i]);
+        }
+}
+
+/* Tokens per batch tile: 12 x 2 accumulators + 2 weight vectors + a
+ * broadcast fit the 32 vector registers. */
+enum { FT = 12 };
+
+/* NT tokens x 32 rows over one panel chunk. */
+T512_INLINE void f_tokens(int NT, const nm_mm_args *a, nm_type type, const float *p, int64_t r, int nr, int64_t t,
+                          int64_t k0, int kc) {
+    const __mmask16 m0 = lanes(nr), m1 = lanes(nr - 16 > 0 ? nr - 16 : 0);
+    __m512 acc[FT][2];
+    const float *x[FT];
+#pragma GCC unroll 12
+    for (int i = 0; i < NT; i++) {
+        x[i] = f_x(a, type, t + i) + k0;
+        const float *y = a->y + (t + i) * a->ldy + (r - a->y_r0);
+        acc[i][0] = k0 ? _mm512_maskz_loadu_ps(m0, y) : _mm512_setzero_ps();
+        acc[i][1] = k0 ? _mm512_maskz_loadu_ps(m1, y + 16) : _mm512_setzero_ps();
+    }
+    for (int c = 0; c < kc; c += 16) {
+        __m512 part[FT][2];
+#pragma GCC unroll 12
+        for (int i = 0; i < NT; i++) part[i][0] = part[i][1] = _mm512_setzero_ps();
+        for (int k = c; k < c + 16 && k < kc; k++) {
+            const __m512 w0 = _mm512_load_ps(p + 32 * k), w1 = _mm512_load_ps(p + 32 * k + 16);
+#pragma GCC unroll 12
+            for (int i = 0; i < NT; i++) {
+                const __m512 xb = _mm512_set1_ps(x[i][k]);
+                part[i][0] = _mm512_fmadd_ps(w0, xb, part[i][0]);
+                part[i][1] = _mm512_fmadd_ps(w1, xb, part[i][1]);
+            }
+        }
+#pragma GCC unroll 12
+        for (int i = 0; i < NT; i++) {
+            acc[i][0] = _mm512_add_ps(acc[i][0], part[i][0]);
+            acc[i][1] = _mm512_add_ps(acc[i][1], part[i][1]);
+        }
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < NT; i++) {
+        float *y = a->y + (t + i) * a->ldy + (r - a->y_r0);
+        _mm512_mask_storeu_ps(y, m0, acc[i][0]);
+        _mm512_mask_storeu_ps(y + 16, m1, acc[i][1]);
+    }
+}
+
+/* BF16: the products of two BF16 values are exact floats; they are added
+ * in double, in element order, as the scalar reference (and llama.cpp)
+ * does: BF16 activations keep only 8 bits, so a sum that differs in its
+ * last float bit can round an activation of the next layer the other way,
+ * which moves the logits by more than the golden tolerance.  The result is
+ * then the reference's, bit for bit. */
+enum { BT = 4 };
+
+T512_INLINE void bf_add(__m512d *acc, __m512 p) {
+    acc[0] = _mm512_add_pd(acc[0], _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
+    acc[1] = _mm512_add_pd(acc[1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1))));
+}
+
+/* 16 doubles (two vectors) of a tile row group to floats, into y. */
+T512_INLINE void bf_store(float *y, __mmask16 m, const __m512d *acc) {
+    const __m512 f = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(acc[0])), _mm512_cvtpd_ps(acc[1]), 1);
+    _mm512_mask_storeu_ps(y, m, f);
+}
+
+/* The running sums of a tile live in y as floats between chunks, which
+ * would round them: BF16 tiles therefore take the whole row as one chunk
+ * (bf_gemm repacks KC_FLOATS at a time but keeps the doubles in registers
+ * per token group). */
+T512_INLINE void bf_tokens(int NT, const nm_mm_args *a, float *p, int64_t r, int nr, int64_t t) {
+    const __mmask16 m0 = lanes(nr), m1 = lanes(nr - 16 > 0 ? nr - 16 : 0);
+    __m512d acc[BT][4];
+    const float *x[BT];
+#pragma GCC unroll 4
+    for (int i = 0; i < NT; i++) {
+        x[i] = f_x(a, NM_TYPE_BF16, t + i);
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_pd();
+    }
+    for (int64_t k0 = 0; k0 < a->cols; k0 += KC_FLOATS) {
+        const int kc = (int)imin64(KC_FLOATS, a->cols - k0);
+        repack_f(a, NM_TYPE_BF16, r, nr, k0, kc, p);
+        for (int k = 0; k < kc; k++) {
+            const __m512 w0 = _mm512_load_ps(p + 32 * k), w1 = _mm512_load_ps(p + 32 * k + 16);
+#pragma GCC unroll 4
+            for (int i = 0; i < NT; i++) {
+                const __m512 xb = _mm512_set1_ps(x[i][k0 + k]);
+                bf_add(acc[i], _mm512_mul_ps(w0, xb));
+                bf_add(acc[i] + 2, _mm512_mul_ps(w1, xb));
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < NT; i++) {
+        float *y = a->y + (t + i) * a->ldy + (r - a->y_r0);
+        bf_store(y, m0, acc[i]);
+        bf_store(y + 16, m1, acc[i] + 2);
+    }
+}
+
+/* BF16 batches: token groups outside, the row walked (and repacked) once
+ * per group: the repacking is cheap next to the double arithmetic. */
+T512 static void bf_gemm(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    _Alignas(64) float p[KC_FLOATS * 32];
+    for (int64_t r = r0; r < r1; r += 32) {
+        const int nr = (int)imin64(32, r1 - r);
+        int64_t t = 0;
+        for (; t + BT <= a->n_tok; t += BT) bf_tokens(BT, a, p, r, nr, t);
+        for (; t < a->n_tok; t++) bf_tokens(1, a, p, r, nr, t);
+    }
+}
+
+T512 static void bf_gemv(const nm_mm_args *a, int64_t r, int nr, int64_t t) {
+    const float *x = f_x(a, NM_TYPE_BF16, t);
+    const uint8_t *rp[16];
+    for (int i = 0; i < 16; i++) rp[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes;
+    __m512d acc[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
+    for (int64_t k0 = 0; k0 < a->cols; k0 += 16) {
+        const int n = (int)imin64(16, a->cols - k0);
+        __m512 v[16];
+        for (int i = 0; i < 16; i++) v[i] = load16(NM_TYPE_BF16, rp[i], k0, n);
+        transpose16(v);
+        for (int i = 0; i < n; i++) bf_add(acc, _mm512_mul_ps(v[i], _mm512_set1_ps(x[k0 + i])));
+    }
+    bf_store(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), acc);
+}
+
+T512 static void f_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type) {
+    _Alignas(64) float p[KC_FLOATS * 32];
+    for (int64_t r = r0; r < r1; r += 32) {
+        const int nr = (int)imin64(32, r1 - r);
+        for (int64_t k0 = 0; k0 < a->cols; k0 += KC_FLOATS) {
+            const int kc = (int)imin64(KC_FLOATS, a->cols - k0);
+            repack_f(a, type, r, nr, k0, kc, p);
+            int64_t t = 0;
+            for (; t + FT <= a->n_tok; t += FT) f_tokens(FT, a, type, p, r, nr, t, k0, kc);
+            for (; t < a->n_tok; t++) f_tokens(1, a, type, p, r, nr, t, k0, kc);
+        }
+    }
+}
+
+/* One token x 16 rows: squares of 16 x 16 transposed in registers, then the
+ * same chain of fused multiply-adds as the batch shape. */
+T512 static void f_gemv(const nm_mm_args *a, nm_type type, int64_t r, int nr, int64_t t) {
+    const float *x = f_x(a, type, t);
+    const uint8_t *rp[16];
+    for (int i = 0; i < 16; i++) rp[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t k0 = 0; k0 < a->cols; k0 += 16) {
+        const int n = (int)imin64(16, a->cols - k0);
+        __m512 v[16];
+        for (int i = 0; i < 16; i++) v[i] = load16(type, rp[i], k0, n);
+        transpose16(v);
+        __m512 part = _mm512_setzero_ps();
+        for (int i = 0; i < n; i++) part = _mm512_fmadd_ps(v[i], _mm512_set1_ps(x[k0 + i]), part);
+        acc = _mm512_add_ps(acc, part);
+    }
+    _mm512_mask_storeu_ps(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), acc);
+}
+
+T512 static void f_rows(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type) {
+    if (a->n_tok >= GEMM_MIN_TOK) {
+        if (type == NM_TYPE_BF16) bf_gemm(a, r0, r1);
+        else f_gemm(a, r0, r1, type);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r += 16)
+        for (int64_t t = 0; t < a->n_tok; t++) {
+            if (type == NM_TYPE_BF16) bf_gemv(a, r, (int)imin64(16, r1 - r), t);
+            else f_gemv(a, type, r, (int)imin64(16, r1 - r), t);
+        }
+}
+
+T512 static void rows_f32(const nm_mm_args *a, int64_t r0, int64_t r1) { f_rows(a, r0, r1, NM_TYPE_F32); }
+T512 static void rows_f16(const nm_mm_args *a, int64_t r0, int64_t r1) { f_rows(a, r0, r1, NM_TYPE_F16); }
+T512 static void rows_bf16(const nm_mm_args *a, int64_t r0, int64_t r1) { f_rows(a, r0, r1, NM_TYPE_BF16); }
+
+/* ====================================================================== */
+/* dx = dy W panels                                                       */
+/* ====================================================================== */
+
+T512_INLINE void nn_tokens(int NM, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                           float *C, int64_t ldc) {
+    for (int64_t n = 0; n < N; n += 64) {
+        __mmask16 m[4];
+        for (int j = 0; j < 4; j++) m[j] = lanes(N - n - 16 * j > 0 ? N - n - 16 * j : 0);
+        __m512 acc[4][4];
+#pragma GCC unroll 4
+        for (int i = 0; i < NM; i++)
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm512_maskz_loadu_ps(m[j], C + i * ldc + n + 16 * j);
+        for (int64_t k = 0; k < K; k++) {
+            const float *b = B + k * ldb + n;
+            const __m512 b0 = _mm512_maskz_loadu_ps(m[0], b), b1 = _mm512_maskz_loadu_ps(m[1], b + 16),
+                         b2 = _mm512_maskz_loadu_ps(m[2], b + 32), b3 = _mm512_maskz_loadu_ps(m[3], b + 48);
+#pragma GCC unroll 4
+            for (int i = 0; i < NM; i++) {
+                const __m512 av = _mm512_set1_ps(A[i * lda + k]);
+                acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+                acc[i][2] = _mm512_fmadd_ps(av, b2, acc[i][2]);
+                acc[i][3] = _mm512_fmadd_ps(av, b3, acc[i][3]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NM; i++)
+            for (int j = 0; j < 4; j++) _mm512_mask_storeu_ps(C + i * ldc + n + 16 * j, m[j], acc[i][j]);
+    }
+}
+
+T512 static void nn_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                           float *C, int64_t ldc) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) nn_tokens(4, N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc);
+    for (; m < M; m++) nn_tokens(1, N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc);
+}
+
+/* ====================================================================== */
+/* activation conversion                                                  */
+/* ====================================================================== */
+/* The reference quantizers (nm_quant_q8_0 of quants.c, nm_quant_q8_k of
+ * kernels.c) vectorised operation for operation, so the bytes are the
+ * same for finite input: the same float products, roundf (half away from
+ * zero) for Q8_0 and round-to-nearest-even for Q8_K, the same scales. */
+
+/* roundf: truncate, then step away from zero when the dropped fraction
+ * (exact: v and its truncation are within a factor 2) is at least 1/2. */
+T512_INLINE __m512i round_away(__m512 v) {
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_abs_ps(_mm512_sub_ps(v, t));
+    const __m512 one = _mm512_or_ps(_mm512_and_ps(v, _mm512_set1_ps(-0.0f)), _mm512_set1_ps(1.0f));
+    const __mmask16 up = _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    return _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, one));
+}
+
+T512 static void convert_q8_0(const float *x, uint8_t *act, uint8_t *extra, int64_t n) {
+    const int64_t nb = n / 32;
+    float *ed = (float *)(void *)extra;
+    for (int64_t b = 0; b < nb; b++, x += 32, act += 34) {
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const uint16_t dh = nm_f32_to_f16(d);
+        memcpy(act, &dh, 2);
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i q0 = round_away(_mm512_mul_ps(v0, vid)), q1 = round_away(_mm512_mul_ps(v1, vid));
+        _mm_storeu_si128((__m128i *)(void *)(act + 2), _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(void *)(act + 18), _mm512_cvtsepi32_epi8(q1));
+        if (ed) {
+            ed[b] = _cvtsh_ss(dh);
+            const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            memcpy(extra + 4 * (nb + b), &sum, 4);
+        }
+    }
+}
+
+T512 static void convert_q8_k(const float *x, uint8_t *act, uint8_t *extra, int64_t n) {
+    int16_t *e16 = (int16_t *)(void *)extra;
+    for (int64_t b = 0; b < n / NM_QK_K; b++, x += NM_QK_K, act += sizeof(nm_block_q8_k)) {
+        __m512 m = _mm512_setzero_ps();
+        for (int j = 0; j < NM_QK_K; j += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+        const float amax = _mm512_reduce_max_ps(m);
+        int8_t *qs = (int8_t *)(act + 4);
+        int16_t bsums[16];
+        float d = 0.0f;
+        if (amax == 0.0f || !isfinite(amax)) {
+            memset(qs, 0, NM_QK_K);
+            memset(bsums, 0, sizeof bsums);
+        } else {
+            /* the first element of largest magnitude sets the sign */
+            float max = 0.0f;
+            for (int j = 0; j < NM_QK_K; j += 16) {
+                const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + j)), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+                if (hit) {
+                    max = x[j + __builtin_ctz(hit)];
+                    break;
+                }
+            }
+            const float iscale = -127.0f / max;
+            const __m512 vs = _mm512_set1_ps(iscale);
+            for (int j = 0; j < NM_QK_K; j += 16) {
+                const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(vs, _mm512_loadu_ps(x + j)));
+                const __m128i q8 = _mm512_cvtsepi32_epi8(q);
+                _mm_storeu_si128((__m128i *)(void *)(qs + j), q8);
+                bsums[j / 16] = (int16_t)_mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(q8));
+            }
+            d = 1.0f / iscale;
+        }
+        memcpy(act, &d, 4);
+        memcpy(act + 4 + NM_QK_K, bsums, sizeof bsums);
+        if (e16)
+            for (int j = 0; j < 8; j++) e16[8 * b + j] = (int16_t)(bsums[2 * j] + bsums[2 * j + 1]);
+    }
+}
+
+T512 static void convert_f16(const float *x, uint8_t *act, uint8_t *extra, int64_t n) {
+    float *f = (float *)(void *)extra;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_storeu_si256((__m256i *)(void *)(act + 2 * i), h);
+        if (f) _mm512_storeu_ps(f + i, _mm512_cvtph_ps(h));
+    }
+    for (; i < n; i++) {
+        const uint16_t h = nm_f32_to_f16(x[i]);
+        memcpy(act + 2 * i, &h, 2);
+        if (f) f[i] = nm_f16_to_f32(h);
+    }
+}
+
+/* nm_f32_to_bf16 in integers: round to nearest even, NaN made quiet. */
+T512 static void convert_bf16(const float *x, uint8_t *act, uint8_t *extra, int64_t n) {
+    float *f = (float *)(void *)extra;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(x + i));
+        const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+        r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(64));
+        _mm256_storeu_si256((__m256i *)(void *)(act + 2 * i), _mm512_cvtepi32_epi16(r));
+        if (f) _mm512_storeu_ps(f + i, _mm512_castsi512_ps(_mm512_slli_epi32(r, 16)));
+    }
+    for (; i < n; i++) {
+        const uint16_t h = nm_f32_to_bf16(x[i]);
+        memcpy(act + 2 * i, &h, 2);
+        if (f) f[i] = nm_bf16_to_f32(h);
+    }
+}
+
+/* ====================================================================== */
+/* the table                                                              */
+/* ====================================================================== */
+
+static const nm_mm_kernel AVX512_MM[NM_TYPE_COUNT] = {
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 32, NM_ISA_AVX512, rows_f32, NULL},
+    [NM_TYPE_F16] = {NM_TYPE_F16, true, 32, NM_ISA_AVX512, rows_f16, convert_f16},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 32, NM_ISA_AVX512, rows_bf16, convert_bf16},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q4_0, convert_q8_0},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q8_0, convert_q8_0},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q4_k, convert_q8_k},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q5_k, convert_q8_k},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q6_k, convert_q8_k},
+};
+
+const nm_mm_kernel *nm_mm_kernel_avx512(nm_type t) {
+    return (unsigned)t < NM_TYPE_COUNT && AVX512_MM[t].rows ? &AVX512_MM[t] : NULL;
+}
+
+nm_nn_fn nm_nn_kernel_avx512(void) { return nn_avx512; }
+
+#else /* not x86-64 */
+
+const nm_mm_kernel *nm_mm_kernel_avx512(nm_type t) {
+    (void)t;
+    return NULL;
+}
+nm_nn_fn nm_nn_kernel_avx512(void) { return NULL; }
+
+#endif

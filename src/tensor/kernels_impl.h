@@ -1,0 +1,63 @@
+/*
+ * kernels_impl.h - what the kernel files share (kernels.c, the per-level
+ * kernels_*.c and matmul.c); nothing outside src/tensor includes it.
+ *
+ * Each level's file returns its matrix kernel for a weight type, or NULL
+ * when it has none for that type (the scalar kernel is used) or when it is
+ * compiled for another architecture (then it has none at all).  A level's
+ * functions run only after nm_isa_available() said the CPU has it: they are
+ * compiled for their instruction set with target attributes, so the rest of
+ * the binary stays portable.
+ */
+#ifndef NM_KERNELS_IMPL_H
+#define NM_KERNELS_IMPL_H
+
+#include "kernels.h"
+#include "quants.h"
+
+#include <stddef.h>
+#include <string.h>
+
+const nm_mm_kernel *nm_mm_kernel_avx2(nm_type t);
+const nm_mm_kernel *nm_mm_kernel_avx512(nm_type t);
+const nm_mm_kernel *nm_mm_kernel_neon(nm_type t);
+nm_nn_fn nm_nn_kernel_avx2(void);
+nm_nn_fn nm_nn_kernel_avx512(void);
+nm_nn_fn nm_nn_kernel_neon(void);
+
+/* Rows of the K-chunk of a repacked tile, shared by the levels: a tile of
+ * rows is rewritten into a small buffer in the layout the level's inner loop
+ * reads, one chunk of KC_BLOCKS quantization blocks (or KC_FLOATS elements
+ * for float weights) at a time, then used for every token of the batch.  A
+ * chunk's buffer lives on the stack (a few KiB). */
+enum { KC_BLOCKS = 16, KC_SUPER = 2, KC_FLOATS = 128 };
+
+/* Batches below this many tokens go through the matrix-vector path (no
+ * repacking: each weight byte is used by few tokens). */
+enum { GEMM_MIN_TOK = 4 };
+
+/* Little-endian loads from unaligned bytes, for the level files. */
+static inline uint32_t nm_ld32(const void *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline uint16_t nm_ld16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* The 6-bit scale and min of sub-block j of a Q4_K / Q5_K super-block (the
+ * packing of ggml's get_scale_min_k4). */
+static inline void nm_scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0x0f) | (q[j - 4] >> 6) << 4;
+        *m = (q[j + 4] >> 4) | (q[j] >> 6) << 4;
+    }
+}
+
+#endif
