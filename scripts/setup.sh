@@ -24,8 +24,23 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   missing+=(nodejs npm)
 fi
 
+# npm packages of the browser and OpenAI-client tests (tests/serve), pinned by
+# its package-lock.json; several test programs use them, so they are
+# installed here, once, rather than by whichever test runs first.
+install_npm() {
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/serve"
+  if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules" ] && command -v npm >/dev/null 2>&1; then
+    echo "setup: installing the npm packages of tests/serve"
+    (cd "$dir" && npm ci --no-audit --no-fund >/dev/null) || {
+      echo "setup: npm ci failed in $dir" >&2; return 1; }
+  fi
+  return 0
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+  install_npm
+  exit $?
 fi
 
 echo "setup: installing missing Debian packages: ${missing[*]}"
@@ -38,3 +53,4 @@ if ! apt-get install -y --no-install-recommends "${missing[@]}"; then
   apt-get update
   apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+install_npm
