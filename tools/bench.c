@@ -518,11 +518,27 @@ out:
     return rc;
 }
 
+/* ---- --train: the training-step benchmark lives with `nomoat train --bench`
+ * (one implementation, nm_train_bench); this mode forwards to it. ---- */
+static int bench_train(int argc, char **argv) {
+    char **targv = calloc((size_t)argc + 2, sizeof *targv);
+    if (!targv) return 1;
+    targv[0] = "train";
+    targv[1] = "--bench";
+    for (int i = 1; i < argc; i++) targv[i + 1] = argv[i];
+    int rc = cmd_train(argc + 1, targv);
+    free(targv);
+    return rc;
+}
+
 static const bench_mode MODES[] = {
     {"--infer", "-m MODEL.gguf [-p 512] [-n 128] [--threads N] [--reps N] [--json]: prompt processing\n"
                 "          and generation speed, median tokens/s (the default: --infer may be left out)",
      bench_model},
     {"--tokenize", "-m MODEL.gguf -f FILE [--reps N] [--json]: tokenizer throughput (median MB/s)", bench_tokenize},
+    {"--train", "-m MODEL.gguf [--rank 8] [--seq 256] [--batch 1] [--threads N] [--steps 3] [--full]: LoRA\n"
+                "          training tokens/s, GFLOP/s and peak RSS (same as nomoat train --bench)",
+     bench_train},
     {"--curate", "[--docs N (1000000)] [--dups SHARE (0.1)] [--threads N] [--json]: exact + near (MinHash/LSH)\n"
                  "          de-duplication of generated short documents: time, recall, peak memory",
      bench_curate},
