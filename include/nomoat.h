@@ -744,6 +744,7 @@ typedef struct nm_lora_info {
     uint32_t targets;          /* bit p: projection p (q,k,v,o,gate,up,down) is adapted */
     int32_t n_layer, n_layers_adapted, n_modules;
     uint64_t n_params;
+    uint64_t file_bytes;       /* on disk (PEFT: both files), 0 if made in memory */
     const char *fingerprint;   /* of the content, the same in every format */
     const char *base_fingerprint; /* NULL: unknown */
     bool has_signature;        /* carries a base weight signature */
@@ -1033,8 +1034,8 @@ typedef struct nm_clean_params {
      * off.  Letters, digits: docs/CURATE.md. */
     double max_nonletter, max_digit;
     /* language: NULL (off) or "en": at least en_min_ascii of the letters are
-     * ASCII and, for texts of at least en_min_words words, at least
-     * en_min_stopwords of the words are English stop words */
+     * ASCII and, for texts of at least en_min_words words (with a letter),
+     * at least en_min_stopwords of those words are English stop words */
     const char *lang;
     double en_min_ascii, en_min_stopwords;
     int64_t en_min_words;

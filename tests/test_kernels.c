@@ -919,20 +919,39 @@ static void test_model_every_isa(nm_test *t) {
 #endif
 }
 
+/* Whether a comma-separated list names the test. */
+static bool listed(const char *list, const char *name) {
+    const size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const size_t len = strcspn(p, ",");
+        if (len == n && strncmp(p, name, n) == 0) return true;
+        p += len + (p[len] == ',');
+    }
+    return false;
+}
+
+/* NOMOAT_TEST_ONLY=a,b runs only those tests, NOMOAT_TEST_SKIP=a,b all but
+ * those (for slow emulated runs and debugging). */
+static void run(const char *name, nm_test_fn fn) {
+    const char *only = getenv("NOMOAT_TEST_ONLY"), *skip = getenv("NOMOAT_TEST_SKIP");
+    if ((only && *only && !listed(only, name)) || (skip && listed(skip, name))) return;
+    nm_test_run(name, fn);
+}
+
 int main(void) {
-    nm_test_run("f16_conversion", test_f16_conversion);
-    nm_test_run("kernels_random", test_kernels_random);
-    nm_test_run("kernels_real_tensors", test_kernels_real_tensors);
-    nm_test_run("matmul_threads", test_matmul_threads);
-    nm_test_run("mat_init_errors", test_mat_init_errors);
-    nm_test_run("pool", test_pool);
-    nm_test_run("isa_selection", test_isa_selection);
-    nm_test_run("act_extra", test_act_extra);
-    nm_test_run("isa_conversion", test_isa_conversion);
-    nm_test_run("isa_vs_scalar", test_isa_vs_scalar);
-    nm_test_run("isa_extreme_blocks", test_isa_extreme_blocks);
-    nm_test_run("matmul_t", test_matmul_t);
-    nm_test_run("isa_golden", test_isa_golden);
-    nm_test_run("model_every_isa", test_model_every_isa);
+    run("f16_conversion", test_f16_conversion);
+    run("kernels_random", test_kernels_random);
+    run("kernels_real_tensors", test_kernels_real_tensors);
+    run("matmul_threads", test_matmul_threads);
+    run("mat_init_errors", test_mat_init_errors);
+    run("pool", test_pool);
+    run("isa_selection", test_isa_selection);
+    run("act_extra", test_act_extra);
+    run("isa_conversion", test_isa_conversion);
+    run("isa_vs_scalar", test_isa_vs_scalar);
+    run("isa_extreme_blocks", test_isa_extreme_blocks);
+    run("matmul_t", test_matmul_t);
+    run("isa_golden", test_isa_golden);
+    run("model_every_isa", test_model_every_isa);
     return nm_test_finish();
 }

@@ -123,7 +123,10 @@ static void test_convert_api(nm_test *t) {
         CHECKF(t, nm_type_can_dequantize(deq[i]), "cannot dequantize %s", nm_type_name(deq[i]));
     for (size_t i = 0; i < sizeof quant / sizeof quant[0]; i++)
         CHECKF(t, nm_type_can_quantize(quant[i]), "cannot quantize %s", nm_type_name(quant[i]));
-    CHECK(t, !nm_type_can_dequantize(NM_TYPE_Q2_K) && !nm_type_can_quantize(NM_TYPE_Q4_K));
+    /* Q2_K and Q3_K are sized and copied only; Q8_K is an activation type
+     * (dequantizable, never a weight target) */
+    CHECK(t, !nm_type_can_dequantize(NM_TYPE_Q2_K) && !nm_type_can_quantize(NM_TYPE_Q2_K));
+    CHECK(t, !nm_type_can_quantize(NM_TYPE_Q3_K));
     CHECK(t, !nm_type_can_dequantize((nm_type)4) && !nm_type_can_quantize((nm_type)4));
 
     float x[64] = {0};
@@ -134,7 +137,7 @@ static void test_convert_api(nm_test *t) {
     CHECK(t, nm_dequantize(NM_TYPE_Q8_0, buf, x, -32, &err) == NM_ERR_ARG);
     CHECK(t, nm_dequantize(NM_TYPE_Q2_K, buf, x, 256, &err) == NM_ERR_UNSUPPORTED);
     CHECK(t, strstr(err.msg, "q2_k") != NULL);
-    CHECK(t, nm_quantize(NM_TYPE_Q6_K, x, buf, 256, &err) == NM_ERR_UNSUPPORTED);
+    CHECK(t, nm_quantize(NM_TYPE_Q3_K, x, buf, 256, &err) == NM_ERR_UNSUPPORTED);
     CHECK(t, nm_quantize((nm_type)5, x, buf, 32, &err) == NM_ERR_UNSUPPORTED);
     CHECK(t, nm_quantize(NM_TYPE_Q8_0, x, buf, 64, &err) == NM_OK);
     CHECK(t, nm_dequantize(NM_TYPE_Q8_0, buf, x, 0, &err) == NM_OK); /* nothing to do */

@@ -147,12 +147,18 @@ static void filter_task(void *arg, int ith, int nth) {
             norm.len = 0;
             nm_cu_normalize(d->text, d->len, &norm);
             const char *t = (const char *)norm.data;
+            /* words with a letter: numbers and symbols say nothing about
+             * the language */
             int64_t nw = 0, stop = 0;
             for (size_t a = 0; a < norm.len;) {
                 const char *sp = memchr(t + a, ' ', norm.len - a);
                 size_t e = sp ? (size_t)(sp - t) : norm.len;
-                nw++;
-                stop += nm_cu_is_en_stopword(t + a, e - a);
+                bool has_letter = false;
+                for (size_t k = a; k < e && !has_letter;) has_letter = nm_cu_is_letter(nm_cu_next(t, e, &k));
+                if (has_letter) {
+                    nw++;
+                    stop += nm_cu_is_en_stopword(t + a, e - a);
+                }
                 a = e + 1;
             }
             double ratio = nw ? (double)stop / (double)nw : 0.0;
@@ -476,10 +482,10 @@ void nm_clean_reason(const nm_docset *docs, const nm_clean_params *p, const nm_c
         break;
     case NM_CLEAN_LANG:
         if (r->detail[i] == 1)
-            snprintf(buf, cap, "not English: %.0f%% of its letters are ASCII (at least %.0f%%)", v * 100,
+            snprintf(buf, cap, "not English: %.1f%% of its letters are ASCII (at least %g%%)", v * 100,
                      p->en_min_ascii * 100);
         else
-            snprintf(buf, cap, "not English: %.0f%% of its words are English stop words (at least %.0f%%)", v * 100,
+            snprintf(buf, cap, "not English: %.1f%% of its words are English stop words (at least %g%%)", v * 100,
                      p->en_min_stopwords * 100);
         break;
     case NM_CLEAN_FORBID:

@@ -251,6 +251,7 @@ nm_status nm_gguf_lora_read_gguf(const nm_gguf *g, nm_lora **out, nm_err *err) {
         l->permute_qk = !(has && strcmp(rope, "neox") == 0);
     }
     l->format = "gguf";
+    l->file_bytes = nm_gguf_file_size(g);
     nm_lora_finish(l);
 done:
     free(tmp);

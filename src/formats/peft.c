@@ -364,6 +364,9 @@ nm_status nm_peft_read(const char *path, nm_lora **out, nm_err *err) {
         if ((st = nm_lora_set_row_order(l, false, err))) goto done;
     }
     l->format = "peft";
+    struct stat sb;
+    if (stat(wpath, &sb) == 0) l->file_bytes = (uint64_t)sb.st_size;
+    if (stat(cpath, &sb) == 0) l->file_bytes += (uint64_t)sb.st_size;
     nm_lora_finish(l);
 done:
     free(pairs);
@@ -452,6 +455,13 @@ nm_status nm_peft_write(const nm_lora *l, const char *dir, nm_type type, nm_err 
             p += (size_t)(m->r * m->out) * elt;
         }
     if (st) goto done;
+    if (mixed && l->alpha == 0.0f) { /* scale 1 everywhere is alpha = r per module: no single lora_alpha */
+        st = nm_err_set(err, NM_ERR_UNSUPPORTED,
+                        "%s: a GGUF LoRA without alpha whose modules have different ranks has no PEFT form (merge it "
+                        "into one rank first: nomoat adapter merge --rank N)",
+                        l->path ? l->path : "adapter");
+        goto done;
+    }
     char num[32];
     if ((st = nm_st_writer_meta(w, "format", "pt", err)) || (st = nm_st_writer_meta(w, "nomoat.lora_b_rows", "hf", err)))
         goto done;

@@ -628,6 +628,7 @@ void nm_lora_get_info(const nm_lora *l, nm_lora_info *info) {
     }
     info->scale = nm_lora_scale_for(l->alpha, l->rslora, l->rank);
     info->n_params = l->n_params;
+    info->file_bytes = l->file_bytes;
     info->fingerprint = l->fp;
     info->base_fingerprint = l->has_base_fp ? l->base_fp : NULL;
     info->has_signature = l->base_sig != NULL;
@@ -663,8 +664,11 @@ nm_status nm_lora_describe(const nm_lora *l, bool json, char **out, nm_err *err)
                       in.rank_min, (double)in.alpha, in.rslora ? "true" : "false", (double)in.scale);
         nm_buf_printf(&b, ", \"targets\": \"%s\", \"layers\": %d, \"layers_adapted\": %d, \"modules\": %d", targets,
                       in.n_layer, in.n_layers_adapted, in.n_modules);
-        nm_buf_printf(&b, ", \"params\": %llu, \"bytes_f32\": %llu, \"fingerprint\": \"%s\", \"base_fingerprint\": ",
-                      (unsigned long long)in.n_params, (unsigned long long)in.n_params * 4, in.fingerprint);
+        nm_buf_printf(&b,
+                      ", \"params\": %llu, \"bytes_f32\": %llu, \"file_bytes\": %llu, \"fingerprint\": \"%s\", "
+                      "\"base_fingerprint\": ",
+                      (unsigned long long)in.n_params, (unsigned long long)in.n_params * 4,
+                      (unsigned long long)in.file_bytes, in.fingerprint);
         if (in.base_fingerprint)
             nm_buf_printf(&b, "\"%s\"", in.base_fingerprint);
         else
@@ -689,7 +693,9 @@ nm_status nm_lora_describe(const nm_lora *l, bool json, char **out, nm_err *err)
                       in.rslora ? ", rsLoRA: alpha/sqrt(r)" : "", (double)in.scale, in.rank);
         nm_buf_printf(&b, "targets:      %s in %d of %d layers (%d modules)\n", targets, in.n_layers_adapted,
                       in.n_layer, in.n_modules);
-        nm_buf_printf(&b, "size:         %llu parameters, %.2f MiB as F32\n", (unsigned long long)in.n_params, mib);
+        nm_buf_printf(&b, "size:         %llu parameters, %.2f MiB as F32", (unsigned long long)in.n_params, mib);
+        if (in.file_bytes) nm_buf_printf(&b, ", %.2f MiB on disk", (double)in.file_bytes / 1048576.0);
+        nm_buf_printf(&b, "\n");
         nm_buf_printf(&b, "fingerprint:  %s\n", in.fingerprint);
         if (in.base_fingerprint)
             nm_buf_printf(&b, "base:         fingerprint %s%s%s%s\n", in.base_fingerprint, in.base_name ? " (" : "",

@@ -67,6 +67,7 @@ struct nm_lora {
     size_t n_under;
     char fp[NM_FP_HEX];      /* content fingerprint */
     uint64_t n_params;
+    uint64_t file_bytes;     /* size on disk when read from files (0: in memory) */
     float *arena;
 };
 

@@ -49,8 +49,8 @@ char *srv_error_json(const srv_error *e);
 /* ---- adapters and stacks ---- */
 /* An adapter given with --lora NAME=PATH: a PEFT directory
  * (adapter_config.json + adapter_model.safetensors) or a llama.cpp GGUF LoRA
- * file, checked at start-up.  Applying it to the forward pass is the
- * adapter issue's part (see sched.c: slot_set_stack). */
+ * file, checked and loaded at start-up (srv_lib.loras), attached to the slot
+ * of each request that names it (sched.c: slot_set_stack). */
 typedef struct srv_adapter {
     char *name;
     char *path;
@@ -78,6 +78,7 @@ typedef struct srv_lib {
     const char *model_id;  /* the base model's id (alias or file name) */
     srv_adapter *adapters;
     size_t n_adapters;
+    nm_lora **loras;       /* [n_adapters]: adapter i loaded for the model (server.c) */
     srv_named_stack *stacks;
     size_t n_stacks;
 } srv_lib;

@@ -188,22 +188,16 @@ static int32_t common_prefix(const int32_t *a, int32_t na, const int32_t *b, int
 }
 
 /*
- * Puts the adapter stack st on the slot's forward pass.  The stack has been
- * resolved against the loaded adapters (names checked, scales parsed); what
- * is missing is the model API to run a forward pass with per-context LoRA
- * deltas, which the adapter issue adds.  Until then a request that asks for
- * adapters gets a clear 501 instead of base-model output under an adapter's
- * name.
+ * Puts the adapter stack st on the slot's forward pass: the stack has been
+ * resolved against the loaded adapters (names checked, scales parsed); the
+ * slot's context gets it (n = 0: none), and the batched step applies each
+ * context's own stack to its own rows (nm_model_proj).
  */
 static nm_status slot_set_stack(nm_server *s, srv_slot *slot, const srv_stack *st, nm_err *err) {
-    (void)slot;
-    if (st->n == 0) return NM_OK;
-    char name[256];
-    srv_stack_str(&s->lib, st, name, sizeof name);
-    return nm_err_set(err, NM_ERR_UNSUPPORTED,
-                      "'%s': this build loads and resolves LoRA adapters but cannot apply them yet "
-                      "(the per-request adapter forward pass is not implemented)",
-                      name);
+    nm_lora_entry items[SRV_MAX_STACK];
+    for (int32_t i = 0; i < st->n; i++)
+        items[i] = (nm_lora_entry){s->lib.loras[st->item[i].adapter], st->item[i].scale};
+    return nm_context_set_loras(slot->ctx, items, (size_t)st->n, err);
 }
 
 /* Log-probabilities of the raw distribution: the chosen token and the top

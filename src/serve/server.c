@@ -677,8 +677,9 @@ static nm_status load_library(nm_server *s, const nm_serve_params *p, nm_err *er
     srv_lib *lib = &s->lib;
     lib->model_id = s->model_id;
     lib->adapters = nm_calloc(p->n_loras ? p->n_loras : 1, sizeof *lib->adapters);
+    lib->loras = nm_calloc(p->n_loras ? p->n_loras : 1, sizeof *lib->loras);
     lib->stacks = nm_calloc(p->n_stacks ? p->n_stacks : 1, sizeof *lib->stacks);
-    if (!lib->adapters || !lib->stacks) return nm_err_set(err, NM_ERR_NOMEM, "serve: out of memory");
+    if (!lib->adapters || !lib->loras || !lib->stacks) return nm_err_set(err, NM_ERR_NOMEM, "serve: out of memory");
     for (size_t i = 0; i < p->n_loras; i++) {
         const nm_serve_lora *l = &p->loras[i];
         if (!srv_valid_name(lib, l->name))
@@ -691,6 +692,8 @@ static nm_status load_library(nm_server *s, const nm_serve_params *p, nm_err *er
                 return nm_err_set(err, NM_ERR_ARG, "adapter name '%s' is given twice", l->name);
         const char *format = NULL;
         nm_status st = check_adapter(l->path, &format, err);
+        /* loaded once, shared read-only by every slot's context */
+        if (st == NM_OK) st = nm_lora_load(s->model, l->path, false, &s->log, &lib->loras[lib->n_adapters], err);
         if (st != NM_OK) return st;
         srv_adapter *a = &lib->adapters[lib->n_adapters++];
         a->format = format;
@@ -894,7 +897,9 @@ void nm_server_free(nm_server *s) {
     for (size_t i = 0; i < s->lib.n_adapters; i++) {
         free(s->lib.adapters[i].name);
         free(s->lib.adapters[i].path);
+        nm_lora_free(s->lib.loras[i]); /* the slots' contexts are gone */
     }
+    free(s->lib.loras);
     for (size_t i = 0; i < s->lib.n_stacks; i++) free(s->lib.stacks[i].name);
     free(s->lib.adapters);
     free(s->lib.stacks);

@@ -72,5 +72,10 @@ void nm_quant_q4_1(const float *src, void *dst, int64_t n);
 void nm_quant_q5_0(const float *src, void *dst, int64_t n);
 void nm_quant_q5_1(const float *src, void *dst, int64_t n);
 void nm_quant_q8_0(const float *src, void *dst, int64_t n);
+/* K-quants (quants_k.c): ggml's quantize_row_q4_K_ref / q5_K_ref /
+ * q6_K_ref arithmetic (no importance matrix). */
+void nm_quant_q4_k(const float *src, void *dst, int64_t n);
+void nm_quant_q5_k(const float *src, void *dst, int64_t n);
+void nm_quant_q6_k(const float *src, void *dst, int64_t n);
 
 #endif

@@ -181,16 +181,26 @@ describe("openai client", () => {
     await assert.rejects(client.completions.create({ ...base, model: nine }), (e) => e.status === 400);
   });
 
-  test("known adapter stacks resolve, and say plainly that applying them is not implemented yet", async () => {
-    for (const model of ["base+tone", "base+facts:0.5+tone", "duo", "tone:0.25", "stories260K+tone"]) {
-      await assert.rejects(client.completions.create({ model, prompt: "Hi", max_tokens: 4 }),
-        (e) => e.status === 501 && e.code === "not_implemented" && /cannot apply/.test(e.message), model);
-    }
-    await assert.rejects(client.completions.create({ model: "base", adapters: [{ name: "tone", scale: 0.5 }], prompt: "Hi", max_tokens: 4 }),
-      (e) => e.status === 501);
+  test("adapter stacks apply per request: scale 0 is the base, each request keeps its own stack in a shared batch", async () => {
+    const ask = (model, extra = {}) => client.completions.create({ model, prompt: "Once upon a time", max_tokens: 6,
+      temperature: 0, logprobs: 1, logit_bias: NO_EOS, ...extra });
+    const lp = (r) => r.choices[0].logprobs.token_logprobs;
+    const base = await ask("base");
+    assert.deepEqual(lp(await ask("base+tone:0")), lp(base));
     // "base" and the model's own name select no adapters.
-    const r = await client.completions.create({ model: "base", adapters: [], prompt: "Hi", max_tokens: 4, logit_bias: NO_EOS });
-    assert.equal(r.usage.completion_tokens, 4);
+    assert.deepEqual(lp(await ask("stories260K", { adapters: [] })), lp(base));
+    const models = ["base+tone", "base+facts:0.5+tone", "duo", "tone:0.25", "stories260K+tone"];
+    const alone = [];
+    for (const model of models) {
+      const r = await ask(model);
+      assert.notDeepEqual(lp(r), lp(base), model);
+      alone.push(lp(r));
+    }
+    assert.deepEqual(alone[4], alone[0]);
+    // the same requests at once: one batched pass per step, a stack per slot
+    const together = await Promise.all(models.map((m) => ask(m)));
+    together.forEach((r, i) => assert.deepEqual(lp(r), alone[i], models[i]));
+    assert.deepEqual(lp(await ask("base", { adapters: [{ name: "tone", scale: 1 }] })), alone[0]);
   });
 });
 
