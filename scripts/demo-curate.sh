@@ -76,8 +76,8 @@ step "1. Generate: $N stories per opening (16 openings), seed $SEED"
 step "2. Held-out stories (other openings and seeds), split into those with and without a dog"
 "$NM" curate generate -m "$M" --prompts "$W/heldout-openings.txt" -n "$HN" --max-tokens "$TOK" \
     --seed $((SEED + 1000)) -o "$W/heldout.jsonl"
-"$NM" curate score --in "$W/heldout.jsonl" --must-match "$DOG" --format text -o "$W/heldout-dog.txt" | head -n 1
-"$NM" curate score --in "$W/heldout.jsonl" --must-not-match "$DOG" --format text -o "$W/heldout-other.txt" | head -n 1
+"$NM" curate score --in "$W/heldout.jsonl" --must-match "$DOG" --format text -o "$W/heldout-dog.txt" > "$W/score-dog.log"; head -n 1 "$W/score-dog.log"
+"$NM" curate score --in "$W/heldout.jsonl" --must-not-match "$DOG" --format text -o "$W/heldout-other.txt" > "$W/score-other.log"; head -n 1 "$W/score-other.log"
 
 step "3. Score and keep: a dog must appear (regex gate), the judge's mean log-probability >= -1.2"
 "$NM" curate score --in "$W/candidates.jsonl" --must-match "$DOG" --judge "$M" --judge-min -1.2 \

@@ -14,7 +14,8 @@ step "1. Import the llama2.c checkpoint and its tokenizer into GGUF"
 "$NM" convert "$SHARED/models/stories260K.bin" --tokenizer "$SHARED/models/tok512.bin" -o "$OUT/stories260K.gguf"
 
 step "2. Inspect it"
-"$NM" info "$OUT/stories260K.gguf" | head -n 24
+"$NM" info "$OUT/stories260K.gguf" > "$OUT/info.txt"   # (no pipe into head: SIGPIPE under pipefail)
+head -n 24 "$OUT/info.txt"
 
 step "2b. The import equals llama.cpp's conversion of the same checkpoint, byte for byte"
 cmp "$SHARED/models/stories260K.gguf" "$OUT/stories260K.gguf" && echo "byte-identical to ../shared/models/stories260K.gguf"
@@ -24,7 +25,8 @@ step "3. Round trip: rewriting the reference GGUF gives the same bytes"
 cmp "$SHARED/models/stories260K.gguf" "$OUT/roundtrip.gguf" && echo "byte-identical"
 
 step "4. Quantize the weights to Q8_0 (rows that do not fit 32-blocks stay F32)"
-"$NM" convert "$OUT/stories260K.gguf" --type q8_0 -o "$OUT/stories260K-q8_0.gguf" 2>&1 | tail -n 1
+"$NM" convert "$OUT/stories260K.gguf" --type q8_0 -o "$OUT/stories260K-q8_0.gguf" 2> "$OUT/convert.log"
+tail -n 1 "$OUT/convert.log"
 ls -l "$OUT/stories260K.gguf" "$OUT/stories260K-q8_0.gguf" | awk '{print $5, $9}'
 
 step "5. Tokenize a prompt with the model's own SentencePiece vocabulary"
@@ -79,6 +81,13 @@ step "12. Keep training on top of the stack: a new adapter over frozen nomo, rec
 "$NM" train -m "$OUT/stories260K.gguf" --data "$OUT/shakespeare.txt" --lora "$OUT/nomo" --out "$OUT/bard-on-nomo" \
     --steps 20 --lr 5e-3 --rank 4 --alpha 8 --seq 128 --batch 4 --quiet
 "$NM" adapter info "$OUT/bard-on-nomo" | grep -E "base:|trained on:"
+
+step "13. Data quality over data size: curate dog stories, train on them, measure (small scale, ~2 min)"
+# scripts/demo-curate.sh at the scale of its test; unset the DEMO_* variables
+# for the full-size run shown in docs/CURATE.md
+DEMO_SEED=${DEMO_SEED:-7} DEMO_CANDIDATES=${DEMO_CANDIDATES:-16} DEMO_HELDOUT=${DEMO_HELDOUT:-16} \
+DEMO_MAX_TOKENS=${DEMO_MAX_TOKENS:-160} DEMO_SAMPLES=${DEMO_SAMPLES:-50} \
+    scripts/demo-curate.sh "$BUILD" "$OUT/curate"
 
 echo
 echo "demo finished; files are in $OUT"
