@@ -10,6 +10,8 @@ PKGS=(
   libmicrohttpd-dev               # HTTP server of nomoat serve
   chromium                        # headless browser test of the serve chat page
   clang libclang-rt-14-dev        # libFuzzer and sanitizer runtimes
+  gcc-aarch64-linux-gnu qemu-user libc6-dev-arm64-cross  # ARM cross build, tests under qemu (make cross-aarch64)
+  libjansson-dev:arm64 libpcre2-dev:arm64 libmicrohttpd-dev:arm64  # its libraries (needs: dpkg --add-architecture arm64)
 )
 
 missing=()
@@ -49,6 +51,12 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+# The :arm64 libraries of the cross build need arm64 as a foreign
+# architecture (and fresh package lists that include it).
+if printf '%s\n' "${missing[@]}" | grep -q ':arm64$' && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+  apt-get update
+fi
 if ! apt-get install -y --no-install-recommends "${missing[@]}"; then
   apt-get update
   apt-get install -y --no-install-recommends "${missing[@]}"

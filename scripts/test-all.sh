@@ -32,6 +32,14 @@ if build SAN=1 all tests; then
 else
   echo "[asan+ubsan] build failed"; total_f=$((total_f + 1))
 fi
+# ---- aarch64 under qemu (kernels, issue 7): cross build, then the kernel,
+# type, quantization and model tests on emulated ARM cores ----
+if build cross-aarch64; then
+  phase aarch64 scripts/test-aarch64.sh build-aarch64
+else
+  echo "[aarch64] cross build failed"; total_f=$((total_f + 1))
+fi
+# ---- end aarch64 ----
 phase fuzz make --no-print-directory fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
 echo "== all phases =="
 echo "$total_p passed, $total_f failed"

@@ -738,6 +738,58 @@ static void test_matmul_t(nm_test *t) {
     for (int p = 0; p < 3; p++) nm_pool_free(pools[p]);
 }
 
+/* Distance in units in the last place between two finite floats. */
+static int64_t ulps(float a, float b) {
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    if (ia < 0) ia = INT32_MIN - ia;
+    if (ib < 0) ib = INT32_MIN - ib;
+    return ia > ib ? (int64_t)ia - ib : (int64_t)ib - ia;
+}
+
+/* The attention helpers of every level against the scalar loops (src/model's
+ * arithmetic): exact products added in double, in another order, so each
+ * float result is the scalar one or its neighbour. */
+static void test_attention(nm_test *t) {
+    static const int64_t hds[] = {8, 64, 100, 128};
+    static const int64_t ns[] = {1, 7, 300};
+    nm_rng r;
+    nm_rng_seed(&r, 31);
+    const nm_attn_kernel *ref = nm_attn_kernel_get(NM_ISA_SCALAR);
+    for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
+        if (!nm_isa_available((nm_isa)isa)) continue;
+        const nm_attn_kernel *k = nm_attn_kernel_get((nm_isa)isa);
+        for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+                const int64_t hd = hds[hi], n = ns[ni], stride = hd * 3; /* a head inside a wider cache row */
+                float *q = malloc(sizeof(float) * (size_t)hd), *w = malloc(sizeof(float) * (size_t)n);
+                uint16_t *cache = malloc(sizeof(uint16_t) * (size_t)(n * stride));
+                float *s0 = malloc(sizeof(float) * (size_t)n), *s1 = malloc(sizeof(float) * (size_t)n);
+                float *o0 = malloc(sizeof(float) * (size_t)hd), *o1 = malloc(sizeof(float) * (size_t)hd);
+                for (int64_t i = 0; i < hd; i++) q[i] = nm_f16_to_f32(nm_f32_to_f16((float)nm_rng_normal(&r)));
+                for (int64_t i = 0; i < n; i++) w[i] = nm_f16_to_f32(nm_f32_to_f16((float)nm_rng_uniform(&r) / (float)n));
+                for (int64_t i = 0; i < n * stride; i++) cache[i] = nm_f32_to_f16((float)nm_rng_normal(&r));
+                ref->scores(q, cache + hd, (size_t)stride, n, hd, 0.125f, s0);
+                k->scores(q, cache + hd, (size_t)stride, n, hd, 0.125f, s1);
+                ref->values(w, cache + hd, (size_t)stride, n, hd, o0);
+                k->values(w, cache + hd, (size_t)stride, n, hd, o1);
+                int64_t worst = 0;
+                for (int64_t i = 0; i < n; i++) worst = ulps(s0[i], s1[i]) > worst ? ulps(s0[i], s1[i]) : worst;
+                for (int64_t i = 0; i < hd; i++) worst = ulps(o0[i], o1[i]) > worst ? ulps(o0[i], o1[i]) : worst;
+                CHECKF(t, worst <= 1, "%s attention, head %lld, %lld keys: %lld ulps from the scalar loops",
+                       nm_isa_name((nm_isa)isa), (long long)hd, (long long)n, (long long)worst);
+                free(q);
+                free(w);
+                free(cache);
+                free(s0);
+                free(s1);
+                free(o0);
+                free(o1);
+            }
+    }
+}
+
 /* ---- golden logits at every level, in process ---- */
 
 typedef struct golden_case {
@@ -951,6 +1003,7 @@ int main(void) {
     run("isa_vs_scalar", test_isa_vs_scalar);
     run("isa_extreme_blocks", test_isa_extreme_blocks);
     run("matmul_t", test_matmul_t);
+    run("attention", test_attention);
     run("isa_golden", test_isa_golden);
     run("model_every_isa", test_model_every_isa);
     return nm_test_finish();

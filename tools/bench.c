@@ -7,9 +7,11 @@
  *       over N runs of nm_tokenize on the whole file, by wall time and by
  *       the thread's CPU time (tokenizing is single-threaded).
  *
- *   nomoat bench [--infer] -m MODEL.gguf [-p 512] [-n 128] [--threads N] [--reps N] [--json]
+ *   nomoat bench [--infer] -m MODEL.gguf [-p 512] [-n 128] [--threads N] [--reps N]
+ *                [--no-roofline] [--bw-mb N] [--json]
  *       inference speed, the default mode: prompt processing (one batch of
- *       -p tokens) and generation (-n tokens one by one), median tokens/s.
+ *       -p tokens) and generation (-n tokens one by one), median tokens/s,
+ *       each as a fraction of its roofline measured in the same run.
  *
  *   nomoat bench --curate [--docs N] [--dups SHARE] [--threads N] [--json]
  *       exact + near de-duplication of N generated short documents (a
@@ -17,7 +19,9 @@
  */
 #include "cli.h"
 #include "base/base.h"
+#include "base/threads.h"
 #include "curate/curate.h"
+#include "tensor/kernels.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -136,14 +140,48 @@ static int bench_tokenize(int argc, char **argv) {
 
 /* ---- --model (the default): prompt processing and generation speed ---- */
 
+/* What one token costs the weight matrices: the bytes generation reads
+ * (every matrix once; the embedding table only when it is also the output)
+ * and the multiply-adds of the products, with whether most of those are on
+ * quantized weights (8-bit dot products) or float ones (F32 FMA). */
+typedef struct token_cost {
+    double bytes, macs;
+    bool int8;
+} token_cost;
+
+static token_cost model_cost(const nm_gguf *g) {
+    token_cost c = {0, 0, false};
+    double quant_macs = 0;
+    const bool tied = nm_gguf_find_tensor(g, "output.weight") == NULL;
+    for (int64_t i = 0; i < nm_gguf_n_tensors(g); i++) {
+        const nm_gguf_tensor *t = nm_gguf_tensor_at(g, i);
+        const size_t n = strlen(t->name);
+        if (t->n_dims < 2 || n < 7 || strcmp(t->name + n - 7, ".weight") != 0) continue;
+        if (!tied && !strcmp(t->name, "token_embd.weight")) continue;
+        const double macs = (double)t->ne[0] * (double)t->ne[1];
+        c.bytes += (double)t->nbytes;
+        c.macs += macs;
+        if (t->type != NM_TYPE_F32 && t->type != NM_TYPE_F16 && t->type != NM_TYPE_BF16) quant_macs += macs;
+    }
+    c.int8 = quant_macs > c.macs / 2;
+    return c;
+}
+
 /* Like llama-bench: random token ids (speed does not depend on them), a
  * warm-up pass that also pages the mapped weights in, then per repetition a
  * prompt of n_prompt tokens decoded as one batch from an empty cache, and
- * n_gen tokens decoded one at a time from an empty cache. */
+ * n_gen tokens decoded one at a time from an empty cache.
+ *
+ * Rooflines (unless --no-roofline): the same run measures the machine's
+ * memory read bandwidth and its peak multiply-add rates with the pool's
+ * threads (nm_measure_machine, before and after the timed runs, best
+ * kept), then reports generation as a fraction of bandwidth / bytes read
+ * per token and prompt processing as a fraction of peak / multiply-adds
+ * per token (weight products only; attention is extra work on top). */
 static int bench_model(int argc, char **argv) {
     const char *model = NULL;
-    int64_t n_prompt = 512, n_gen = 128, n_threads = 0, reps = 5;
-    bool json = false;
+    int64_t n_prompt = 512, n_gen = 128, n_threads = 0, reps = 5, bw_mb = 512;
+    bool json = false, roofline = true;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
@@ -154,6 +192,11 @@ static int bench_model(int argc, char **argv) {
             int64_t lo = dst == &reps ? 1 : 0;
             if (!(v = cli_value(argc, argv, &i))) return 2;
             if (!cli_parse_i64(v, lo, 1 << 20, dst)) return cli_usage("bench", "%s needs a count, got '%s'", a, v);
+        } else if (!strcmp(a, "--bw-mb")) {
+            if (!(v = cli_value(argc, argv, &i))) return 2;
+            if (!cli_parse_i64(v, 16, 1 << 16, &bw_mb)) return cli_usage("bench", "--bw-mb needs MiB from 16, got '%s'", v);
+        } else if (!strcmp(a, "--no-roofline")) {
+            roofline = false;
         } else if (!strcmp(a, "--json")) {
             json = true;
         } else {
@@ -167,12 +210,16 @@ static int bench_model(int argc, char **argv) {
     nm_log log = cli_logger(false);
     nm_model *m = NULL;
     nm_context *c = NULL;
+    nm_pool *probe_pool = NULL;
     int32_t *ids = NULL;
     double *pp = NULL, *tg = NULL;
     int rc = 1;
+    nm_isa isa;
+    if (nm_isa_select(&isa, &err)) goto out;
     if (nm_model_load(model, &log, &m, &err)) goto out;
     nm_model_info info;
     nm_model_get_info(m, &info);
+    const token_cost cost = model_cost(nm_model_gguf(m));
     nm_context_params cp = nm_context_default_params();
     const int64_t longest = n_prompt > n_gen ? n_prompt : n_gen;
     cp.n_ctx = (int32_t)(longest > 16 ? longest : 16);
@@ -191,6 +238,12 @@ static int bench_model(int argc, char **argv) {
     for (int64_t i = 0; i <= longest; i++) ids[i] = (int32_t)(nm_rng_u64(&rng) % (uint64_t)info.n_vocab);
     /* warm-up */
     if (nm_decode(c, ids, (int32_t)(n_prompt > 0 && n_prompt < 16 ? n_prompt : 16), &err)) goto out;
+    nm_machine_peaks peaks = {0};
+    if (roofline) {
+        if (nm_pool_new(nm_context_n_threads(c), &probe_pool, &err) ||
+            nm_measure_machine(probe_pool, isa, (size_t)bw_mb << 20, &peaks, &err))
+            goto out;
+    }
     for (int64_t r = 0; r < reps; r++) {
         if (n_prompt > 0) {
             nm_context_truncate(c, 0, NULL);
@@ -206,10 +259,20 @@ static int bench_model(int argc, char **argv) {
             tg[r] = (double)n_gen / (now_s() - t);
         }
     }
+    if (roofline) { /* again, the best of both: a conservative fraction */
+        nm_machine_peaks again;
+        if (nm_measure_machine(probe_pool, isa, (size_t)bw_mb << 20, &again, &err)) goto out;
+        if (again.read_bytes_s > peaks.read_bytes_s) peaks.read_bytes_s = again.read_bytes_s;
+        if (again.fma_s > peaks.fma_s) peaks.fma_s = again.fma_s;
+        if (again.int8_s > peaks.int8_s) peaks.int8_s = again.int8_s;
+    }
     qsort(pp, (size_t)reps, sizeof *pp, cmp_double);
     qsort(tg, (size_t)reps, sizeof *tg, cmp_double);
     double pp_med = reps % 2 ? pp[reps / 2] : 0.5 * (pp[reps / 2 - 1] + pp[reps / 2]);
     double tg_med = reps % 2 ? tg[reps / 2] : 0.5 * (tg[reps / 2 - 1] + tg[reps / 2]);
+    const double peak = cost.int8 ? peaks.int8_s : peaks.fma_s;
+    const double pp_frac = roofline && peak > 0 ? pp_med * cost.macs / peak : 0;
+    const double tg_frac = roofline && peaks.read_bytes_s > 0 ? tg_med * cost.bytes / peaks.read_bytes_s : 0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     if (json) {
@@ -218,22 +281,43 @@ static int bench_model(int argc, char **argv) {
         nm_buf_printf(&b, "{\"mode\": \"model\", \"model\": ");
         nm_buf_json_str(&b, model, strlen(model));
         nm_buf_printf(&b,
-                      ", \"params\": %llu, \"weight_bytes\": %llu, \"threads\": %d, \"reps\": %lld, \"n_prompt\": %lld, "
-                      "\"n_gen\": %lld, \"pp_tokens_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, \"tg_tokens_s\": "
-                      "%.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, \"peak_rss_bytes\": %lld}\n",
+                      ", \"params\": %llu, \"weight_bytes\": %llu, \"threads\": %d, \"isa\": \"%s\", \"reps\": %lld, "
+                      "\"n_prompt\": %lld, \"n_gen\": %lld, \"pp_tokens_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, "
+                      "\"tg_tokens_s\": %.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, \"peak_rss_bytes\": %lld, "
+                      "\"bytes_per_token\": %.0f, \"macs_per_token\": %.0f, \"pp_peak\": \"%s\"",
                       (unsigned long long)info.n_params, (unsigned long long)info.weight_bytes,
-                      nm_context_n_threads(c), (long long)reps, (long long)n_prompt, (long long)n_gen, pp_med, pp[0],
-                      pp[reps - 1], tg_med, tg[0], tg[reps - 1], (long long)ru.ru_maxrss * 1024);
+                      nm_context_n_threads(c), nm_isa_name(isa), (long long)reps, (long long)n_prompt, (long long)n_gen,
+                      pp_med, pp[0], pp[reps - 1], tg_med, tg[0], tg[reps - 1], (long long)ru.ru_maxrss * 1024,
+                      cost.bytes, cost.macs, cost.int8 ? "int8" : "f32_fma");
+        if (roofline)
+            nm_buf_printf(&b,
+                          ", \"read_bytes_s\": %.0f, \"fma_s\": %.0f, \"int8_s\": %.0f, \"pp_roofline_fraction\": %.4f, "
+                          "\"tg_roofline_fraction\": %.4f",
+                          peaks.read_bytes_s, peaks.fma_s, peaks.int8_s, pp_frac, tg_frac);
+        nm_buf_printf(&b, "}\n");
         if (!b.oom) fwrite(b.data, 1, b.len, stdout);
         nm_buf_deinit(&b);
     } else {
-        printf("model: %s (%s, %.1fM parameters, %.1f MiB of weights), %d threads, %lld reps\n", model, info.arch,
-               info.n_params / 1e6, info.weight_bytes / 1048576.0, nm_context_n_threads(c), (long long)reps);
-        if (n_prompt > 0)
-            printf("  pp%-5lld %10.2f tokens/s (min %.2f, max %.2f)\n", (long long)n_prompt, pp_med, pp[0],
-                   pp[reps - 1]);
-        if (n_gen > 0)
-            printf("  tg%-5lld %10.2f tokens/s (min %.2f, max %.2f)\n", (long long)n_gen, tg_med, tg[0], tg[reps - 1]);
+        printf("model: %s (%s, %.1fM parameters, %.1f MiB of weights), %d threads, %s kernels, %lld reps\n", model,
+               info.arch, info.n_params / 1e6, info.weight_bytes / 1048576.0, nm_context_n_threads(c),
+               nm_isa_name(isa), (long long)reps);
+        if (n_prompt > 0) {
+            printf("  pp%-5lld %10.2f tokens/s (min %.2f, max %.2f)", (long long)n_prompt, pp_med, pp[0], pp[reps - 1]);
+            if (roofline)
+                printf("   %5.1f%% of the %s peak (%.2f G multiply-adds a token)", 100 * pp_frac,
+                       cost.int8 ? "int8 dot-product" : "F32 FMA", cost.macs / 1e9);
+            printf("\n");
+        }
+        if (n_gen > 0) {
+            printf("  tg%-5lld %10.2f tokens/s (min %.2f, max %.2f)", (long long)n_gen, tg_med, tg[0], tg[reps - 1]);
+            if (roofline)
+                printf("   %5.1f%% of memory bandwidth (%.1f MB read a token)", 100 * tg_frac, cost.bytes / 1e6);
+            printf("\n");
+        }
+        if (roofline)
+            printf("  machine (%s, %d threads): memory read %.1f GB/s, F32 FMA %.1f G/s, int8 dot product %.1f G "
+                   "multiply-adds/s\n",
+                   nm_isa_name(isa), peaks.threads, peaks.read_bytes_s / 1e9, peaks.fma_s / 1e9, peaks.int8_s / 1e9);
         printf("  peak RSS %.1f MiB\n", ru.ru_maxrss / 1024.0);
     }
     rc = 0;
@@ -242,6 +326,7 @@ out:
     free(ids);
     free(pp);
     free(tg);
+    nm_pool_free(probe_pool);
     nm_context_free(c);
     nm_model_free(m);
     return rc;
@@ -532,8 +617,12 @@ static int bench_train(int argc, char **argv) {
 }
 
 static const bench_mode MODES[] = {
-    {"--infer", "-m MODEL.gguf [-p 512] [-n 128] [--threads N] [--reps N] [--json]: prompt processing\n"
-                "          and generation speed, median tokens/s (the default: --infer may be left out)",
+    {"--infer", "-m MODEL.gguf [-p 512] [-n 128] [--threads N] [--reps N] [--no-roofline] [--bw-mb 512] [--json]:\n"
+                "          prompt processing and generation speed, median tokens/s (the default: --infer may be\n"
+                "          left out), each as a fraction of its roofline measured in the same run with the same\n"
+                "          threads: generation x bytes read a token / memory read bandwidth, prompt processing x\n"
+                "          multiply-adds a token / peak rate (int8 dot product for quantized weights, F32 FMA\n"
+                "          for float ones); --bw-mb sizes the bandwidth buffer",
      bench_model},
     {"--tokenize", "-m MODEL.gguf -f FILE [--reps N] [--json]: tokenizer throughput (median MB/s)", bench_tokenize},
     {"--train", "-m MODEL.gguf [--rank 8] [--seq 256] [--batch 1] [--threads N] [--steps 3] [--full]: LoRA\n"

@@ -7,8 +7,10 @@
  * (or sub-block) and applies the float scales once per block: that is both
  * llama.cpp's arithmetic and the shape a SIMD version will keep.
  *
- * The loops are plain and fixed-length so the compiler can vectorise them;
- * dedicated SIMD variants are future rows of the same table. */
+ * The loops are plain and fixed-length so the compiler can vectorise them.
+ * These are the reference the SIMD levels (kernels_avx2.c, kernels_avx512.c,
+ * kernels_neon.c) are tested against; this file also holds the activation
+ * conversions, instruction-set detection and the dispatch tables. */
 #include "kernels.h"
 #include "kernels_impl.h"
 #include "quants.h"
@@ -484,17 +486,17 @@ static void rows_q5_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generi
 static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_q6_k); }
 
 static const nm_mm_kernel SCALAR_MM[NM_TYPE_COUNT] = {
-    [NM_TYPE_F32] = {NM_TYPE_F32, false, 1, NM_ISA_SCALAR, rows_f32},
-    [NM_TYPE_F16] = {NM_TYPE_F16, false, 1, NM_ISA_SCALAR, rows_f16},
-    [NM_TYPE_BF16] = {NM_TYPE_BF16, false, 1, NM_ISA_SCALAR, rows_bf16},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q4_0},
-    [NM_TYPE_Q4_1] = {NM_TYPE_Q8_1, false, 1, NM_ISA_SCALAR, rows_q4_1},
-    [NM_TYPE_Q5_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q5_0},
-    [NM_TYPE_Q5_1] = {NM_TYPE_Q8_1, false, 1, NM_ISA_SCALAR, rows_q5_1},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q8_0},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q4_k},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q5_k},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q6_k},
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 1, NM_ISA_SCALAR, rows_f32, NULL, NULL},
+    [NM_TYPE_F16] = {NM_TYPE_F16, false, 1, NM_ISA_SCALAR, rows_f16, NULL, NULL},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, false, 1, NM_ISA_SCALAR, rows_bf16, NULL, NULL},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q4_0, NULL, NULL},
+    [NM_TYPE_Q4_1] = {NM_TYPE_Q8_1, false, 1, NM_ISA_SCALAR, rows_q4_1, NULL, NULL},
+    [NM_TYPE_Q5_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q5_0, NULL, NULL},
+    [NM_TYPE_Q5_1] = {NM_TYPE_Q8_1, false, 1, NM_ISA_SCALAR, rows_q5_1, NULL, NULL},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q8_0, NULL, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q4_k, NULL, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q5_k, NULL, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q6_k, NULL, NULL},
 };
 
 const nm_mm_kernel *nm_mm_kernel_get(uint32_t weight_type, nm_isa isa) {
@@ -531,6 +533,40 @@ nm_nn_fn nm_nn_kernel(nm_isa isa) {
     default: break;
     }
     return f ? f : nn_scalar;
+}
+
+/* The scalar attention loops: src/model's, element by element. */
+static void attn_scores_scalar(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
+                               float *scores) {
+    for (int64_t p = 0; p < n; p++, k += stride) {
+        double dot = 0.0;
+        for (int64_t i = 0; i < hd; i++) dot += q[i] * nm_half_to_f32(k[i]);
+        scores[p] = (float)dot * scale;
+    }
+}
+
+static void attn_values_scalar(const float *w, const uint16_t *v, size_t stride, int64_t n, int64_t hd, float *out) {
+    for (int64_t i0 = 0; i0 < hd; i0 += 64) {
+        double acc[64] = {0};
+        const int64_t m = hd - i0 < 64 ? hd - i0 : 64;
+        const uint16_t *vp = v + i0;
+        for (int64_t p = 0; p < n; p++, vp += stride)
+            for (int64_t i = 0; i < m; i++) acc[i] += w[p] * nm_half_to_f32(vp[i]);
+        for (int64_t i = 0; i < m; i++) out[i0 + i] = (float)acc[i];
+    }
+}
+
+static const nm_attn_kernel ATTN_SCALAR = {attn_scores_scalar, attn_values_scalar};
+
+const nm_attn_kernel *nm_attn_kernel_get(nm_isa isa) {
+    const nm_attn_kernel *k = NULL;
+    switch (isa) {
+    case NM_ISA_AVX2: k = nm_attn_kernel_avx2(); break;
+    case NM_ISA_AVX512: k = nm_attn_kernel_avx512(); break;
+    case NM_ISA_NEON: k = nm_attn_kernel_neon(); break;
+    default: break;
+    }
+    return k ? k : &ATTN_SCALAR;
 }
 
 /* ====================================================================== */

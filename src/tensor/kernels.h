@@ -11,13 +11,14 @@
  *   Q4_K, Q5_K, Q6_K         ->  Q8_K activations (256-element super-blocks)
  * so the inner loops of the quantized kernels are integer multiply-adds with
  * one float scale per block, exactly as llama.cpp computes them (the golden
- * logits come from there).  SIMD versions can later replace a row of the
- * table without touching any caller.
+ * logits come from there).  The SIMD levels below give the same results
+ * (docs/KERNELS.md).
  */
 #ifndef NM_KERNELS_H
 #define NM_KERNELS_H
 
 #include "nomoat.h"
+#include "base/threads.h"
 
 #include <string.h>
 
@@ -103,6 +104,9 @@ typedef struct nm_mm_kernel {
     nm_isa isa;
     nm_mm_rows_fn rows;
     nm_act_convert_fn convert; /* NULL: the reference conversion          */
+    /* Exact weight rows to floats (the dequantizer's values), faster than
+     * the type table's reference; NULL: use that one (nm_matmul_t). */
+    void (*to_float)(const void *src, float *dst, int64_t n);
 } nm_mm_kernel;
 
 /* The kernel of a weight type at a level (the scalar one where the level
@@ -124,6 +128,47 @@ _Static_assert(sizeof(nm_block_q8_1) == 36, "q8_1 layout");
 typedef void (*nm_nn_fn)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
                          float *C, int64_t ldc);
 nm_nn_fn nm_nn_kernel(nm_isa isa);
+
+/* ====================================================================== */
+/* attention over an F16 KV cache                                         */
+/* ====================================================================== */
+/* The two inner loops of attention, for src/model: with an F16 cache it
+ * multiplies F16-rounded queries by cached keys and F16-rounded weights by
+ * cached values - products exact in float - and adds them in double (as
+ * llama.cpp's golden outputs require).  The levels do the same with
+ * vector lanes of doubles: the sums differ from the element-by-element
+ * order only in double rounding, so the float results agree to one unit in
+ * the last place (tests/test_kernels.c checks it), and usually exactly.
+ *   scores: scores[p] = (float)(sum_i q[i] * K_p[i]) * scale, p < n
+ *   values: out[i] = (float)(sum_p w[p] * V_p[i]), i < hd
+ * with K_p = k + p * stride, V_p = v + p * stride (halves); q and w are
+ * used as given (already rounded to F16 by the caller). */
+typedef struct nm_attn_kernel {
+    void (*scores)(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
+                   float *scores);
+    void (*values)(const float *w, const uint16_t *v, size_t stride, int64_t n, int64_t hd, float *out);
+} nm_attn_kernel;
+
+const nm_attn_kernel *nm_attn_kernel_get(nm_isa isa);
+
+/* ====================================================================== */
+/* machine figures for roofline reports (nomoat bench)                    */
+/* ====================================================================== */
+/* Measured on the calling pool's threads at once, at one level: memory
+ * read bandwidth over a buffer far larger than the caches, and the peak
+ * rates of the multiply-adds the level's kernels are made of (F32 fused
+ * multiply-add; the 8-bit dot product: VPDPBUSD on AVX-512, VPMADDUBSW +
+ * VPMADDWD on AVX2, SDOT or its emulation on NEON).  Each figure is the
+ * best of a few runs of ~50 ms. */
+typedef struct nm_machine_peaks {
+    nm_isa isa;
+    int threads;
+    double read_bytes_s;  /* bytes per second          */
+    double fma_s;         /* F32 multiply-adds/second  */
+    double int8_s;        /* 8-bit multiply-adds/second */
+} nm_machine_peaks;
+
+nm_status nm_measure_machine(nm_pool *pool, nm_isa isa, size_t read_bytes, nm_machine_peaks *out, nm_err *err);
 
 /* Bytes of an activation row of n elements in act_type (0 if not a valid
  * activation type or n does not fit its blocks). */

@@ -756,43 +756,70 @@ T2 static void rows_f32(const nm_mm_args *a, int64_t r0, int64_t r1) { f_rows(a,
 T2 static void rows_f16(const nm_mm_args *a, int64_t r0, int64_t r1) { f_rows(a, r0, r1, NM_TYPE_F16); }
 T2 static void rows_bf16(const nm_mm_args *a, int64_t r0, int64_t r1) { f_rows(a, r0, r1, NM_TYPE_BF16); }
 
+/* Weight rows to floats for nm_matmul_t: exact conversions. */
+T2 static void f16_to_float(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(h + i))));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(h[i]);
+}
+
+T2 static void bf16_to_float(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_si256((__m256i *)(void *)(dst + i),
+                            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(h + i))), 16));
+    for (; i < n; i++) {
+        const uint32_t u = (uint32_t)h[i] << 16;
+        memcpy(dst + i, &u, 4);
+    }
+}
+
 /* ====================================================================== */
 /* dx = dy W panels                                                       */
 /* ====================================================================== */
 
-T2_INLINE void nn_tokens8(int NM, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
-                          float *C, int64_t ldc) {
-    for (int64_t n = 0; n < N; n += 16) {
-        const int64_t n0 = N - n, n1 = N - n - 8;
-        const __m256i m0 = lanes8(n0), m1 = lanes8(n1);
-        __m256 acc[4][2];
-#pragma GCC unroll 4
+/* NM tokens x 16 columns: 2 vectors of C a token stay in registers while
+ * k runs; full tiles use plain loads, the last columns masked ones. */
+T2_INLINE void nn_tile8(int NM, bool full, int64_t n, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                        int64_t ldb, float *C, int64_t ldc) {
+    const int64_t n0 = full ? 8 : N - n, n1 = full ? 8 : N - n - 8;
+    const __m256i m0 = lanes8(n0), m1 = lanes8(n1);
+    __m256 acc[6][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < NM; i++) {
+        acc[i][0] = load8_ps(C + i * ldc + n, m0, n0);
+        acc[i][1] = n1 > 0 ? load8_ps(C + i * ldc + n + 8, m1, n1) : _mm256_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = B + k * ldb + n;
+        const __m256 b0 = load8_ps(b, m0, n0), b1 = n1 > 0 ? load8_ps(b + 8, m1, n1) : _mm256_setzero_ps();
+#pragma GCC unroll 6
         for (int i = 0; i < NM; i++) {
-            acc[i][0] = load8_ps(C + i * ldc + n, m0, n0);
-            acc[i][1] = n1 > 0 ? load8_ps(C + i * ldc + n + 8, m1, n1) : _mm256_setzero_ps();
-        }
-        for (int64_t k = 0; k < K; k++) {
-            const float *b = B + k * ldb + n;
-            const __m256 b0 = load8_ps(b, m0, n0), b1 = n1 > 0 ? load8_ps(b + 8, m1, n1) : _mm256_setzero_ps();
-#pragma GCC unroll 4
-            for (int i = 0; i < NM; i++) {
-                const __m256 av = _mm256_broadcast_ss(A + i * lda + k);
-                acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
-                acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
-            }
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < NM; i++) {
-            store8_ps(C + i * ldc + n, m0, n0, acc[i][0]);
-            if (n1 > 0) store8_ps(C + i * ldc + n + 8, m1, n1, acc[i][1]);
+            const __m256 av = _mm256_broadcast_ss(A + i * lda + k);
+            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
         }
     }
+#pragma GCC unroll 6
+    for (int i = 0; i < NM; i++) {
+        store8_ps(C + i * ldc + n, m0, n0, acc[i][0]);
+        if (n1 > 0) store8_ps(C + i * ldc + n + 8, m1, n1, acc[i][1]);
+    }
+}
+
+T2_INLINE void nn_tokens8(int NM, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                          float *C, int64_t ldc) {
+    int64_t n = 0;
+    for (; n + 16 <= N; n += 16) nn_tile8(NM, true, n, N, K, A, lda, B, ldb, C, ldc);
+    if (n < N) nn_tile8(NM, false, n, N, K, A, lda, B, ldb, C, ldc);
 }
 
 T2 static void nn_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
                        float *C, int64_t ldc) {
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4) nn_tokens8(4, N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc);
+    for (; m + 6 <= M; m += 6) nn_tokens8(6, N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc);
     for (; m < M; m++) nn_tokens8(1, N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc);
 }
 
@@ -931,18 +958,135 @@ T2 static void convert_bf16(const float *x, uint8_t *act, uint8_t *extra, int64_
 }
 
 /* ====================================================================== */
+/* attention over an F16 cache (see kernels.h)                            */
+/* ====================================================================== */
+
+T2_INLINE void add_pd8(__m256d *a, __m256 p) {
+    a[0] = _mm256_add_pd(a[0], _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+    a[1] = _mm256_add_pd(a[1], _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+}
+
+T2 static void attn_scores_2(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
+                             float *scores) {
+    if (hd % 8) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, k, stride, n, hd, scale, scores);
+        return;
+    }
+    for (int64_t p = 0; p < n; p++, k += stride) {
+        __m256d a[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
+        for (int64_t i = 0; i < hd; i += 8)
+            add_pd8(a, _mm256_mul_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(k + i)))));
+        const __m256d t = _mm256_add_pd(a[0], a[1]);
+        __m128d h = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+        h = _mm_add_sd(h, _mm_unpackhi_pd(h, h));
+        scores[p] = (float)_mm_cvtsd_f64(h) * scale;
+    }
+}
+
+T2 static void attn_values_2(const float *w, const uint16_t *v, size_t stride, int64_t n, int64_t hd, float *out) {
+    if (hd % 8 || hd > 64) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->values(w, v, stride, n, hd, out);
+        return;
+    }
+    __m256d a[16];
+    const int nc = (int)(hd / 8);
+    for (int j = 0; j < 2 * nc; j++) a[j] = _mm256_setzero_pd();
+    for (int64_t p = 0; p < n; p++, v += stride) {
+        const __m256 s = _mm256_set1_ps(w[p]);
+        for (int j = 0; j < nc; j++)
+            add_pd8(a + 2 * j, _mm256_mul_ps(s, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(v + 8 * j)))));
+    }
+    for (int j = 0; j < nc; j++)
+        _mm256_storeu_ps(out + 8 * j, _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(a[2 * j])),
+                                                           _mm256_cvtpd_ps(a[2 * j + 1]), 1));
+}
+
+static const nm_attn_kernel ATTN_2 = {attn_scores_2, attn_values_2};
+
+const nm_attn_kernel *nm_attn_kernel_avx2(void) { return &ATTN_2; }
+
+/* ====================================================================== */
+/* peak probes                                                            */
+/* ====================================================================== */
+/* The 8-bit probe is the kernels' sequence, VPMADDUBSW + VPMADDWD + VPADDD
+ * for 32 multiply-adds, on 5 independent accumulators with their own
+ * inputs (16 registers hold no more). */
+
+static volatile uint64_t probe_sink;
+
+T2 uint64_t nm_probe_int8_avx2(uint64_t iters) {
+    __m256i c0 = _mm256_set1_epi32(0), c1 = _mm256_set1_epi32(1), c2 = _mm256_set1_epi32(2), c3 = _mm256_set1_epi32(3),
+            c4 = _mm256_set1_epi32(4);
+    __m256i x0 = _mm256_set1_epi8(1), x1 = _mm256_set1_epi8(2), x2 = _mm256_set1_epi8(3), x3 = _mm256_set1_epi8(4),
+            x4 = _mm256_set1_epi8(5);
+    const __m256i y = _mm256_set1_epi8(7), ones = _mm256_set1_epi16(1);
+    for (uint64_t i = 0; i < iters; i++) {
+        __asm__ volatile("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3), "+x"(x4));
+        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(_mm256_maddubs_epi16(x0, y), ones));
+        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(_mm256_maddubs_epi16(x1, y), ones));
+        c2 = _mm256_add_epi32(c2, _mm256_madd_epi16(_mm256_maddubs_epi16(x2, y), ones));
+        c3 = _mm256_add_epi32(c3, _mm256_madd_epi16(_mm256_maddubs_epi16(x3, y), ones));
+        c4 = _mm256_add_epi32(c4, _mm256_madd_epi16(_mm256_maddubs_epi16(x4, y), ones));
+    }
+    probe_sink = (uint64_t)hsum8(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(_mm256_add_epi32(c2, c3), c4)));
+    return iters * 5 * 32;
+}
+
+T2 uint64_t nm_probe_fma_avx2(uint64_t iters) {
+    __m256 c0 = _mm256_set1_ps(0), c1 = _mm256_set1_ps(1), c2 = _mm256_set1_ps(2), c3 = _mm256_set1_ps(3),
+           c4 = _mm256_set1_ps(4), c5 = _mm256_set1_ps(5), c6 = _mm256_set1_ps(6), c7 = _mm256_set1_ps(7),
+           c8 = _mm256_set1_ps(8), c9 = _mm256_set1_ps(9), c10 = _mm256_set1_ps(10), c11 = _mm256_set1_ps(11);
+    __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(0.001f);
+    for (uint64_t i = 0; i < iters; i++) {
+        __asm__ volatile("" : "+x"(x), "+x"(y));
+        c0 = _mm256_fmadd_ps(c0, x, y);
+        c1 = _mm256_fmadd_ps(c1, x, y);
+        c2 = _mm256_fmadd_ps(c2, x, y);
+        c3 = _mm256_fmadd_ps(c3, x, y);
+        c4 = _mm256_fmadd_ps(c4, x, y);
+        c5 = _mm256_fmadd_ps(c5, x, y);
+        c6 = _mm256_fmadd_ps(c6, x, y);
+        c7 = _mm256_fmadd_ps(c7, x, y);
+        c8 = _mm256_fmadd_ps(c8, x, y);
+        c9 = _mm256_fmadd_ps(c9, x, y);
+        c10 = _mm256_fmadd_ps(c10, x, y);
+        c11 = _mm256_fmadd_ps(c11, x, y);
+    }
+    const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)),
+                                   _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7)),
+                                                 _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11))));
+    float f[8];
+    _mm256_storeu_ps(f, s);
+    probe_sink = (uint64_t)f[0];
+    return iters * 12 * 8;
+}
+
+T2 uint64_t nm_probe_read_avx2(const uint8_t *p, size_t n) {
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    for (size_t i = 0; i < n; i += 128) {
+        s0 = _mm256_add_epi64(s0, _mm256_load_si256((const __m256i *)(const void *)(p + i)));
+        s1 = _mm256_add_epi64(s1, _mm256_load_si256((const __m256i *)(const void *)(p + i + 32)));
+        s2 = _mm256_add_epi64(s2, _mm256_load_si256((const __m256i *)(const void *)(p + i + 64)));
+        s3 = _mm256_add_epi64(s3, _mm256_load_si256((const __m256i *)(const void *)(p + i + 96)));
+    }
+    uint64_t o[4];
+    _mm256_storeu_si256((__m256i *)(void *)o, _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3)));
+    return o[0] + o[1] + o[2] + o[3];
+}
+
+/* ====================================================================== */
 /* the table                                                              */
 /* ====================================================================== */
 
 static const nm_mm_kernel AVX2_MM[NM_TYPE_COUNT] = {
-    [NM_TYPE_F32] = {NM_TYPE_F32, false, 16, NM_ISA_AVX2, rows_f32, NULL},
-    [NM_TYPE_F16] = {NM_TYPE_F16, true, 16, NM_ISA_AVX2, rows_f16, convert_f16},
-    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 16, NM_ISA_AVX2, rows_bf16, convert_bf16},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q4_0, convert_q8_0},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q8_0, convert_q8_0},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q4_k, convert_q8_k},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q5_k, convert_q8_k},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q6_k, convert_q8_k},
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 16, NM_ISA_AVX2, rows_f32, NULL, NULL},
+    [NM_TYPE_F16] = {NM_TYPE_F16, true, 16, NM_ISA_AVX2, rows_f16, convert_f16, f16_to_float},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 16, NM_ISA_AVX2, rows_bf16, convert_bf16, bf16_to_float},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q4_0, convert_q8_0, NULL},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q8_0, convert_q8_0, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q4_k, convert_q8_k, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q5_k, convert_q8_k, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q6_k, convert_q8_k, NULL},
 };
 
 const nm_mm_kernel *nm_mm_kernel_avx2(nm_type t) {
@@ -958,5 +1102,9 @@ const nm_mm_kernel *nm_mm_kernel_avx2(nm_type t) {
     return NULL;
 }
 nm_nn_fn nm_nn_kernel_avx2(void) { return NULL; }
+const nm_attn_kernel *nm_attn_kernel_avx2(void) { return NULL; }
+uint64_t nm_probe_fma_avx2(uint64_t iters) { return (void)iters, 0; }
+uint64_t nm_probe_int8_avx2(uint64_t iters) { return (void)iters, 0; }
+uint64_t nm_probe_read_avx2(const uint8_t *p, size_t n) { return (void)p, (void)n, 0; }
 
 #endif

@@ -228,7 +228,10 @@ T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
     }
 }
 
-/* One token x 16 rows as stored.  Q8_0: rows travel in pairs, one per
+/* One token x 16 rows as stored.  (Measured on Zen 4: reading 16 rows side
+ * by side streams from memory faster than 4 rows x 4 blocks or one row at a
+ * time with per-block reductions, and software prefetching only slowed it
+ * down.)  Q8_0: rows travel in pairs, one per
  * 256-bit half (pair i = 2j + e holds rows j + 8e and j + 4 + 8e, so that
  * fold_pairs then hsum4x4 put row n in lane n). */
 T512_INLINE __m512i q8_pair(const uint8_t *lo, const uint8_t *hi, __m512i xb) {
@@ -890,42 +893,70 @@ T512 static void rows_f32(const nm_mm_args *a, int64_t r0, int64_t r1) { f_rows(
 T512 static void rows_f16(const nm_mm_args *a, int64_t r0, int64_t r1) { f_rows(a, r0, r1, NM_TYPE_F16); }
 T512 static void rows_bf16(const nm_mm_args *a, int64_t r0, int64_t r1) { f_rows(a, r0, r1, NM_TYPE_BF16); }
 
+/* Weight rows to floats for nm_matmul_t: exact conversions. */
+T512 static void f16_to_float(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(h + i))));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(h[i]);
+}
+
+T512 static void bf16_to_float(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_si512(dst + i, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(h + i))), 16));
+    for (; i < n; i++) {
+        const uint32_t u = (uint32_t)h[i] << 16;
+        memcpy(dst + i, &u, 4);
+    }
+}
+
 /* ====================================================================== */
 /* dx = dy W panels                                                       */
 /* ====================================================================== */
 
+/* NM tokens x 64 columns: 4 vectors of C a token stay in registers while
+ * k runs; full tiles use plain loads, the last columns masked ones. */
+T512_INLINE void nn_tile(int NM, bool full, int64_t n, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                         int64_t ldb, float *C, int64_t ldc) {
+    __mmask16 m[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) m[j] = full ? (__mmask16)0xffff : lanes(N - n - 16 * j > 0 ? N - n - 16 * j : 0);
+    __m512 acc[6][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < NM; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_maskz_loadu_ps(m[j], C + i * ldc + n + 16 * j);
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = B + k * ldb + n;
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) bv[j] = full ? _mm512_loadu_ps(b + 16 * j) : _mm512_maskz_loadu_ps(m[j], b + 16 * j);
+#pragma GCC unroll 6
+        for (int i = 0; i < NM; i++) {
+            const __m512 av = _mm512_set1_ps(A[i * lda + k]);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < NM; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) _mm512_mask_storeu_ps(C + i * ldc + n + 16 * j, m[j], acc[i][j]);
+}
+
 T512_INLINE void nn_tokens(int NM, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
                            float *C, int64_t ldc) {
-    for (int64_t n = 0; n < N; n += 64) {
-        __mmask16 m[4];
-        for (int j = 0; j < 4; j++) m[j] = lanes(N - n - 16 * j > 0 ? N - n - 16 * j : 0);
-        __m512 acc[4][4];
-#pragma GCC unroll 4
-        for (int i = 0; i < NM; i++)
-            for (int j = 0; j < 4; j++) acc[i][j] = _mm512_maskz_loadu_ps(m[j], C + i * ldc + n + 16 * j);
-        for (int64_t k = 0; k < K; k++) {
-            const float *b = B + k * ldb + n;
-            const __m512 b0 = _mm512_maskz_loadu_ps(m[0], b), b1 = _mm512_maskz_loadu_ps(m[1], b + 16),
-                         b2 = _mm512_maskz_loadu_ps(m[2], b + 32), b3 = _mm512_maskz_loadu_ps(m[3], b + 48);
-#pragma GCC unroll 4
-            for (int i = 0; i < NM; i++) {
-                const __m512 av = _mm512_set1_ps(A[i * lda + k]);
-                acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
-                acc[i][2] = _mm512_fmadd_ps(av, b2, acc[i][2]);
-                acc[i][3] = _mm512_fmadd_ps(av, b3, acc[i][3]);
-            }
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < NM; i++)
-            for (int j = 0; j < 4; j++) _mm512_mask_storeu_ps(C + i * ldc + n + 16 * j, m[j], acc[i][j]);
-    }
+    int64_t n = 0;
+    for (; n + 64 <= N; n += 64) nn_tile(NM, true, n, N, K, A, lda, B, ldb, C, ldc);
+    if (n < N) nn_tile(NM, false, n, N, K, A, lda, B, ldb, C, ldc);
 }
 
 T512 static void nn_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
                            float *C, int64_t ldc) {
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4) nn_tokens(4, N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc);
+    for (; m + 6 <= M; m += 6) nn_tokens(6, N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc);
     for (; m < M; m++) nn_tokens(1, N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc);
 }
 
@@ -1044,18 +1075,147 @@ T512 static void convert_bf16(const float *x, uint8_t *act, uint8_t *extra, int6
 }
 
 /* ====================================================================== */
+/* attention over an F16 cache (see kernels.h)                            */
+/* ====================================================================== */
+/* Exact products of 16 elements, added in two vectors of 8 doubles; head
+ * sizes that are not a multiple of 16 (or above 128 for the values) take
+ * the element-by-element loop. */
+
+T512_INLINE void add_pd16(__m512d *a, __m512 p) {
+    a[0] = _mm512_add_pd(a[0], _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
+    a[1] = _mm512_add_pd(a[1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1))));
+}
+
+T512 static void attn_scores_512(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
+                                 float *scores) {
+    if (hd % 16) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, k, stride, n, hd, scale, scores);
+        return;
+    }
+    for (int64_t p = 0; p < n; p++, k += stride) {
+        __m512d a[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
+        for (int64_t i = 0; i < hd; i += 16)
+            add_pd16(a, _mm512_mul_ps(_mm512_loadu_ps(q + i), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(k + i)))));
+        scores[p] = (float)_mm512_reduce_add_pd(_mm512_add_pd(a[0], a[1])) * scale;
+    }
+}
+
+T512 static void attn_values_512(const float *w, const uint16_t *v, size_t stride, int64_t n, int64_t hd, float *out) {
+    if (hd % 16 || hd > 128) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->values(w, v, stride, n, hd, out);
+        return;
+    }
+    __m512d a[16];
+    const int nc = (int)(hd / 16);
+    for (int j = 0; j < 2 * nc; j++) a[j] = _mm512_setzero_pd();
+    for (int64_t p = 0; p < n; p++, v += stride) {
+        const __m512 s = _mm512_set1_ps(w[p]);
+        for (int j = 0; j < nc; j++)
+            add_pd16(a + 2 * j, _mm512_mul_ps(s, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(v + 16 * j)))));
+    }
+    for (int j = 0; j < nc; j++)
+        _mm512_storeu_ps(out + 16 * j,
+                         _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(a[2 * j])), _mm512_cvtpd_ps(a[2 * j + 1]), 1));
+}
+
+static const nm_attn_kernel ATTN_512 = {attn_scores_512, attn_values_512};
+
+const nm_attn_kernel *nm_attn_kernel_avx512(void) { return &ATTN_512; }
+
+/* ====================================================================== */
+/* peak probes                                                            */
+/* ====================================================================== */
+/* Twelve accumulators hide the instructions' latency; the inputs are made
+ * opaque every round so nothing can be hoisted or folded. */
+
+static volatile uint64_t probe_sink;
+
+T512 uint64_t nm_probe_int8_avx512(uint64_t iters) {
+    __m512i c0 = _mm512_set1_epi32(0), c1 = _mm512_set1_epi32(1), c2 = _mm512_set1_epi32(2), c3 = _mm512_set1_epi32(3),
+            c4 = _mm512_set1_epi32(4), c5 = _mm512_set1_epi32(5), c6 = _mm512_set1_epi32(6), c7 = _mm512_set1_epi32(7),
+            c8 = _mm512_set1_epi32(8), c9 = _mm512_set1_epi32(9), c10 = _mm512_set1_epi32(10), c11 = _mm512_set1_epi32(11);
+    __m512i x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(5);
+    for (uint64_t i = 0; i < iters; i++) {
+        __asm__ volatile("" : "+v"(x), "+v"(y));
+        c0 = _mm512_dpbusd_epi32(c0, x, y);
+        c1 = _mm512_dpbusd_epi32(c1, x, y);
+        c2 = _mm512_dpbusd_epi32(c2, x, y);
+        c3 = _mm512_dpbusd_epi32(c3, x, y);
+        c4 = _mm512_dpbusd_epi32(c4, x, y);
+        c5 = _mm512_dpbusd_epi32(c5, x, y);
+        c6 = _mm512_dpbusd_epi32(c6, x, y);
+        c7 = _mm512_dpbusd_epi32(c7, x, y);
+        c8 = _mm512_dpbusd_epi32(c8, x, y);
+        c9 = _mm512_dpbusd_epi32(c9, x, y);
+        c10 = _mm512_dpbusd_epi32(c10, x, y);
+        c11 = _mm512_dpbusd_epi32(c11, x, y);
+    }
+    const __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
+                                       _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)),
+                                                        _mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11))));
+    /* the sums wrap around: add them as unsigned */
+    uint32_t lanes[16];
+    _mm512_storeu_si512(lanes, s);
+    uint32_t total = 0;
+    for (int i = 0; i < 16; i++) total += lanes[i];
+    probe_sink = total;
+    return iters * 12 * 64;
+}
+
+T512 uint64_t nm_probe_fma_avx512(uint64_t iters) {
+    __m512 c0 = _mm512_set1_ps(0), c1 = _mm512_set1_ps(1), c2 = _mm512_set1_ps(2), c3 = _mm512_set1_ps(3),
+           c4 = _mm512_set1_ps(4), c5 = _mm512_set1_ps(5), c6 = _mm512_set1_ps(6), c7 = _mm512_set1_ps(7),
+           c8 = _mm512_set1_ps(8), c9 = _mm512_set1_ps(9), c10 = _mm512_set1_ps(10), c11 = _mm512_set1_ps(11);
+    __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(0.001f);
+    for (uint64_t i = 0; i < iters; i++) {
+        __asm__ volatile("" : "+v"(x), "+v"(y));
+        c0 = _mm512_fmadd_ps(c0, x, y);
+        c1 = _mm512_fmadd_ps(c1, x, y);
+        c2 = _mm512_fmadd_ps(c2, x, y);
+        c3 = _mm512_fmadd_ps(c3, x, y);
+        c4 = _mm512_fmadd_ps(c4, x, y);
+        c5 = _mm512_fmadd_ps(c5, x, y);
+        c6 = _mm512_fmadd_ps(c6, x, y);
+        c7 = _mm512_fmadd_ps(c7, x, y);
+        c8 = _mm512_fmadd_ps(c8, x, y);
+        c9 = _mm512_fmadd_ps(c9, x, y);
+        c10 = _mm512_fmadd_ps(c10, x, y);
+        c11 = _mm512_fmadd_ps(c11, x, y);
+    }
+    const __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)),
+                                   _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c4, c5), _mm512_add_ps(c6, c7)),
+                                                 _mm512_add_ps(_mm512_add_ps(c8, c9), _mm512_add_ps(c10, c11))));
+    probe_sink = (uint64_t)_mm512_reduce_add_ps(s);
+    return iters * 12 * 16;
+}
+
+T512 uint64_t nm_probe_read_avx512(const uint8_t *p, size_t n) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    for (size_t i = 0; i < n; i += 256) {
+        s0 = _mm512_add_epi64(s0, _mm512_load_si512(p + i));
+        s1 = _mm512_add_epi64(s1, _mm512_load_si512(p + i + 64));
+        s2 = _mm512_add_epi64(s2, _mm512_load_si512(p + i + 128));
+        s3 = _mm512_add_epi64(s3, _mm512_load_si512(p + i + 192));
+    }
+    uint64_t lanes[8], total = 0;
+    _mm512_storeu_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(s0, s1), _mm512_add_epi64(s2, s3)));
+    for (int i = 0; i < 8; i++) total += lanes[i]; /* wraps around: unsigned */
+    return total;
+}
+
+/* ====================================================================== */
 /* the table                                                              */
 /* ====================================================================== */
 
 static const nm_mm_kernel AVX512_MM[NM_TYPE_COUNT] = {
-    [NM_TYPE_F32] = {NM_TYPE_F32, false, 32, NM_ISA_AVX512, rows_f32, NULL},
-    [NM_TYPE_F16] = {NM_TYPE_F16, true, 32, NM_ISA_AVX512, rows_f16, convert_f16},
-    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 32, NM_ISA_AVX512, rows_bf16, convert_bf16},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q4_0, convert_q8_0},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q8_0, convert_q8_0},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q4_k, convert_q8_k},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q5_k, convert_q8_k},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q6_k, convert_q8_k},
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 32, NM_ISA_AVX512, rows_f32, NULL, NULL},
+    [NM_TYPE_F16] = {NM_TYPE_F16, true, 32, NM_ISA_AVX512, rows_f16, convert_f16, f16_to_float},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 32, NM_ISA_AVX512, rows_bf16, convert_bf16, bf16_to_float},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q4_0, convert_q8_0, NULL},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q8_0, convert_q8_0, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q4_k, convert_q8_k, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q5_k, convert_q8_k, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q6_k, convert_q8_k, NULL},
 };
 
 const nm_mm_kernel *nm_mm_kernel_avx512(nm_type t) {
@@ -1071,5 +1231,9 @@ const nm_mm_kernel *nm_mm_kernel_avx512(nm_type t) {
     return NULL;
 }
 nm_nn_fn nm_nn_kernel_avx512(void) { return NULL; }
+const nm_attn_kernel *nm_attn_kernel_avx512(void) { return NULL; }
+uint64_t nm_probe_fma_avx512(uint64_t iters) { return (void)iters, 0; }
+uint64_t nm_probe_int8_avx512(uint64_t iters) { return (void)iters, 0; }
+uint64_t nm_probe_read_avx512(const uint8_t *p, size_t n) { return (void)p, (void)n, 0; }
 
 #endif

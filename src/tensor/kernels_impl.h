@@ -24,6 +24,26 @@ const nm_mm_kernel *nm_mm_kernel_neon(nm_type t);
 nm_nn_fn nm_nn_kernel_avx2(void);
 nm_nn_fn nm_nn_kernel_avx512(void);
 nm_nn_fn nm_nn_kernel_neon(void);
+const nm_attn_kernel *nm_attn_kernel_avx2(void);
+const nm_attn_kernel *nm_attn_kernel_avx512(void);
+const nm_attn_kernel *nm_attn_kernel_neon(void);
+
+/* Peak probes (kernels_probe.c times them): `iters` rounds of the level's
+ * multiply-add instruction on 12 independent accumulators - F32 fused
+ * multiply-add, or the 8-bit dot product its matrix kernels use (VPDPBUSD,
+ * VPMADDUBSW + VPMADDWD + VPADDD, SDOT or its emulation).  They return the
+ * multiply-adds done (0: no probe at this level).  The read loops sum n
+ * bytes (a multiple of 256, 64-byte aligned) with the level's widest loads
+ * and return a checksum. */
+uint64_t nm_probe_fma_avx512(uint64_t iters);
+uint64_t nm_probe_int8_avx512(uint64_t iters);
+uint64_t nm_probe_read_avx512(const uint8_t *p, size_t n);
+uint64_t nm_probe_fma_avx2(uint64_t iters);
+uint64_t nm_probe_int8_avx2(uint64_t iters);
+uint64_t nm_probe_read_avx2(const uint8_t *p, size_t n);
+uint64_t nm_probe_fma_neon(uint64_t iters);
+uint64_t nm_probe_int8_neon(uint64_t iters);
+uint64_t nm_probe_read_neon(const uint8_t *p, size_t n);
 
 /* Rows of the K-chunk of a repacked tile, shared by the levels: a tile of
  * rows is rewritten into a small buffer in the layout the level's inner loop

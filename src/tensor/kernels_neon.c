@@ -754,29 +754,137 @@ static void nn_neon(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
 }
 
 /* ====================================================================== */
+/* attention over an F16 cache (see kernels.h)                            */
+/* ====================================================================== */
+
+static inline void add_pd4(float64x2_t *a, float32x4_t p) {
+    a[0] = vaddq_f64(a[0], vcvt_f64_f32(vget_low_f32(p)));
+    a[1] = vaddq_f64(a[1], vcvt_high_f64_f32(p));
+}
+
+static inline float32x4_t h4(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+
+static void attn_scores_neon(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
+                             float *scores) {
+    if (hd % 4) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, k, stride, n, hd, scale, scores);
+        return;
+    }
+    for (int64_t p = 0; p < n; p++, k += stride) {
+        float64x2_t a[2] = {vdupq_n_f64(0.0), vdupq_n_f64(0.0)};
+        for (int64_t i = 0; i < hd; i += 4) add_pd4(a, vmulq_f32(vld1q_f32(q + i), h4(k + i)));
+        scores[p] = (float)vaddvq_f64(vaddq_f64(a[0], a[1])) * scale;
+    }
+}
+
+static void attn_values_neon(const float *w, const uint16_t *v, size_t stride, int64_t n, int64_t hd, float *out) {
+    if (hd % 4 || hd > 64) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->values(w, v, stride, n, hd, out);
+        return;
+    }
+    float64x2_t a[32];
+    const int nc = (int)(hd / 4);
+    for (int j = 0; j < 2 * nc; j++) a[j] = vdupq_n_f64(0.0);
+    for (int64_t p = 0; p < n; p++, v += stride)
+        for (int j = 0; j < nc; j++) add_pd4(a + 2 * j, vmulq_n_f32(h4(v + 4 * j), w[p]));
+    for (int j = 0; j < nc; j++) vst1q_f32(out + 4 * j, vcombine_f32(vcvt_f32_f64(a[2 * j]), vcvt_f32_f64(a[2 * j + 1])));
+}
+
+static const nm_attn_kernel ATTN_NEON = {attn_scores_neon, attn_values_neon};
+
+const nm_attn_kernel *nm_attn_kernel_neon(void) { return &ATTN_NEON; }
+
+/* ====================================================================== */
+/* peak probes                                                            */
+/* ====================================================================== */
+
+static volatile uint64_t probe_sink;
+
+INL uint64_t probe_int8(bool dp, uint64_t iters) {
+    int32x4_t c[12];
+    for (int i = 0; i < 12; i++) c[i] = vdupq_n_s32(i);
+    int8x16_t x = vdupq_n_s8(3), y = vdupq_n_s8(5);
+    for (uint64_t it = 0; it < iters; it++) {
+        __asm__ volatile("" : "+w"(x), "+w"(y));
+        for (int i = 0; i < 12; i++) c[i] = dot4(dp, c[i], x, y);
+    }
+    int32x4_t s = c[0];
+    for (int i = 1; i < 12; i++) s = vaddq_s32(s, c[i]);
+    probe_sink = vaddvq_u32(vreinterpretq_u32_s32(s)); /* the sums wrap around */
+    return iters * 12 * 16;
+}
+
+uint64_t nm_probe_int8_neon(uint64_t iters) {
+    return nm_cpu_has_neon_dotprod() ? probe_int8(true, iters) : probe_int8(false, iters);
+}
+
+uint64_t nm_probe_fma_neon(uint64_t iters) {
+    float32x4_t c[12];
+    for (int i = 0; i < 12; i++) c[i] = vdupq_n_f32((float)i);
+    float32x4_t x = vdupq_n_f32(0.999f), y = vdupq_n_f32(0.001f);
+    for (uint64_t it = 0; it < iters; it++) {
+        __asm__ volatile("" : "+w"(x), "+w"(y));
+        for (int i = 0; i < 12; i++) c[i] = vfmaq_f32(y, c[i], x);
+    }
+    float32x4_t s = c[0];
+    for (int i = 1; i < 12; i++) s = vaddq_f32(s, c[i]);
+    probe_sink = (uint64_t)vaddvq_f32(s);
+    return iters * 12 * 4;
+}
+
+uint64_t nm_probe_read_neon(const uint8_t *p, size_t n) {
+    uint64x2_t s0 = vdupq_n_u64(0), s1 = s0, s2 = s0, s3 = s0;
+    for (size_t i = 0; i < n; i += 64) {
+        s0 = vaddq_u64(s0, vld1q_u64((const uint64_t *)(const void *)(p + i)));
+        s1 = vaddq_u64(s1, vld1q_u64((const uint64_t *)(const void *)(p + i + 16)));
+        s2 = vaddq_u64(s2, vld1q_u64((const uint64_t *)(const void *)(p + i + 32)));
+        s3 = vaddq_u64(s3, vld1q_u64((const uint64_t *)(const void *)(p + i + 48)));
+    }
+    return vaddvq_u64(vaddq_u64(vaddq_u64(s0, s1), vaddq_u64(s2, s3)));
+}
+
+/* Weight rows to floats for nm_matmul_t: exact conversions. */
+static void f16_to_float(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + i))));
+    for (; i < n; i++) dst[i] = half_f((const uint8_t *)(h + i));
+}
+
+static void bf16_to_float(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(h + i), 16)));
+    for (; i < n; i++) {
+        const uint32_t u = (uint32_t)h[i] << 16;
+        memcpy(dst + i, &u, 4);
+    }
+}
+
+/* ====================================================================== */
 /* the tables                                                             */
 /* ====================================================================== */
 
 static const nm_mm_kernel NEON_DP[NM_TYPE_COUNT] = {
-    [NM_TYPE_F32] = {NM_TYPE_F32, false, 4, NM_ISA_NEON, rows_f32, NULL},
-    [NM_TYPE_F16] = {NM_TYPE_F16, true, 4, NM_ISA_NEON, rows_f16, NULL},
-    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 4, NM_ISA_NEON, rows_bf16, NULL},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q4_0_dp, convert_q8_0},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q8_0_dp, convert_q8_0},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q4_k_dp, convert_q8_k},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q5_k_dp, convert_q8_k},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q6_k_dp, convert_q8_k},
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 4, NM_ISA_NEON, rows_f32, NULL, NULL},
+    [NM_TYPE_F16] = {NM_TYPE_F16, true, 4, NM_ISA_NEON, rows_f16, NULL, f16_to_float},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 4, NM_ISA_NEON, rows_bf16, NULL, bf16_to_float},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q4_0_dp, convert_q8_0, NULL},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q8_0_dp, convert_q8_0, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q4_k_dp, convert_q8_k, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q5_k_dp, convert_q8_k, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q6_k_dp, convert_q8_k, NULL},
 };
 
 static const nm_mm_kernel NEON_PLAIN[NM_TYPE_COUNT] = {
-    [NM_TYPE_F32] = {NM_TYPE_F32, false, 4, NM_ISA_NEON, rows_f32, NULL},
-    [NM_TYPE_F16] = {NM_TYPE_F16, true, 4, NM_ISA_NEON, rows_f16, NULL},
-    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 4, NM_ISA_NEON, rows_bf16, NULL},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q4_0_pl, convert_q8_0},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q8_0_pl, convert_q8_0},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q4_k_pl, convert_q8_k},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q5_k_pl, convert_q8_k},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q6_k_pl, convert_q8_k},
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 4, NM_ISA_NEON, rows_f32, NULL, NULL},
+    [NM_TYPE_F16] = {NM_TYPE_F16, true, 4, NM_ISA_NEON, rows_f16, NULL, f16_to_float},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 4, NM_ISA_NEON, rows_bf16, NULL, bf16_to_float},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q4_0_pl, convert_q8_0, NULL},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q8_0_pl, convert_q8_0, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q4_k_pl, convert_q8_k, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q5_k_pl, convert_q8_k, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q6_k_pl, convert_q8_k, NULL},
 };
 
 const nm_mm_kernel *nm_mm_kernel_neon(nm_type t) {
@@ -793,5 +901,9 @@ const nm_mm_kernel *nm_mm_kernel_neon(nm_type t) {
     return NULL;
 }
 nm_nn_fn nm_nn_kernel_neon(void) { return NULL; }
+const nm_attn_kernel *nm_attn_kernel_neon(void) { return NULL; }
+uint64_t nm_probe_fma_neon(uint64_t iters) { return (void)iters, 0; }
+uint64_t nm_probe_int8_neon(uint64_t iters) { return (void)iters, 0; }
+uint64_t nm_probe_read_neon(const uint8_t *p, size_t n) { return (void)p, (void)n, 0; }
 
 #endif

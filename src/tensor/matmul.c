@@ -1,9 +1,12 @@
 /* matmul.c - weight matrix x activation rows over the thread pool.
  *
- * Work split: each thread takes a contiguous range of output rows (weight
- * rows) for all tokens, so every weight byte is read by one thread only;
- * ranges start at multiples of the kernel's tile height.  Inside its range
- * the level's kernel walks its own tiles (kernels_*.c).
+ * Work split: threads take chunks of output rows (weight rows) for all
+ * tokens from a shared counter, so every weight byte is read by one thread
+ * only, and a thread that the system preempts (a shared machine, a phone's
+ * slow cores) leaves its chunks to the others instead of holding up the
+ * region.  Chunks are whole tiles of the kernel (row_align) and about 8 a
+ * thread; which thread computes a row changes none of its bits.  Inside a
+ * chunk the level's kernel walks its own tiles (kernels_*.c).
  *
  * The activation rows are converted (quantized) before the split, in
  * parallel by token for large batches, so all threads share them; kernels
@@ -15,6 +18,7 @@
 #include "types.h"
 #include "base/base.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 
 static nm_status mat_init(nm_mat *m, const char *name, nm_type type, int64_t cols, int64_t rows, const void *data,
@@ -70,6 +74,8 @@ size_t nm_matmul_scratch_bytes(nm_type type, int64_t cols, int64_t n_tok) {
 typedef struct mm_task {
     const nm_mat *w;
     int64_t r0, r1;
+    int64_t chunk;       /* rows per chunk */
+    atomic_llong next;   /* first row of the next chunk, from r0 */
     const float *x;
     nm_mm_args args;
     uint8_t *act_out, *extra_out; /* for the conversion step */
@@ -93,10 +99,14 @@ static void convert_task(void *arg, int ith, int nth) {
 }
 
 static void dot_task(void *arg, int ith, int nth) {
-    const mm_task *t = arg;
-    int64_t lo, hi;
-    nm_split_range(t->r1 - t->r0, ith, nth, t->w->k->row_align, &lo, &hi);
-    if (lo < hi) t->w->k->rows(&t->args, t->r0 + lo, t->r0 + hi);
+    mm_task *t = arg;
+    (void)ith;
+    (void)nth;
+    for (;;) {
+        const int64_t lo = t->r0 + atomic_fetch_add_explicit(&t->next, t->chunk, memory_order_relaxed);
+        if (lo >= t->r1) break;
+        t->w->k->rows(&t->args, lo, lo + t->chunk < t->r1 ? lo + t->chunk : t->r1);
+    }
 }
 
 void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
@@ -120,6 +130,9 @@ void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, cons
         if (n_tok >= 4 && pool) nm_pool_run(pool, convert_task, &t);
         else convert_task(&t, 0, 1);
     }
+    const int64_t align = k->row_align, n = r1 - r0, per = n / ((int64_t)nm_pool_size(pool) * 8);
+    t.chunk = per > align ? per / align * align : align;
+    atomic_init(&t.next, 0);
     nm_pool_run(pool, dot_task, &t);
 }
 
@@ -136,7 +149,7 @@ void nm_matmul(nm_pool *pool, const nm_mat *w, const float *x, int64_t n_tok, fl
  * panel's contribution to every token's dx through the level's
  * accumulate kernel; panels follow each other down the rows, so each
  * element's sum runs over r in increasing order. */
-enum { T_ROWS = 32, T_COLS = 256 };
+enum { T_ROWS = 64, T_COLS = 256 };
 
 size_t nm_matmul_t_scratch_bytes(const nm_mat *w, const nm_pool *pool) {
     (void)w;
@@ -176,8 +189,9 @@ static void transpose_task(void *arg, int ith, int nth) {
                 /* cc is a multiple of the block size, and so is nc except
                  * at the end of a row */
                 const size_t off = (size_t)(cc / blk) * t->tr->type_size;
+                void (*to_float)(const void *, float *, int64_t) = w->k->to_float ? w->k->to_float : t->tr->to_float;
                 for (int64_t i = 0; i < nr; i++)
-                    t->tr->to_float((const uint8_t *)w->data + (size_t)(r + i) * w->row_bytes + off, panel + i * nc, nc);
+                    to_float((const uint8_t *)w->data + (size_t)(r + i) * w->row_bytes + off, panel + i * nc, nc);
                 b = panel;
                 ldb = nc;
             }
