@@ -557,6 +557,7 @@ typedef struct run_ctx {
     uint64_t drop_seed;
     bool train; /* dropout on, activations kept for the backward */
     float *last_logits; /* if set: receives the logits of the last token */
+    const nm_tm_head *hook; /* NULL: cross-entropy on the targets */
 } run_ctx;
 
 static uint64_t mix64(uint64_t z) {
@@ -768,12 +769,22 @@ static void head(const run_ctx *rc, const int32_t *targets, bool backward, float
     if (backward) memset(w->dxf, 0, (size_t)(T * D) * sizeof(float));
     double sum = 0;
     int64_t n = 0;
+    const nm_tm_head *hk = rc->hook;
+    if (hk && hk->scan)
+        for (int64_t c0 = 0; c0 < T; c0 += HEAD_CHUNK) {
+            int64_t ct = T - c0 < HEAD_CHUNK ? T - c0 : HEAD_CHUNK;
+            nm_op_matmul_fwd(c, w->logits, w->xf + c0 * D, &m->output, ct);
+            hk->scan(hk->user, c, c0, ct, V, w->logits);
+        }
     for (int64_t c0 = 0; c0 < T; c0 += HEAD_CHUNK) {
         int64_t ct = T - c0 < HEAD_CHUNK ? T - c0 : HEAD_CHUNK;
         nm_op_matmul_fwd(c, w->logits, w->xf + c0 * D, &m->output, ct);
         if (rc->last_logits && c0 + ct == T) memcpy(rc->last_logits, w->logits + (ct - 1) * V, (size_t)V * sizeof(float));
         /* the same loss arithmetic in training and evaluation */
-        n += nm_op_xent_fused(c, w->loss + c0, w->logits, targets + c0, ct, V, backward ? dloss : 0.0f);
+        if (hk)
+            n += hk->loss(hk->user, c, c0, ct, V, w->logits, w->loss + c0, backward);
+        else
+            n += nm_op_xent_fused(c, w->loss + c0, w->logits, targets + c0, ct, V, backward ? dloss : 0.0f);
         for (int64_t t = 0; t < ct; t++) sum += w->loss[c0 + t];
         if (!backward) continue;
         nm_op_matmul_bwd(c, w->dxf + c0 * D, m->d_output, w->logits, w->xf + c0 * D, &m->output, ct);
@@ -785,13 +796,15 @@ static void head(const run_ctx *rc, const int32_t *targets, bool backward, float
     nm_op_rmsnorm_bwd(c, w->dx, m->d_output_norm, w->dxf, w->xs[L], m->output_norm, w->rstdf, T, D);
 }
 
-static nm_status run(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, bool train, float dloss,
-                     uint64_t drop_seed, double *loss_sum, int64_t *n_tok, float *last_logits, nm_err *err) {
+static nm_status run(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, const nm_tm_head *hook, bool train,
+                     float dloss, uint64_t drop_seed, double *loss_sum, int64_t *n_tok, float *last_logits,
+                     nm_err *err) {
     *loss_sum = 0;
     *n_tok = 0;
     if (m->full && lora) return nm_err_set(err, NM_ERR_ARG, "full fine-tuning and LoRA at once");
     if (train && !m->full && !lora) return nm_err_set(err, NM_ERR_ARG, "nothing to train: no LoRA adapter");
-    if (!b->targets) return nm_err_set(err, NM_ERR_ARG, "batch without targets");
+    if (!b->targets && !hook) return nm_err_set(err, NM_ERR_ARG, "batch without targets");
+    if (hook && !hook->loss) return nm_err_set(err, NM_ERR_ARG, "loss hook without a loss function");
     nm_status st = check_batch(m, b, err);
     if (st) return st;
     int64_t T = b->n_seq * b->seq_len;
@@ -806,7 +819,8 @@ static nm_status run(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, bool 
                   {b->n_seq, b->seq_len, hp->n_head, hp->n_kv, hp->head_dim, b->doc, w->attn_scratch},
                   drop_seed,
                   train,
-                  last_logits};
+                  last_logits,
+                  hook};
     nm_op_embed_fwd(&m->ops, w->xs[0], b->tokens, T, &m->tok_embd);
     bool keep_all = train && !m->checkpointing;
     forward_layers(&rc, keep_all);
@@ -826,12 +840,22 @@ static nm_status run(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, bool 
 
 nm_status nm_tmodel_fwd_bwd(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, float dloss, uint64_t drop_seed,
                             double *loss_sum, int64_t *n_tok, nm_err *err) {
-    return run(m, lora, b, true, dloss, drop_seed, loss_sum, n_tok, NULL, err);
+    return run(m, lora, b, NULL, true, dloss, drop_seed, loss_sum, n_tok, NULL, err);
+}
+
+nm_status nm_tmodel_fwd_bwd_head(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, const nm_tm_head *hook,
+                                 float dloss, uint64_t drop_seed, double *loss_sum, int64_t *n_tok, nm_err *err) {
+    return run(m, lora, b, hook, true, dloss, drop_seed, loss_sum, n_tok, NULL, err);
+}
+
+nm_status nm_tmodel_eval_head(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, const nm_tm_head *hook,
+                              double *loss_sum, int64_t *n_tok, nm_err *err) {
+    return run(m, lora, b, hook, false, 0.0f, 0, loss_sum, n_tok, NULL, err);
 }
 
 nm_status nm_tmodel_eval(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, double *loss_sum, int64_t *n_tok,
                          nm_err *err) {
-    return run(m, lora, b, false, 0.0f, 0, loss_sum, n_tok, NULL, err);
+    return run(m, lora, b, NULL, false, 0.0f, 0, loss_sum, n_tok, NULL, err);
 }
 
 nm_status nm_tmodel_logits(nm_tmodel *m, nm_tm_lora *lora, const int32_t *tokens, int64_t n, float *out,
@@ -843,7 +867,7 @@ nm_status nm_tmodel_logits(nm_tmodel *m, nm_tm_lora *lora, const int32_t *tokens
     nm_tm_batch b = {1, n, tokens, tgt, NULL, NULL};
     double s;
     int64_t k;
-    nm_status st = run(m, lora, &b, false, 0.0f, 0, &s, &k, out, err);
+    nm_status st = run(m, lora, &b, NULL, false, 0.0f, 0, &s, &k, out, err);
     free(tgt);
     return st;
 }

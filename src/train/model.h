@@ -143,6 +143,36 @@ typedef struct nm_tm_batch {
  * and the number of unmasked positions. */
 nm_status nm_tmodel_fwd_bwd(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, float dloss, uint64_t drop_seed,
                             double *loss_sum, int64_t *n_tok, nm_err *err);
+/* A loss other than cross-entropy on the targets: distillation (teacher
+ * distributions), preference tuning (weights that depend on whole-sequence
+ * log-probabilities).  The head computes the logits HEAD_CHUNK positions at
+ * a time (the [T x n_vocab] array never exists at once) and hands each chunk
+ * to the hook.
+ *  - scan (optional): a first sweep over every chunk, before any gradient is
+ *    written, for objectives whose per-position gradient depends on the
+ *    whole micro-batch (DPO needs each sequence's log-probability first).
+ *    Costs one more output-head product per chunk.
+ *  - loss: writes loss[i] for the ct positions t0..t0+ct-1 (row i of logits
+ *    is position t0 + i of the flattened batch: sequence (t0+i) / seq_len)
+ *    and, when backward, replaces logits in place by d(objective)/d(logits);
+ *    positions without a loss get a zero row.  Returns how many positions
+ *    count (what n_tok adds up).
+ * c is the model's ops context: its pool can split the rows. */
+typedef struct nm_tm_head {
+    void (*scan)(void *user, nm_ops_ctx *c, int64_t t0, int64_t ct, int64_t V, const float *logits);
+    int64_t (*loss)(void *user, nm_ops_ctx *c, int64_t t0, int64_t ct, int64_t V, float *logits, float *loss,
+                    bool backward);
+    void *user;
+} nm_tm_head;
+
+/* nm_tmodel_fwd_bwd / nm_tmodel_eval with the loss of hook instead of
+ * cross-entropy (hook NULL: cross-entropy, dloss as there).  With a hook,
+ * the hook scales its own gradient: dloss is not used.  b->targets may be
+ * NULL with a hook (every position then reads -1 in the batch's targets). */
+nm_status nm_tmodel_fwd_bwd_head(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, const nm_tm_head *hook,
+                                 float dloss, uint64_t drop_seed, double *loss_sum, int64_t *n_tok, nm_err *err);
+nm_status nm_tmodel_eval_head(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, const nm_tm_head *hook,
+                              double *loss_sum, int64_t *n_tok, nm_err *err);
 /* Forward only (no dropout): loss sum and count, e.g. for validation. */
 nm_status nm_tmodel_eval(nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, double *loss_sum, int64_t *n_tok,
                          nm_err *err);
