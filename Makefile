@@ -12,6 +12,20 @@
 # Several builds can live side by side: BUILD=dir picks the output folder.
 
 SAN ?= 0
+# ---- MPI (data-parallel training, issue 12) ----
+# make MPI=1  the same library and tool compiled and linked by Open MPI's
+#             mpicc with -DNM_MPI (src/train/dist.c), into build-mpi/ (with
+#             SAN=1: build-mpi-san/); `make` itself never needs MPI
+MPI ?= 0
+ifeq ($(MPI),1)
+ifeq ($(SAN),1)
+BUILD ?= build-mpi-san
+else
+BUILD ?= build-mpi
+endif
+CC := mpicc
+endif
+# ---- end MPI ----
 ifeq ($(SAN),1)
 BUILD ?= build-san
 else
@@ -35,6 +49,9 @@ ifeq ($(WERROR),1)
 WARN += -Werror
 endif
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) -Iinclude -Isrc
+ifeq ($(MPI),1)
+ALL_CFLAGS += -DNM_MPI
+endif
 ifeq ($(SAN),1)
 ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SAN_LDFLAGS := -fsanitize=address,undefined

@@ -931,6 +931,24 @@ typedef struct nm_train_params {
 void nm_train_params_default(nm_train_params *p);
 nm_status nm_train_run(const nm_train_params *p, const nm_log *log, nm_err *err);
 
+/* ---- training across machines (MPI; docs/TRAINING.md) ----
+ * A library built with `make MPI=1` and started by mpirun trains data
+ * parallel: nm_train_run on every rank, each computing its share of every
+ * global batch, gradients summed over the ranks, the same optimiser step on
+ * each; only rank 0 writes checkpoints and metrics.  on_step runs on every
+ * rank (print from rank 0); a stop asked on any rank stops all of them.
+ * nm_dist_start joins the job (MPI_Init) when a launcher started the
+ * process and does nothing otherwise; call it once before nm_train_run.  A
+ * build without MPI fails there (and in nm_train_run) when a launcher
+ * started several copies.  nm_dist_finish(code) leaves the job and returns
+ * code: MPI_Finalize, or with code != 0 in a job of several ranks
+ * MPI_Abort (which does not return), because the peers of a failed rank
+ * would otherwise wait for it forever. */
+nm_status nm_dist_start(nm_err *err);
+int nm_dist_finish(int code);
+int nm_dist_rank(void); /* 0 without MPI */
+int nm_dist_size(void); /* 1 without MPI */
+
 /* Training speed on random tokens: tokens/s of forward + backward +
  * optimiser steps, peak memory, and the FLOP/s the loop reaches (2 FLOPs
  * per multiply-add of the forward and backward matrix products). */

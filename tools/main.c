@@ -62,8 +62,16 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
+    /* under mpirun: join the job (or, built without MPI, refuse to run N
+     * copies that would each train alone); a failed rank ends the job */
+    nm_err derr = {0};
+    if (nm_dist_start(&derr)) {
+        fprintf(stderr, "nomoat: %s\n", derr.msg);
+        return 1;
+    }
     for (size_t i = 0; i < N_COMMANDS; i++)
-        if (strcmp(COMMANDS[i].name, name) == 0) return COMMANDS[i].run(argc - 1, argv + 1);
+        if (strcmp(COMMANDS[i].name, name) == 0) return nm_dist_finish(COMMANDS[i].run(argc - 1, argv + 1));
+    nm_dist_finish(0);
     fprintf(stderr, "nomoat: unknown command '%s' (see 'nomoat help')\n", name);
     return 2;
 }

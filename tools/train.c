@@ -46,7 +46,9 @@ static void help(void) {
         "run:\n"
         "  -o, --out DIR          output directory        --resume DIR   continue a run\n"
         "  --checkpoint-every N   (100; 0: at the end)     --metrics FILE (DIR/metrics.jsonl)\n"
-        "  --threads N (all)  --seed S (42)  --quiet  --verbose\n");
+        "  --threads N (all)  --seed S (42)  --quiet  --verbose\n"
+        "  mpirun -np N nomoat train ...   data parallel over N processes / machines (a build with\n"
+        "                         make MPI=1): the same run, each rank a share of every batch\n");
 }
 
 /* ---- SIGINT: the first asks for a checkpoint and a clean stop, the second
@@ -83,9 +85,21 @@ static void fmt_time(double s, char *buf, size_t cap) {
         snprintf(buf, cap, "%lds", t);
 }
 
+/* Test hook of tests/test_mpi.c: NOMOAT_TEST_DIE_AT=RANK:STEP makes that rank
+ * vanish after that step, as a crashed machine would (no MPI_Finalize). */
+static void test_die_at(const nm_train_stats *s) {
+    const char *e = getenv("NOMOAT_TEST_DIE_AT");
+    long rank, step;
+    if (e && sscanf(e, "%ld:%ld", &rank, &step) == 2 && rank == nm_dist_rank() && step == s->step) {
+        fprintf(stderr, "nomoat: NOMOAT_TEST_DIE_AT: rank %ld dies after step %ld\n", rank, step);
+        _exit(3);
+    }
+}
+
 static int on_step(void *user, const nm_train_stats *s) {
     progress *p = user;
-    if (p->quiet) return 0;
+    test_die_at(s);
+    if (p->quiet || nm_dist_rank() != 0) return 0; /* under mpirun: rank 0 reports */
     p->log_every = s->total_steps > 200 ? s->total_steps / 100 : 1;
     char eta[32], val[48] = "";
     fmt_time(s->eta_s, eta, sizeof eta);
@@ -372,7 +386,7 @@ int cmd_train(int argc, char **argv) {
     } else if (st) {
         rc = cli_fail(&err);
     } else {
-        if (!quiet) printf("adapter written to %s\n", p.resume_dir && !p.out_dir ? p.resume_dir : p.out_dir);
+        if (!quiet && nm_dist_rank() == 0) printf("adapter written to %s\n", p.resume_dir && !p.out_dir ? p.resume_dir : p.out_dir);
         rc = 0;
     }
 out:

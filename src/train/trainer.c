@@ -15,6 +15,7 @@
  * from the directory is consistent. */
 #include "train/adapter.h"
 #include "train/data.h"
+#include "train/dist.h"
 #include "train/optim.h"
 #include "base/base.h"
 
@@ -117,6 +118,10 @@ typedef struct trainer {
     int32_t *btok, *btgt, *bpos, *bdoc; /* one step's rows */
     FILE *metrics;
     char metrics_path[4096];
+    /* data parallelism (dist.h): one rank of size ranks; ranks other than
+     * 0 log warnings and errors only */
+    nm_dist dist;
+    nm_log rank_log;
 } trainer;
 
 static void trainer_free(trainer *t) {
@@ -141,6 +146,7 @@ static void trainer_free(trainer *t) {
     nm_tmodel_free(t->m);
     nm_pool_free(t->pool);
     json_decref(t->saved);
+    nm_dist_deinit(&t->dist);
 }
 
 /* ---- the configuration as JSON (saved with every checkpoint) ---- */
@@ -356,6 +362,8 @@ static nm_status setup_stack(trainer *t, nm_err *err) {
 static nm_status setup_model(trainer *t, nm_err *err) {
     const nm_train_params *p = &t->p;
     int nth = p->threads > 0 ? p->threads : nm_cpu_count();
+    if (p->threads <= 0 && t->dist.local_size > 1) /* ranks on one machine share its cores */
+        nth = nth / t->dist.local_size > 0 ? nth / t->dist.local_size : 1;
     nm_status st = nm_pool_new(nth, &t->pool, err);
     if (st) return st;
     if ((st = nm_tmodel_open(p->model, p->full, t->pool, &t->m, err))) return st;
@@ -486,6 +494,7 @@ static nm_status save_full_model(trainer *t, nm_err *err) {
 }
 
 static nm_status save_checkpoint(trainer *t, nm_err *err) {
+    if (t->dist.rank != 0) return NM_OK; /* every rank holds the same state: one writes it */
     nm_status st = make_dir(t->out, err);
     if (st) return st;
     if (t->p.full)
@@ -659,7 +668,9 @@ static nm_status trim_metrics(const char *path, int64_t step, nm_err *err) {
 static nm_status evaluate(trainer *t, double *loss, nm_err *err) {
     double sum = 0;
     int64_t n = 0, L = t->p.seq_len;
-    for (int64_t r = 0; r < t->vrows.n_rows; r += t->p.batch) {
+    /* batch j on rank j % size, the sums added over the ranks */
+    for (int64_t r = (int64_t)t->dist.rank * t->p.batch; r < t->vrows.n_rows;
+         r += (int64_t)t->dist.size * t->p.batch) {
         int64_t ns = t->vrows.n_rows - r < t->p.batch ? t->vrows.n_rows - r : t->p.batch;
         nm_tm_batch b = {ns, L, t->vrows.tokens + r * L, t->vrows.targets + r * L, t->vrows.pos + r * L,
                          t->vrows.doc + r * L};
@@ -670,6 +681,11 @@ static nm_status evaluate(trainer *t, double *loss, nm_err *err) {
         sum += s;
         n += k;
     }
+    double v[2] = {sum, (double)n};
+    nm_status st = nm_dist_sum_f64(&t->dist, v, 2, err);
+    if (st) return st;
+    sum = v[0];
+    n = (int64_t)v[1];
     *loss = n ? sum / (double)n : NAN;
     return NM_OK;
 }
@@ -714,24 +730,39 @@ static int run_step(trainer *t, double *loss, double *gnorm, double *lr, int64_t
         memcpy(t->bpos + dst, t->rows.pos + src, (size_t)L * 4);
         memcpy(t->bdoc + dst, t->rows.doc + src, (size_t)L * 4);
     }
+    /* data parallel: this rank computes rows [g0, g1) of the step (all of
+     * them in one process), micro-batch k keeping its dropout seed */
+    int64_t g0, g1;
+    nm_dist_share(&t->dist, take, B, &g0, &g1);
     int64_t N = 0, ntok = 0;
-    for (int64_t i = 0; i < take * L; i++) {
+    for (int64_t i = g0 * L; i < g1 * L; i++) {
         N += t->btgt[i] >= 0;
         ntok += t->bdoc[i] >= 0;
     }
+    if (t->dist.size > 1) { /* the loss is a mean over the GLOBAL batch: its count first */
+        int64_t c[3] = {N, ntok, p->should_stop && p->should_stop(p->user)};
+        if ((*st = nm_dist_sum_i64(&t->dist, c, 3, err))) return 0;
+        if (c[2]) return 1; /* any rank stopping stops all, before anything changed */
+        N = c[0];
+        ntok = c[1];
+    }
     nm_grad_zero(t->params, t->n_params);
     double sum = 0;
-    for (int64_t k = 0; k * B < take; k++) {
-        if (p->should_stop && p->should_stop(p->user)) return 1;
-        int64_t r0 = k * B, ns = take - r0 < B ? take - r0 : B;
+    for (int64_t r0 = g0; r0 < g1;) {
+        if (t->dist.size == 1 && p->should_stop && p->should_stop(p->user)) return 1;
+        int64_t k = r0 / B, ns = (k + 1) * B < g1 ? (k + 1) * B - r0 : g1 - r0;
         nm_tm_batch b = {ns, L, t->btok + r0 * L, t->btgt + r0 * L, t->bpos + r0 * L, t->bdoc + r0 * L};
         double s;
         int64_t n;
-        *st = nm_tmodel_fwd_bwd(t->m, t->lora, &b, N > 0 ? 1.0f / (float)N : 0.0f,
-                                mix(mix(p->seed, (uint64_t)t->step), (uint64_t)k), &s, &n, err);
+        uint64_t drop = mix(mix(p->seed, (uint64_t)t->step), (uint64_t)k);
+        if (r0 % B) drop = mix(drop, (uint64_t)(r0 % B)); /* a part of micro-batch k (more ranks than micro-batches) */
+        *st = nm_tmodel_fwd_bwd(t->m, t->lora, &b, N > 0 ? 1.0f / (float)N : 0.0f, drop, &s, &n, err);
         if (*st) return 0;
         sum += s;
+        r0 += ns;
     }
+    if ((*st = nm_dist_sum_grads(&t->dist, t->params, t->n_params, err))) return 0;
+    if ((*st = nm_dist_sum_f64(&t->dist, &sum, 1, err))) return 0;
     *gnorm = nm_grad_clip(t->params, t->n_params, p->clip);
     *lr = nm_sched_lr(&t->sched, t->step);
     if (isfinite(*gnorm)) nm_adamw_step(&t->opt, &t->acfg, *lr);
@@ -781,6 +812,43 @@ static nm_status saved_stack(trainer *t, const nm_train_params *pin, const char 
     return NM_OK;
 }
 
+/* Data parallelism: the ranks must train the same run (same files, same
+ * position) and start from the same parameters, bit for bit. */
+static nm_status dist_setup(trainer *t, nm_err *err) {
+    if (t->dist.size < 2) return NM_OK;
+    uint64_t fp = 0;
+    for (const char *c = t->fp; *c; c++) fp = mix(fp, (uint64_t)(unsigned char)*c);
+    uint64_t v[8] = {t->data_hash, t->val_hash, fp, (uint64_t)t->step, (uint64_t)t->epoch, (uint64_t)t->row,
+                     (uint64_t)t->total, (uint64_t)t->n_elems};
+    bool same;
+    nm_status st = nm_dist_same_u64(&t->dist, v, 8, &same, err);
+    if (st) return st;
+    if (!same)
+        return nm_err_set(err, NM_ERR_ARG,
+                          "the %d ranks do not train the same run (base model, data or resumed position differ "
+                          "from rank 0's): every machine needs the same files at the same paths",
+                          t->dist.size);
+    for (int64_t i = 0; i < t->n_params && !st; i++)
+        st = nm_dist_bcast_f32(&t->dist, t->params[i].data, t->params[i].n, err);
+    if (!st) st = nm_dist_bcast_f32(&t->dist, t->opt.m, t->n_elems, err);
+    if (!st) st = nm_dist_bcast_f32(&t->dist, t->opt.v, t->n_elems, err);
+    if (!st)
+        nm_logf(t->log, NM_LOG_INFO, "data parallel: %d ranks (%d on this machine), each about 1/%d of every step's rows",
+                t->dist.size, t->dist.local_size, t->dist.size);
+    return st;
+}
+
+/* What the gradient allreduce cost, against the step time (the figures of
+ * docs/TRAINING.md). */
+static void dist_report(trainer *t, int64_t steps) {
+    const nm_dist *d = &t->dist;
+    if (d->size < 2 || !d->n_grad_reduce || steps < 1) return;
+    double step_s = (now_s() - t->run_start) / (double)steps, ar = d->grad_s / (double)d->n_grad_reduce;
+    nm_logf(t->log, NM_LOG_INFO,
+            "data parallel: %d ranks, %.1f KiB of gradients per step, allreduce %.3f ms of a %.1f ms step (%.1f%%)",
+            d->size, (double)d->grad_bytes / 1024.0, ar * 1e3, step_s * 1e3, 100.0 * ar / step_s);
+}
+
 nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *err) {
     trainer t;
     memset(&t, 0, sizeof t);
@@ -789,7 +857,13 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
     t.last_val = NAN;
     const char **saved_vars = NULL;
     nm_st *state = NULL;
-    nm_status st = NM_OK;
+    nm_status st = nm_dist_init(&t.dist, err);
+    if (st) return st;
+    if (t.dist.rank != 0 && log) { /* one copy of the story, from rank 0 */
+        t.rank_log = *log;
+        if (t.rank_log.min_level < NM_LOG_WARN) t.rank_log.min_level = NM_LOG_WARN;
+        t.log = log = &t.rank_log;
+    }
     if (pin->resume_dir) {
         t.saved = read_state_json(pin->resume_dir, &state, err);
         if (!t.saved) return err ? err->code : NM_ERR_FORMAT;
@@ -848,8 +922,9 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
             goto done;
         }
     }
-    if ((st = make_dir(t.out, err))) goto done;
-    if (!t.p.metrics || *t.p.metrics) {
+    if ((st = dist_setup(&t, err))) goto done;
+    if (t.dist.rank == 0 && (st = make_dir(t.out, err))) goto done;
+    if (t.dist.rank == 0 && (!t.p.metrics || *t.p.metrics)) {
         if (t.p.metrics)
             snprintf(t.metrics_path, sizeof t.metrics_path, "%s", t.p.metrics);
         else
@@ -908,10 +983,9 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
             s.checkpointed = (t.p.checkpoint_every && t.step % t.p.checkpoint_every == 0) || last;
             write_metrics(&t, &s);
             if (s.checkpointed && (st = save_checkpoint(&t, err))) goto done;
-            if (t.p.on_step && t.p.on_step(t.p.user, &s) != 0) {
-                stop = true;
-                if (!s.checkpointed && (st = save_checkpoint(&t, err))) goto done;
-            }
+            if (t.p.on_step && t.p.on_step(t.p.user, &s) != 0) stop = true;
+            if ((st = nm_dist_any(&t.dist, &stop, err))) goto done; /* the ranks stop together */
+            if (stop && !s.checkpointed && (st = save_checkpoint(&t, err))) goto done;
         }
         if (stop) {
             if ((st = save_checkpoint(&t, err))) goto done;
@@ -921,6 +995,8 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
         }
         if (t.step == start_step)
             nm_logf(log, NM_LOG_INFO, "%s: already trained for %lld steps", t.out, (long long)t.total);
+        else
+            dist_report(&t, t.step - start_step);
     }
 done:
     nm_st_free(state);
