@@ -8,6 +8,7 @@ PKGS=(
   libjansson-dev                  # JSON (metadata, golden files, server)
   libpcre2-dev                    # Unicode regexes for BPE pre-tokenizers
   libmicrohttpd-dev               # HTTP server of nomoat serve
+  libopenmpi-dev openmpi-bin      # data-parallel training (make MPI=1, mpirun; tests/test_mpi.c)
   chromium                        # headless browser test of the serve chat page
   clang libclang-rt-14-dev        # libFuzzer and sanitizer runtimes
   gcc-aarch64-linux-gnu qemu-user libc6-dev-arm64-cross  # ARM cross build, tests under qemu (make cross-aarch64)

@@ -40,6 +40,15 @@ else
   echo "[aarch64] cross build failed"; total_f=$((total_f + 1))
 fi
 # ---- end aarch64 ----
+# ---- MPI (data-parallel training, issue 12): the MPI build and its one test
+# program, which starts real 2-rank jobs with mpirun and checks that the
+# default build (build/nomoat, above) refuses to run under it ----
+if build MPI=1 all build-mpi/tests/test_mpi; then
+  NOMOAT_PLAIN_BIN=$PWD/build/nomoat phase mpi scripts/run-tests.sh build-mpi mpi
+else
+  echo "[mpi] build failed"; total_f=$((total_f + 1))
+fi
+# ---- end MPI ----
 phase fuzz make --no-print-directory fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
 echo "== all phases =="
 echo "$total_p passed, $total_f failed"
