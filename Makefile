@@ -8,6 +8,8 @@
 #   make fuzz         libFuzzer targets for FUZZ_SECONDS each (clang)
 #   make demo         set-up, build, then the main job on ../shared/models/stories260K.gguf
 #   make install PREFIX=/usr/local
+#   make MPI=1        the same, built with mpicc for data-parallel training under
+#                     mpirun (build-mpi/); `make test` builds and tests it too
 #
 # Several builds can live side by side: BUILD=dir picks the output folder.
 

@@ -380,8 +380,9 @@ int cmd_train(int argc, char **argv) {
     nm_status st = nm_train_run(&p, &lg, &err);
     if (pr.tty && !quiet) fputc('\n', stderr);
     if (st == NM_ERR_CANCELLED) {
-        fprintf(stderr, "nomoat: interrupted: %s (continue with: nomoat train --resume %s)\n", err.msg,
-                p.resume_dir ? p.resume_dir : p.out_dir);
+        if (nm_dist_rank() == 0) /* under mpirun every rank stopped at the same step */
+            fprintf(stderr, "nomoat: interrupted: %s (continue with: nomoat train --resume %s)\n", err.msg,
+                    p.resume_dir ? p.resume_dir : p.out_dir);
         rc = 130;
     } else if (st) {
         rc = cli_fail(&err);
