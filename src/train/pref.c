@@ -250,12 +250,22 @@ typedef struct loader {
     msgs p, c, r;
 } loader;
 
-/* An example cut to seq_len + 1 tokens; false if no answer token is left. */
+/* An example cut to seq_len + 1 tokens: the end of the answer goes first;
+ * when the prompt alone is too long, its start goes too (as TRL's
+ * keep-end prompt truncation), leaving half the window to the answer.
+ * False if no answer token is left. */
 static bool fits(const nm_data_opts *o, side *s, bool *cut) {
-    if (s->n > o->seq_len + 1) {
-        s->n = o->seq_len + 1;
-        *cut = true;
+    int64_t W = o->seq_len + 1, a = 1;
+    if (s->n <= W) return true;
+    *cut = true;
+    while (a < s->n && !s->trn[a]) a++;
+    if (a >= W) {
+        int64_t keep = W / 2 > 0 ? W / 2 : 1, from = a - keep;
+        memmove(s->tok, s->tok + from, (size_t)(s->n - from) * sizeof *s->tok);
+        memmove(s->trn, s->trn + from, (size_t)(s->n - from));
+        s->n -= from;
     }
+    if (s->n > W) s->n = W;
     for (int64_t i = 1; i < s->n; i++)
         if (s->trn[i]) return true;
     return false;
