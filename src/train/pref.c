@@ -180,6 +180,10 @@ static int parse_record(json_t *rec, msgs *p, msgs *c, msgs *r, char *why, size_
     return 0;
 }
 
+static bool blank(const char *s) {
+    return trim_len(s + strspn(s, " \t\r\n"), strlen(s + strspn(s, " \t\r\n"))) == 0;
+}
+
 /* ---- building the dataset ---- */
 
 static bool ds_add(nm_dataset *d, const int32_t *tok, const uint8_t *trn, int64_t n) {
@@ -250,25 +254,38 @@ typedef struct loader {
     msgs p, c, r;
 } loader;
 
-/* An example cut to seq_len + 1 tokens: the end of the answer goes first;
- * when the prompt alone is too long, its start goes too (as TRL's
- * keep-end prompt truncation), leaving half the window to the answer.
- * False if no answer token is left. */
-static bool fits(const nm_data_opts *o, side *s, bool *cut) {
-    int64_t W = o->seq_len + 1, a = 1;
-    if (s->n <= W) return true;
-    *cut = true;
+/* Tokens a side must lose at its start so that its answer begins inside
+ * the window of W tokens: none if it does; otherwise as few as keep the
+ * whole tail, but at least enough to leave half the window to the answer
+ * (TRL cuts long prompts at the start the same way). */
+static int64_t cut_needed(const side *s, int64_t W) {
+    int64_t a = 1;
     while (a < s->n && !s->trn[a]) a++;
-    if (a >= W) {
-        int64_t keep = W / 2 > 0 ? W / 2 : 1, from = a - keep;
-        memmove(s->tok, s->tok + from, (size_t)(s->n - from) * sizeof *s->tok);
-        memmove(s->trn, s->trn + from, (size_t)(s->n - from));
-        s->n -= from;
+    if (a < W || s->n <= W) return 0;
+    int64_t keep = W / 2 > 0 ? W / 2 : 1, from = a - keep;
+    return s->n - W < from ? s->n - W : from;
+}
+
+/* Both sides cut by the same number of prompt tokens (they share the
+ * prompt), then at their end; false if a side has no answer token left. */
+static bool fit_pair(const nm_data_opts *o, side *c, side *r, bool *cut) {
+    int64_t W = o->seq_len + 1, fc = cut_needed(c, W), fr = cut_needed(r, W), from = fc > fr ? fc : fr;
+    side *sd[2] = {c, r};
+    bool ok = true;
+    for (int k = 0; k < 2; k++) {
+        side *s = sd[k];
+        if (s->n > W) *cut = true;
+        if (from > 0 && from < s->n) {
+            memmove(s->tok, s->tok + from, (size_t)(s->n - from) * sizeof *s->tok);
+            memmove(s->trn, s->trn + from, (size_t)(s->n - from));
+            s->n -= from;
+        }
+        if (s->n > W) s->n = W;
+        bool any = false;
+        for (int64_t i = 1; i < s->n; i++) any |= s->trn[i] != 0;
+        ok &= any;
     }
-    if (s->n > W) s->n = W;
-    for (int64_t i = 1; i < s->n; i++)
-        if (s->trn[i]) return true;
-    return false;
+    return ok;
 }
 
 static nm_status on_record(void *user, const char *text, size_t len, int64_t line, int64_t rec_no, nm_err *err) {
@@ -290,6 +307,8 @@ static nm_status on_record(void *user, const char *text, size_t len, int64_t lin
     } else {
         rc = parse_record(rec, &L->p, &L->c, &L->r, why, sizeof why);
         json_decref(rec);
+        if (rc == 0 && (blank(L->c.m[L->c.n - 1].content) || blank(L->r.m[L->r.n - 1].content)))
+            rc = 1, snprintf(why, sizeof why, "an answer is empty");
     }
     if (rc < 0 && !(err && err->code)) nm_err_set(err, NM_ERR_NOMEM, "out of memory");
     if (rc == 0) rc = render_side(&L->p, &L->c, L->o, &sc, why, sizeof why, err);
@@ -308,9 +327,9 @@ static nm_status on_record(void *user, const char *text, size_t len, int64_t lin
                         (long long)rec_no, why);
         }
     } else {
-        bool cut = false, okc = fits(L->o, &sc, &cut), okr = fits(L->o, &sr, &cut);
+        bool cut = false, ok = fit_pair(L->o, &sc, &sr, &cut);
         d->n_truncated += cut;
-        if (!okc || !okr)
+        if (!ok)
             d->n_empty++;
         else if (!ds_add(d, sc.tok, sc.trn, sc.n) || !ds_add(d, sr.tok, sr.trn, sr.n))
             st = nm_err_set(err, NM_ERR_NOMEM, "out of memory for preference pairs");
