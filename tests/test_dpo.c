@@ -147,7 +147,7 @@ static void test_hook_vs_fd(nm_test *t) {
             for (int s = 0; s < HS; s++) r[s] = ref[s] + (shift ? 4.0 * (s % 2 ? 1 : -1) : 0);
             nm_dpo_hook h;
             nm_err err = {0};
-            if (!CHECK_OK(t, nm_dpo_hook_init(&h, c, tgt, HS, HL, r, weight, &err), err)) return;
+            if (!CHECK_OK(t, nm_dpo_hook_init(&h, c, tgt, HS, HL, r, weight, HV, 1, &err), err)) return;
             nm_tm_head hk = nm_dpo_head(&h);
             memcpy(g, lf, sizeof g);
             const int64_t chunk = 6; /* chunks that cut sequences */
@@ -186,7 +186,7 @@ static void test_hook_vs_fd(nm_test *t) {
     /* a micro-batch that splits a pair is refused */
     nm_dpo_hook h;
     nm_err err = {0};
-    CHECK(t, nm_dpo_hook_init(&h, &VARIANTS[0], tgt, 3, HL, ref, 1, &err) == NM_ERR_ARG);
+    CHECK(t, nm_dpo_hook_init(&h, &VARIANTS[0], tgt, 3, HL, ref, 1, HV, 1, &err) == NM_ERR_ARG);
 }
 
 /* ---- through the model ---- */

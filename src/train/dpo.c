@@ -7,6 +7,7 @@
  * ones an identical forward would give again (exact resume recomputes
  * them). */
 #include "train/dpo.h"
+#include "train/gemm.h"
 #include "base/base.h"
 
 #include <math.h>
@@ -60,9 +61,11 @@ double nm_dpo_pair(const nm_dpo_cfg *c, double pol_c, double pol_r, double ref_c
 /* ---- the hook ---- */
 
 nm_status nm_dpo_hook_init(nm_dpo_hook *h, const nm_dpo_cfg *cfg, const int32_t *targets, int64_t n_seq,
-                           int64_t seq_len, const double *ref, double weight, nm_err *err) {
+                           int64_t seq_len, const double *ref, double weight, int64_t n_vocab, int nth, nm_err *err) {
     memset(h, 0, sizeof *h);
-    if (n_seq < 1 || seq_len < 1) return nm_err_set(err, NM_ERR_ARG, "DPO: empty micro-batch");
+    if (n_seq < 1 || seq_len < 1 || n_vocab < 1) return nm_err_set(err, NM_ERR_ARG, "DPO: empty micro-batch");
+    h->n_vocab = n_vocab;
+    h->nth = nth > 0 ? nth : 1;
     if (ref && n_seq % 2) return nm_err_set(err, NM_ERR_ARG, "DPO: a micro-batch must hold whole pairs (%lld rows)",
                                             (long long)n_seq);
     h->cfg = cfg;
@@ -77,7 +80,8 @@ nm_status nm_dpo_hook_init(nm_dpo_hook *h, const nm_dpo_cfg *cfg, const int32_t 
     h->logp = nm_calloc((size_t)n_seq, sizeof *h->logp);
     h->coef = nm_calloc((size_t)n_seq, sizeof *h->coef);
     h->pair_loss = nm_calloc((size_t)n_seq, sizeof *h->pair_loss);
-    if (!h->lse || !h->tok_lp || !h->logp || !h->coef || !h->pair_loss) {
+    h->scratch = nm_calloc((size_t)h->nth * (size_t)n_vocab, sizeof *h->scratch);
+    if (!h->lse || !h->tok_lp || !h->logp || !h->coef || !h->pair_loss || !h->scratch) {
         nm_dpo_hook_deinit(h);
         return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
     }
@@ -90,6 +94,7 @@ void nm_dpo_hook_deinit(nm_dpo_hook *h) {
     free(h->logp);
     free(h->coef);
     free(h->pair_loss);
+    free(h->scratch);
     memset(h, 0, sizeof *h);
 }
 
@@ -100,8 +105,8 @@ typedef struct rows_job {
     bool backward;
 } rows_job;
 
-static void par(nm_ops_ctx *c, nm_pool_fn fn, void *arg) {
-    if (c && c->pool && c->nth > 1)
+static void par(nm_ops_ctx *c, const nm_dpo_hook *h, nm_pool_fn fn, void *arg) {
+    if (c && c->pool && c->nth > 1 && c->nth <= h->nth) /* one scratch row per thread */
         nm_pool_run(c->pool, fn, arg);
     else
         fn(arg, 0, 1);
@@ -118,19 +123,22 @@ static void scan_task(void *arg, int ith, int nth) {
         int32_t y = j->h->targets[t];
         if (!target_ok(y, j->V)) continue;
         const float *l = j->logits + i * j->V;
-        float m = l[0];
+        float m = l[0], *x = j->h->scratch + (size_t)ith * (size_t)j->V;
         for (int64_t v = 1; v < j->V; v++) m = l[v] > m ? l[v] : m;
-        double s = 0;
-        for (int64_t v = 0; v < j->V; v++) s += exp((double)l[v] - (double)m);
-        double lse = (double)m + log(s);
+        /* the vectorised exp of cross-entropy, on a copy: the logits are
+         * not ours to change in this sweep */
+        memcpy(x, l, (size_t)j->V * sizeof *x);
+        double lse = (double)m + log(nm_exp_row(x, j->V, m));
         j->h->lse[t] = lse;
         j->h->tok_lp[t] = (double)l[y] - lse;
     }
 }
 
 static void dpo_scan(void *user, nm_ops_ctx *c, int64_t t0, int64_t ct, int64_t V, const float *logits) {
-    rows_job j = {user, t0, ct, V, (float *)logits, false};
-    par(c, scan_task, &j);
+    nm_dpo_hook *h = user;
+    if (V > h->n_vocab) return; /* not the vocabulary it was made for: finish() sees no values */
+    rows_job j = {h, t0, ct, V, (float *)logits, false};
+    par(c, h, scan_task, &j);
 }
 
 /* After the scan: each sequence's value, each pair's loss and rewards, and
@@ -183,15 +191,21 @@ static void grad_task(void *arg, int ith, int nth) {
             continue;
         }
         /* d(k * logp_y)/dlogits = k * (onehot(y) - softmax) */
-        double lse = h->lse[t];
-        for (int64_t v = 0; v < j->V; v++) l[v] = (float)(-k * exp((double)l[v] - lse));
-        l[y] = (float)((double)l[y] + k);
+        nm_exp_row(l, j->V, (float)h->lse[t]);
+        float kf = (float)k;
+        for (int64_t v = 0; v < j->V; v++) l[v] *= -kf;
+        l[y] += kf;
     }
 }
 
 static int64_t dpo_loss(void *user, nm_ops_ctx *c, int64_t t0, int64_t ct, int64_t V, float *logits, float *loss,
                         bool backward) {
     nm_dpo_hook *h = user;
+    if (h->one_sweep && !backward) { /* forward only: gather now, finish after the pass */
+        dpo_scan(user, c, t0, ct, V, logits);
+        memset(loss, 0, (size_t)ct * sizeof *loss);
+        return 0;
+    }
     if (!h->ready) finish(h);
     int64_t n = 0;
     for (int64_t i = 0; i < ct; i++) { /* each pair's loss sits on its first position */
@@ -202,20 +216,21 @@ static int64_t dpo_loss(void *user, nm_ops_ctx *c, int64_t t0, int64_t ct, int64
     }
     if (backward) {
         rows_job j = {h, t0, ct, V, logits, true};
-        par(c, grad_task, &j);
+        par(c, h, grad_task, &j);
     }
     return n;
 }
 
-nm_tm_head nm_dpo_head(nm_dpo_hook *h) { return (nm_tm_head){dpo_scan, dpo_loss, h}; }
+nm_tm_head nm_dpo_head(nm_dpo_hook *h) { return (nm_tm_head){h->one_sweep ? NULL : dpo_scan, dpo_loss, h}; }
 
 /* ---- on the model ---- */
 
 nm_status nm_dpo_logps(nm_tmodel *m, nm_tm_lora *lora, const nm_dpo_cfg *c, const nm_tm_batch *b, double *out,
                        nm_err *err) {
     nm_dpo_hook h;
-    nm_status st = nm_dpo_hook_init(&h, c, b->targets, b->n_seq, b->seq_len, NULL, 0, err);
+    nm_status st = nm_dpo_hook_init(&h, c, b->targets, b->n_seq, b->seq_len, NULL, 0, m->hp.n_vocab, m->ops.nth, err);
     if (st) return st;
+    h.one_sweep = true;
     nm_tm_head hk = nm_dpo_head(&h);
     double s;
     int64_t n;
@@ -232,13 +247,15 @@ nm_status nm_dpo_step(nm_tmodel *m, nm_tm_lora *lora, const nm_dpo_cfg *c, const
                       bool train, double weight, uint64_t drop_seed, nm_dpo_sums *sums, nm_err *err) {
     if (!ref) return nm_err_set(err, NM_ERR_ARG, "DPO: no reference log-probabilities");
     nm_dpo_hook h;
-    nm_status st = nm_dpo_hook_init(&h, c, b->targets, b->n_seq, b->seq_len, ref, weight, err);
+    nm_status st = nm_dpo_hook_init(&h, c, b->targets, b->n_seq, b->seq_len, ref, weight, m->hp.n_vocab, m->ops.nth, err);
     if (st) return st;
+    h.one_sweep = !train; /* without a gradient one output-head sweep is enough */
     nm_tm_head hk = nm_dpo_head(&h);
     double s;
     int64_t n;
     st = train ? nm_tmodel_fwd_bwd_head(m, lora, b, &hk, 0.0f, drop_seed, &s, &n, err)
                : nm_tmodel_eval_head(m, lora, b, &hk, &s, &n, err);
+    if (!st && !h.ready) finish(&h);
     if (!st) {
         sums->loss += h.sums.loss;
         sums->acc += h.sums.acc;

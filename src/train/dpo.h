@@ -79,10 +79,18 @@ typedef struct nm_dpo_hook {
     double *pair_loss;      /* [n_seq / 2] */
     nm_dpo_sums sums;
     bool ready;
+    int64_t n_vocab;
+    int nth;                /* threads the scan may use (one scratch row each) */
+    float *scratch;         /* [nth * n_vocab] */
+    bool one_sweep;         /* forward only: no scan sweep, the loss sweep
+                               gathers and the caller finishes (half the
+                               output-head products) */
 } nm_dpo_hook;
 
+/* n_vocab: the logits' width; nth: the ops context's thread count (1 for
+ * a NULL context). */
 nm_status nm_dpo_hook_init(nm_dpo_hook *h, const nm_dpo_cfg *cfg, const int32_t *targets, int64_t n_seq,
-                           int64_t seq_len, const double *ref, double weight, nm_err *err);
+                           int64_t seq_len, const double *ref, double weight, int64_t n_vocab, int nth, nm_err *err);
 void nm_dpo_hook_deinit(nm_dpo_hook *h);
 nm_tm_head nm_dpo_head(nm_dpo_hook *h);
 
