@@ -861,6 +861,11 @@ typedef struct nm_train_stats {
     double tokens_per_s;       /* this run's average                         */
     double elapsed_s, eta_s;   /* this run                                   */
     uint64_t peak_rss;         /* bytes                                      */
+    /* preference tuning (dpo): this step's pairs and the latest validation
+     * (NAN: none yet); rewards are beta * (log pi - log ref) of each side */
+    bool dpo;
+    double reward_acc, reward_margin, reward_chosen, reward_rejected;
+    double val_reward_acc, val_reward_margin, val_reward_chosen, val_reward_rejected;
 } nm_train_stats;
 
 /* Called after every step; a non-zero return stops the run: a checkpoint is
@@ -922,6 +927,16 @@ typedef struct nm_train_params {
     int64_t checkpoint_every;  /* steps between checkpoints (100; 0: end only) */
     int32_t threads;           /* 0: every CPU                                */
     uint64_t seed;             /* 42 */
+    /* preference tuning (DPO, docs/DPO.md): data and val_data are preference
+     * pairs (prompt, chosen, rejected); the loss pulls the adapter toward
+     * the chosen answers relative to the reference, which is the base (and
+     * stack) with the trained adapter off.  batch counts PAIRS (each one a
+     * chosen and a rejected row); rows are never packed; val_max_rows counts
+     * pairs.  LoRA only.  format, mask_prompt and pack are not used. */
+    bool dpo;
+    const char *dpo_loss;      /* "sigmoid" (default) or "ipo"               */
+    double dpo_beta;           /* 0.1 */
+    double dpo_label_smoothing; /* 0; > 0: conservative DPO (sigmoid only)   */
     /* feedback */
     nm_train_step_fn on_step;
     nm_train_stop_fn should_stop;

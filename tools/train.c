@@ -48,7 +48,12 @@ static void help(void) {
         "  --checkpoint-every N   (100; 0: at the end)     --metrics FILE (DIR/metrics.jsonl)\n"
         "  --threads N (all)  --seed S (42)  --quiet  --verbose\n"
         "  mpirun -np N nomoat train ...   data parallel over N processes / machines (a build with\n"
-        "                         make MPI=1): the same run, each rank a share of every batch\n");
+        "                         make MPI=1): the same run, each rank a share of every batch\n"
+        "preference tuning (DPO, docs/DPO.md):\n"
+        "  --dpo                  the data are preference pairs (ShareGPT conversations/chosen/rejected,\n"
+        "                         prompt/chosen/rejected, or HH-RLHF transcripts); --batch counts pairs\n"
+        "  --dpo-loss sigmoid|ipo (sigmoid)   --beta B (0.1)\n"
+        "  --label-smoothing E    conservative DPO: assume a fraction E of the labels are flipped (0)\n");
 }
 
 /* ---- SIGINT: the first asks for a checkpoint and a clean stop, the second
@@ -104,17 +109,21 @@ static int on_step(void *user, const nm_train_stats *s) {
     char eta[32], val[48] = "";
     fmt_time(s->eta_s, eta, sizeof eta);
     if (!isnan(s->val_loss)) snprintf(val, sizeof val, "  val %.4f", s->val_loss);
+    char pref[96] = "";
+    if (s->dpo) /* preference tuning: reward accuracy and margin (validation's when there is one) */
+        snprintf(pref, sizeof pref, "  acc %.2f margin %.3f%s", isnan(s->val_reward_acc) ? s->reward_acc : s->val_reward_acc,
+                 isnan(s->val_reward_acc) ? s->reward_margin : s->val_reward_margin, isnan(s->val_reward_acc) ? "" : " (val)");
     if (p->tty) {
         int width = 24, done = s->total_steps ? (int)(width * s->step / s->total_steps) : width;
         char bar[32];
         for (int i = 0; i < width; i++) bar[i] = i < done ? '#' : '.';
         bar[width] = 0;
-        fprintf(stderr, "\r[%s] %lld/%lld  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %s \033[K", bar, (long long)s->step,
-                (long long)s->total_steps, s->loss, val, s->lr, s->tokens_per_s, eta);
+        fprintf(stderr, "\r[%s] %lld/%lld  loss %.4f%s%s  lr %.2e  %.0f tok/s  ETA %s \033[K", bar, (long long)s->step,
+                (long long)s->total_steps, s->loss, val, pref, s->lr, s->tokens_per_s, eta);
         if (s->step == s->total_steps) fputc('\n', stderr);
     } else if (s->step % p->log_every == 0 || s->step == 1 || s->evaluated || s->step == s->total_steps) {
-        fprintf(stderr, "step %lld/%lld  epoch %lld  loss %.4f%s  lr %.3e  grad-norm %.3f  %.1f tok/s  ETA %s%s\n",
-                (long long)s->step, (long long)s->total_steps, (long long)s->epoch, s->loss, val, s->lr, s->grad_norm,
+        fprintf(stderr, "step %lld/%lld  epoch %lld  loss %.4f%s%s  lr %.3e  grad-norm %.3f  %.1f tok/s  ETA %s%s\n",
+                (long long)s->step, (long long)s->total_steps, (long long)s->epoch, s->loss, val, pref, s->lr, s->grad_norm,
                 s->tokens_per_s, eta, s->checkpointed ? "  [checkpoint]" : "");
     }
     return 0;
@@ -303,6 +312,15 @@ int cmd_train(int argc, char **argv) {
                 cli_usage("train", "--seed needs a non-negative integer, got '%s'", v);
                 goto out;
             }
+        } else if (!strcmp(a, "--dpo")) {
+            p.dpo = true;
+        } else if (!strcmp(a, "--dpo-loss")) {
+            VAL();
+            p.dpo_loss = v;
+        } else if (!strcmp(a, "--beta")) {
+            REAL(p.dpo_beta);
+        } else if (!strcmp(a, "--label-smoothing")) {
+            REAL(p.dpo_label_smoothing);
         } else if (!strcmp(a, "--bench")) {
             do_bench = true;
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {

@@ -848,3 +848,50 @@ nm_status nm_rows_build(const nm_dataset *d, int64_t L, bool pack, bool shuffle,
     out->n_targets = nm_rows_count_targets(out, 0, n_rows);
     return NM_OK;
 }
+
+/* ======================================================================== */
+/* for other record readers (preference pairs, src/train/pref.c)            */
+/* ======================================================================== */
+
+nm_status nm_data_each_record(const char *path, const char *text, size_t len, nm_data_rec_fn fn, void *user,
+                              nm_err *err) {
+    size_t bom = len >= 3 && !memcmp(text, "\xef\xbb\xbf", 3) ? 3 : 0;
+    rec_iter it = {text + bom, len - bom, 0, 1, false, false};
+    skip_ws(&it);
+    it.array = it.pos < it.len && it.t[it.pos] == '[';
+    char why[160];
+    for (int64_t rec_no = 1;; rec_no++) {
+        size_t a, b;
+        int64_t line;
+        int r = rec_next(&it, &a, &b, &line, why, sizeof why);
+        if (r == 0) return NM_OK;
+        if (r < 0) return nm_err_set(err, NM_ERR_FORMAT, "%s:%lld: %s", path, (long long)line, why);
+        nm_status st = fn(user, it.t + a, b - a, line, rec_no, err);
+        if (st) return st;
+    }
+}
+
+int nm_data_render(const nm_chat_msg *msgs, size_t n, const nm_data_opts *o, int32_t **tok, uint8_t **trn,
+                   int64_t *n_tok, char *why, size_t cap, nm_err *err) {
+    conv c = {0};
+    tokbuf tb = {0};
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++)
+        if (!conv_add(&c, msgs[i].role, msgs[i].content, o)) rc = -1;
+    if (rc) {
+        nm_err_set(err, NM_ERR_NOMEM, "out of memory");
+    } else {
+        rc = conv_tokens(&c, o, &tb, why, cap, err);
+    }
+    conv_clear(&c);
+    free(c.m);
+    if (rc) {
+        free(tb.tok);
+        free(tb.trn);
+        return rc;
+    }
+    *tok = tb.tok;
+    *trn = tb.trn;
+    *n_tok = tb.n;
+    return 0;
+}

@@ -82,4 +82,19 @@ void nm_rows_deinit(nm_rows *r);
 /* Unmasked targets in rows [r0, r1). */
 int64_t nm_rows_count_targets(const nm_rows *r, int64_t r0, int64_t r1);
 
+/* For readers of other record layouts (preference pairs, pref.c): calls fn
+ * for each record of a JSON array or JSON-lines text, with the line it
+ * starts on and its 1-based number; a non-zero return from fn stops and is
+ * returned.  A broken array structure fails with "PATH:LINE: why". */
+typedef nm_status (*nm_data_rec_fn)(void *user, const char *rec, size_t len, int64_t line, int64_t rec_no,
+                                    nm_err *err);
+nm_status nm_data_each_record(const char *path, const char *text, size_t len, nm_data_rec_fn fn, void *user,
+                              nm_err *err);
+/* A conversation rendered with o->tmpl and tokenized exactly as the chat
+ * formats are (vars substituted, BOS, assistant mask per o->mask_prompt).
+ * msgs[].role must be "system", "user" or "assistant" (static strings).
+ * 0: tok and trn malloc()ed with n_tok entries; 1: bad record (why); -1: err. */
+int nm_data_render(const nm_chat_msg *msgs, size_t n, const nm_data_opts *o, int32_t **tok, uint8_t **trn,
+                   int64_t *n_tok, char *why, size_t cap, nm_err *err);
+
 #endif

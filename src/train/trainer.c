@@ -16,7 +16,9 @@
 #include "train/adapter.h"
 #include "train/data.h"
 #include "train/dist.h"
+#include "train/dpo.h"
 #include "train/optim.h"
+#include "train/pref.h"
 #include "base/base.h"
 
 #include <errno.h>
@@ -57,6 +59,8 @@ void nm_train_params_default(nm_train_params *p) {
     p->val_max_rows = 256;
     p->checkpoint_every = 100;
     p->seed = 42;
+    p->dpo_loss = "sigmoid";
+    p->dpo_beta = 0.1;
 }
 
 static double now_s(void) {
@@ -122,10 +126,22 @@ typedef struct trainer {
      * 0 log warnings and errors only */
     nm_dist dist;
     nm_log rank_log;
+    /* preference tuning: reference values of every sequence of the train
+     * and validation pairs (2 per pair, computed once), the pair of each
+     * row pair of the current rows, and the last step's / validation sums */
+    nm_dpo_cfg dcfg;
+    double *dref, *dvref, *dref_rows;
+    int64_t *row_pair, *vrow_pair;
+    nm_dpo_sums dsums, dvsums;
 } trainer;
 
 static void trainer_free(trainer *t) {
     if (t->metrics) fclose(t->metrics);
+    free(t->dref);
+    free(t->dvref);
+    free(t->dref_rows);
+    free(t->row_pair);
+    free(t->vrow_pair);
     free(t->btok);
     free(t->btgt);
     free(t->bpos);
@@ -195,7 +211,27 @@ static json_t *config_json(const nm_train_params *p) {
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)p->seed);
     json_object_set_new(c, "seed", json_string(seed));
+    if (p->dpo) { /* absent in runs without DPO (and in older states) */
+        json_object_set_new(c, "dpo", json_true());
+        json_object_set_new(c, "dpo_loss", str_or_null(p->dpo_loss));
+        json_object_set_new(c, "dpo_beta", json_real(p->dpo_beta));
+        json_object_set_new(c, "dpo_label_smoothing", json_real(p->dpo_label_smoothing));
+    }
     return c;
+}
+
+/* The DPO fields of a saved configuration: absent means no DPO. */
+static nm_status dpo_config_from_json(json_t *c, nm_train_params *p, const char *path, nm_err *err) {
+    p->dpo = json_is_true(json_object_get(c, "dpo"));
+    if (!p->dpo) return NM_OK;
+    json_t *l = json_object_get(c, "dpo_loss"), *b = json_object_get(c, "dpo_beta"),
+           *e = json_object_get(c, "dpo_label_smoothing");
+    if (!json_is_string(l) || !json_is_number(b) || !json_is_number(e))
+        return nm_err_set(err, NM_ERR_FORMAT, "%s: saved configuration has bad DPO fields", path);
+    p->dpo_loss = json_string_value(l);
+    p->dpo_beta = json_number_value(b);
+    p->dpo_label_smoothing = json_number_value(e);
+    return NM_OK;
 }
 
 /* Reads the saved configuration into p; strings point into c (kept alive
@@ -305,6 +341,15 @@ static nm_status check_params(const nm_train_params *p, nm_err *err) {
     if (nm_sched_parse(p->schedule ? p->schedule : "") < 0) return nm_err_set(err, NM_ERR_ARG, "unknown schedule '%s' (cosine, linear, constant)", p->schedule ? p->schedule : "");
     if (nm_data_format_parse(p->format ? p->format : "") < 0) return nm_err_set(err, NM_ERR_ARG, "unknown data format '%s'", p->format ? p->format : "");
     if (p->checkpoint_every < 0 || p->eval_every < 0 || p->val_max_rows < 0) return nm_err_set(err, NM_ERR_ARG, "negative interval");
+    if (p->dpo) {
+        if (p->full)
+            return nm_err_set(err, NM_ERR_UNSUPPORTED,
+                              "DPO trains a LoRA adapter (its reference is the model with the adapter off): drop --full");
+        int l = nm_dpo_loss_parse(p->dpo_loss ? p->dpo_loss : "");
+        if (l < 0) return nm_err_set(err, NM_ERR_ARG, "unknown DPO loss '%s' (sigmoid, ipo)", p->dpo_loss ? p->dpo_loss : "");
+        nm_dpo_cfg c = {(nm_dpo_loss)l, p->dpo_beta, p->dpo_label_smoothing};
+        return nm_dpo_cfg_check(&c, err);
+    }
     return NM_OK;
 }
 
@@ -395,6 +440,8 @@ static nm_status setup_model(trainer *t, nm_err *err) {
     return NM_OK;
 }
 
+static nm_status setup_dpo(trainer *t, const nm_data_opts *o, nm_err *err);
+
 static nm_status setup_data(trainer *t, nm_err *err) {
     const nm_train_params *p = &t->p;
     nm_data_opts o = {0};
@@ -418,6 +465,7 @@ static nm_status setup_data(trainer *t, nm_err *err) {
     o.vars = p->vars;
     o.n_vars = p->n_vars;
     o.log = t->log;
+    if (p->dpo) return setup_dpo(t, &o, err);
     nm_status st = nm_dataset_load(p->data, &o, &t->train, err);
     if (st) return st;
     if (t->train.n_bad)
@@ -448,7 +496,12 @@ static nm_status setup_data(trainer *t, nm_err *err) {
 static nm_status ensure_rows(trainer *t, nm_err *err) {
     if (t->rows.tokens && t->rows_epoch == t->epoch) return NM_OK;
     nm_rows_deinit(&t->rows);
-    nm_status st = nm_rows_build(&t->train, t->p.seq_len, t->p.pack, t->p.shuffle,
+    free(t->row_pair);
+    t->row_pair = NULL;
+    nm_status st = t->p.dpo ? nm_pref_rows(&t->train, t->p.seq_len, t->p.shuffle,
+                                           mix(t->p.seed, 0x65706f6368ULL + (uint64_t)t->epoch), &t->rows,
+                                           &t->row_pair, err)
+                            : nm_rows_build(&t->train, t->p.seq_len, t->p.pack, t->p.shuffle,
                                  mix(t->p.seed, 0x65706f6368ULL + (uint64_t)t->epoch), &t->rows, err);
     if (st) return st;
     t->rows_epoch = t->epoch;
@@ -665,7 +718,10 @@ static nm_status trim_metrics(const char *path, int64_t step, nm_err *err) {
 
 /* ---- steps ---- */
 
+static nm_status evaluate_dpo(trainer *t, double *loss, nm_err *err);
+
 static nm_status evaluate(trainer *t, double *loss, nm_err *err) {
+    if (t->p.dpo) return evaluate_dpo(t, loss, err);
     double sum = 0;
     int64_t n = 0, L = t->p.seq_len;
     /* batch j on rank j % size, the sums added over the ranks */
@@ -712,14 +768,30 @@ static void write_metrics(trainer *t, const nm_train_stats *s) {
     json_num(f, "elapsed_s", "%.2f", s->elapsed_s);
     json_num(f, "peak_rss_mb", "%.1f", (double)s->peak_rss / 1048576.0);
     if (s->evaluated) json_num(f, "val_loss", "%.6f", s->val_loss);
+    if (s->dpo) {
+        json_num(f, "reward_acc", "%.4f", s->reward_acc);
+        json_num(f, "reward_margin", "%.6g", s->reward_margin);
+        json_num(f, "reward_chosen", "%.6g", s->reward_chosen);
+        json_num(f, "reward_rejected", "%.6g", s->reward_rejected);
+        if (s->evaluated) {
+            json_num(f, "val_reward_acc", "%.4f", s->val_reward_acc);
+            json_num(f, "val_reward_margin", "%.6g", s->val_reward_margin);
+            json_num(f, "val_reward_chosen", "%.6g", s->val_reward_chosen);
+            json_num(f, "val_reward_rejected", "%.6g", s->val_reward_rejected);
+        }
+    }
     fputs("}\n", f);
     fflush(f);
 }
 
 /* 1: stopped by should_stop before the step finished (nothing changed). */
+static int run_step_dpo(trainer *t, double *loss, double *gnorm, double *lr, int64_t *tok_step, nm_err *err,
+                        nm_status *st);
+
 static int run_step(trainer *t, double *loss, double *gnorm, double *lr, int64_t *tok_step, nm_err *err,
                     nm_status *st) {
     const nm_train_params *p = &t->p;
+    if (p->dpo) return run_step_dpo(t, loss, gnorm, lr, tok_step, err, st);
     int64_t L = p->seq_len, B = p->batch, want = B * p->grad_accum;
     if ((*st = ensure_rows(t, err))) return 0;
     int64_t avail = t->rows.n_rows - t->row, take = want < avail ? want : avail;
@@ -849,6 +921,166 @@ static void dist_report(trainer *t, int64_t steps) {
             d->size, (double)d->grad_bytes / 1024.0, ar * 1e3, step_s * 1e3, 100.0 * ar / step_s);
 }
 
+/* ---- preference tuning (DPO) ---- */
+
+/* The reference value of every sequence of d (the model without the
+ * trained adapter, stack included), in stored order: out[2i] chosen and
+ * out[2i+1] rejected of pair i.  Fixed micro-batches in a fixed order, so
+ * a resumed run recomputes the same bits. */
+static nm_status dpo_reference(trainer *t, const nm_rows *r, double **out, nm_err *err) {
+    int64_t L = t->p.seq_len, B = 2 * (int64_t)t->p.batch;
+    double *ref = nm_calloc((size_t)r->n_rows, sizeof *ref);
+    if (!ref) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
+    for (int64_t r0 = 0; r0 < r->n_rows; r0 += B) {
+        int64_t ns = r->n_rows - r0 < B ? r->n_rows - r0 : B;
+        nm_tm_batch b = {ns, L, r->tokens + r0 * L, r->targets + r0 * L, r->pos + r0 * L, r->doc + r0 * L};
+        nm_status st = nm_dpo_logps(t->m, NULL, &t->dcfg, &b, ref + r0, err);
+        if (st) {
+            free(ref);
+            return st;
+        }
+    }
+    *out = ref;
+    return NM_OK;
+}
+
+static nm_status setup_dpo(trainer *t, const nm_data_opts *o, nm_err *err) {
+    const nm_train_params *p = &t->p;
+    t->dcfg = (nm_dpo_cfg){(nm_dpo_loss)nm_dpo_loss_parse(p->dpo_loss), p->dpo_beta, p->dpo_label_smoothing};
+    nm_status st = nm_pref_load(p->data, o, &t->train, err);
+    if (st) return st;
+    if (t->train.n_bad)
+        nm_logf(t->log, NM_LOG_WARN, "%s: %lld malformed records skipped", p->data, (long long)t->train.n_bad);
+    if (t->train.n_truncated)
+        nm_logf(t->log, NM_LOG_WARN, "%s: %lld pairs had a side longer than %d tokens, cut to fit", p->data,
+                (long long)t->train.n_truncated, p->seq_len);
+    if (t->train.n_empty)
+        nm_logf(t->log, NM_LOG_WARN, "%s: %lld pairs dropped: no answer token within %d tokens", p->data,
+                (long long)t->train.n_empty, p->seq_len);
+    if (p->val_data) {
+        if ((st = nm_pref_load(p->val_data, o, &t->val, err))) return st;
+    } else if (p->val_split > 0) {
+        if ((st = nm_pref_split(&t->train, &t->val, p->val_split, p->seed, err))) return st;
+    }
+    t->data_hash = nm_dataset_hash(&t->train);
+    t->val_hash = t->val.n_ex ? nm_dataset_hash(&t->val) : 0;
+    double t0 = now_s();
+    nm_rows r;
+    int64_t *pair;
+    if ((st = nm_pref_rows(&t->train, p->seq_len, false, 0, &r, &pair, err))) return st;
+    free(pair);
+    st = dpo_reference(t, &r, &t->dref, err);
+    nm_rows_deinit(&r);
+    if (st) return st;
+    if (t->val.n_ex) {
+        if ((st = nm_pref_rows(&t->val, p->seq_len, false, 0, &t->vrows, &t->vrow_pair, err))) return st;
+        if (p->val_max_rows > 0 && t->vrows.n_rows > 2 * p->val_max_rows) t->vrows.n_rows = 2 * p->val_max_rows;
+        if ((st = dpo_reference(t, &t->vrows, &t->dvref, err))) return st;
+    }
+    nm_logf(t->log, NM_LOG_INFO, "DPO (%s, beta %g%s): reference log-probabilities of %lld + %lld pairs in %.1f s",
+            nm_dpo_loss_name(t->dcfg.loss), t->dcfg.beta, t->dcfg.label_smoothing > 0 ? ", conservative" : "",
+            (long long)nm_pref_n_pairs(&t->train), (long long)(t->vrows.n_rows / 2), now_s() - t0);
+    t->dref_rows = nm_calloc((size_t)(2 * (int64_t)p->batch * p->grad_accum), sizeof *t->dref_rows);
+    if (!t->dref_rows) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
+    return NM_OK;
+}
+
+/* The sums of every rank's pairs (data parallel; nothing in one process). */
+static nm_status dpo_sums_reduce(trainer *t, nm_dpo_sums *s, nm_err *err) {
+    if (t->dist.size < 2) return NM_OK;
+    double v[6] = {s->loss, s->acc, s->margin, s->chosen, s->rejected, (double)s->n_pairs};
+    nm_status st = nm_dist_sum_f64(&t->dist, v, 6, err);
+    if (st) return st;
+    *s = (nm_dpo_sums){v[0], v[1], v[2], v[3], v[4], (int64_t)v[5]};
+    return NM_OK;
+}
+
+/* A step of 2 * batch * grad_accum rows: whole pairs, since every row
+ * position is even and so is every count of rows. */
+static int run_step_dpo(trainer *t, double *loss, double *gnorm, double *lr, int64_t *tok_step, nm_err *err,
+                        nm_status *st) {
+    const nm_train_params *p = &t->p;
+    int64_t L = p->seq_len, B = 2 * (int64_t)p->batch, want = B * p->grad_accum;
+    *loss = *gnorm = *lr = NAN;
+    *tok_step = 0;
+    if ((*st = ensure_rows(t, err))) return 0;
+    int64_t avail = t->rows.n_rows - t->row, take = want < avail ? want : avail, ntok = 0;
+    for (int64_t i = 0; i < take; i++)
+        t->dref_rows[i] = t->dref[2 * t->row_pair[(t->row + i) / 2] + ((t->row + i) & 1)];
+    for (int64_t i = t->row * L; i < (t->row + take) * L; i++) ntok += t->rows.doc[i] >= 0;
+    /* data parallel: this rank takes pairs [q0, q1) of the step (whole
+     * pairs, so each pair's two sequences meet in one micro-batch); the
+     * weight 2/take is already the global mean over the step's pairs */
+    int64_t q0, q1;
+    nm_dist_share(&t->dist, take / 2, B / 2, &q0, &q1);
+    if (t->dist.size > 1) { /* any rank stopping stops all, before anything changed */
+        bool stop = p->should_stop && p->should_stop(p->user);
+        if ((*st = nm_dist_any(&t->dist, &stop, err))) return 0;
+        if (stop) return 1;
+    }
+    nm_grad_zero(t->params, t->n_params);
+    nm_dpo_sums sums = {0};
+    for (int64_t r0 = 2 * q0; r0 < 2 * q1;) {
+        if (t->dist.size == 1 && p->should_stop && p->should_stop(p->user)) return 1;
+        int64_t k = r0 / B, ns = (k + 1) * B < 2 * q1 ? (k + 1) * B - r0 : 2 * q1 - r0, g = t->row + r0;
+        nm_tm_batch b = {ns, L, t->rows.tokens + g * L, t->rows.targets + g * L, t->rows.pos + g * L,
+                         t->rows.doc + g * L};
+        uint64_t drop = mix(mix(p->seed, (uint64_t)t->step), (uint64_t)k);
+        if (r0 % B) drop = mix(drop, (uint64_t)(r0 % B)); /* a part of micro-batch k (more ranks than micro-batches) */
+        *st = nm_dpo_step(t->m, t->lora, &t->dcfg, &b, t->dref_rows + r0, true, 2.0 / (double)take, drop, &sums, err);
+        if (*st) return 0;
+        r0 += ns;
+    }
+    if ((*st = nm_dist_sum_grads(&t->dist, t->params, t->n_params, err))) return 0;
+    if ((*st = dpo_sums_reduce(t, &sums, err))) return 0;
+    *gnorm = nm_grad_clip(t->params, t->n_params, p->clip);
+    *lr = nm_sched_lr(&t->sched, t->step);
+    if (isfinite(*gnorm)) nm_adamw_step(&t->opt, &t->acfg, *lr);
+    *loss = sums.n_pairs ? sums.loss / (double)sums.n_pairs : NAN;
+    t->dsums = sums;
+    *tok_step = ntok;
+    t->row += take;
+    if (t->row >= t->rows.n_rows) {
+        t->epoch++;
+        t->row = 0;
+    }
+    t->step++;
+    t->tokens += ntok;
+    return 0;
+}
+
+static nm_status evaluate_dpo(trainer *t, double *loss, nm_err *err) {
+    int64_t L = t->p.seq_len, B = 2 * (int64_t)t->p.batch;
+    nm_dpo_sums s = {0};
+    /* batch j on rank j % size, the sums added over the ranks */
+    for (int64_t r0 = (int64_t)t->dist.rank * B; r0 < t->vrows.n_rows; r0 += (int64_t)t->dist.size * B) {
+        int64_t ns = t->vrows.n_rows - r0 < B ? t->vrows.n_rows - r0 : B;
+        nm_tm_batch b = {ns, L, t->vrows.tokens + r0 * L, t->vrows.targets + r0 * L, t->vrows.pos + r0 * L,
+                         t->vrows.doc + r0 * L};
+        nm_status st = nm_dpo_step(t->m, t->lora, &t->dcfg, &b, t->dvref + r0, false, 0, 0, &s, err);
+        if (st) return st;
+    }
+    nm_status st = dpo_sums_reduce(t, &s, err);
+    if (st) return st;
+    t->dvsums = s;
+    *loss = s.n_pairs ? s.loss / (double)s.n_pairs : NAN;
+    return NM_OK;
+}
+
+static void dpo_stats(const trainer *t, nm_train_stats *s) {
+    const nm_dpo_sums *a = &t->dsums, *v = &t->dvsums;
+    double n = a->n_pairs ? (double)a->n_pairs : NAN, nv = v->n_pairs ? (double)v->n_pairs : NAN;
+    s->dpo = true;
+    s->reward_acc = a->acc / n;
+    s->reward_margin = a->margin / n;
+    s->reward_chosen = a->chosen / n;
+    s->reward_rejected = a->rejected / n;
+    s->val_reward_acc = v->acc / nv;
+    s->val_reward_margin = v->margin / nv;
+    s->val_reward_chosen = v->chosen / nv;
+    s->val_reward_rejected = v->rejected / nv;
+}
+
 nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *err) {
     trainer t;
     memset(&t, 0, sizeof t);
@@ -870,6 +1102,7 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
         char sp[4096];
         snprintf(sp, sizeof sp, "%s/%s", pin->resume_dir, STATE_FILE);
         if ((st = config_from_json(json_object_get(t.saved, "config"), &t.p, sp, &saved_vars, err))) goto done;
+        if ((st = dpo_config_from_json(json_object_get(t.saved, "config"), &t.p, sp, err))) goto done;
         if ((st = saved_stack(&t, pin, sp, err))) goto done;
         /* what a resume may change: where things are, threads, feedback,
          * and the number of steps (which stretches the schedule) */
@@ -894,7 +1127,7 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
     if ((st = setup_data(&t, err))) goto done;
     if ((st = ensure_rows(&t, err))) goto done;
     {
-        int64_t per_step = (int64_t)t.p.batch * t.p.grad_accum;
+        int64_t per_step = (int64_t)t.p.batch * t.p.grad_accum * (t.p.dpo ? 2 : 1); /* DPO: 2 rows a pair */
         int64_t spe = (t.rows.n_rows + per_step - 1) / per_step;
         t.total = t.p.steps > 0 ? t.p.steps : t.p.epochs * spe;
         t.sched = (nm_sched){(nm_sched_kind)nm_sched_parse(t.p.schedule), t.p.lr, t.p.min_lr, t.p.warmup, t.total};
@@ -978,6 +1211,7 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
                 s.evaluated = true;
             }
             s.val_loss = t.last_val;
+            if (t.p.dpo) dpo_stats(&t, &s);
             /* metrics first: a crash before the checkpoint leaves a line
              * that the resumed run trims and writes again */
             s.checkpointed = (t.p.checkpoint_every && t.step % t.p.checkpoint_every == 0) || last;
