@@ -315,6 +315,29 @@ static void two_ranks_vs_one(nm_test *t, int which) {
     same_adapter(t, ref, dir);
 }
 
+/* DPO through the same step path: whole pairs split between the ranks,
+ * the reward sums added; the same losses, reward accuracies, validation
+ * and adapter as one process. */
+static void test_np2_dpo(nm_test *t) {
+    static const char *const cfg = "--dpo --seq 64 --batch 2 --grad-accum 2 --steps 4 --rank 4 --alpha 8 --lr 1e-3 "
+                                   "--val-split 0.04 --eval-every 2 --checkpoint-every 2 --threads 1";
+    const char *dirs[2] = {tmp_path("dpo-ref"), tmp_path("dpo-np2")};
+    for (int np = 0; np < 2; np++) {
+        char cmd[4096], pre[512] = "", *out = NULL;
+        if (np) snprintf(pre, sizeof pre, MPIRUN " -np 2");
+        snprintf(cmd, sizeof cmd, "%s %s train -m %s --data %s %s --out %s 2>&1", pre, nm_test_bin(),
+                 nm_test_shared("models/stories260K.gguf"), nm_test_shared("data/dpo_en_demo.json"), cfg, dirs[np]);
+        int rc = nm_test_sh(cmd, &out);
+        bool ok = CHECKF(t, rc == 0, "%s failed (%d): %s", np ? "mpirun -np 2" : "one process", rc, out ? out : "");
+        free(out);
+        if (!ok) return;
+    }
+    same_losses(t, dirs[0], dirs[1], "loss", 4);
+    same_losses(t, dirs[0], dirs[1], "grad_norm", 4);
+    same_losses(t, dirs[0], dirs[1], "val_loss", 4);
+    same_adapter(t, dirs[0], dirs[1]);
+}
+
 static void test_np2_microbatches(nm_test *t) { two_ranks_vs_one(t, 0); }
 static void test_np2_rows(nm_test *t) { two_ranks_vs_one(t, 1); }
 
@@ -399,6 +422,7 @@ int main(void) {
     nm_test_run("share", test_share);
     nm_test_run("np2_microbatches", test_np2_microbatches);
     nm_test_run("np2_rows", test_np2_rows);
+    nm_test_run("np2_dpo", test_np2_dpo);
     nm_test_run("rank_dies_resume_2_to_1", test_rank_dies_resume_2_to_1);
     nm_test_run("resume_1_to_2", test_resume_1_to_2);
     nm_test_run("ranks_disagree", test_ranks_disagree);
