@@ -41,8 +41,8 @@ nm_status nm_distill_layers_parse(const char *spec, int64_t n_layer, int32_t *la
             if (layers[i] == l) return nm_err_set(err, NM_ERR_ARG, "layer %ld is listed twice", l);
         layers[(*n)++] = (int32_t)l;
         p = end;
-        if (*p == ',') p++;
-        else break;
+        if (*p != ',') break;
+        if (!isdigit((unsigned char)*++p)) return nm_err_set(err, NM_ERR_ARG, "bad layer list '%s'", spec);
     }
     if (*p || *n == 0)
         return nm_err_set(err, NM_ERR_ARG, "bad layer choice '%s' (every-2nd-layer, every-3rd-layer, or a list such "
