@@ -342,6 +342,7 @@ static void test_hostile(nm_test *t) {
     uint64_t meta_len = nm_rd_u64(good + 80);
     size_t rows = NM_DCACHE_HEADER + meta_len, toks = rows + 4 * (size_t)c->data.n_ex;
     size_t trn = toks + 2 * (size_t)c->data.n_tok, ent = trn + (size_t)c->data.n_tok;
+    nm_dcache_free(c);
     struct {
         size_t at;
         uint8_t v;
