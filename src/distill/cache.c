@@ -122,6 +122,11 @@ void nm_dcache_free(nm_dcache *c) {
     free(c);
 }
 
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
 #define BAD(...) (st = nm_err_set(err, NM_ERR_FORMAT, __VA_ARGS__))
 
 static nm_status parse(nm_dcache *c, const uint8_t *p, size_t size, const char *name, nm_err *err) {
@@ -213,28 +218,32 @@ static nm_status parse(nm_dcache *c, const uint8_t *p, size_t size, const char *
                    (unsigned long long)n_pos);
     if (nm_dataset_hash(d) != c->data_hash) return BAD("%s: the rows do not match the recorded data hash", name);
     c->entries = q;
-    /* every entry: ids in the vocabulary and distinct, log-probs <= 0 */
-    uint32_t *stamp = nm_calloc(c->n_vocab, sizeof *stamp);
+    /* every entry: ids in the vocabulary and distinct, log-probs <= 0.
+     * Distinct by sorting a copy: a table of the vocabulary's size would
+     * let a tiny file claiming a huge vocabulary allocate gigabytes. */
     int32_t *ids = malloc(c->k * sizeof *ids);
     float *lq = malloc((c->k + 1) * sizeof *lq);
-    if (!stamp || !ids || !lq) st = nm_err_set(err, NM_ERR_NOMEM, "out of memory");
+    if (!ids || !lq) st = nm_err_set(err, NM_ERR_NOMEM, "out of memory");
     for (uint64_t e = 0; e < c->n_pos && !st; e++) {
         nm_dcache_entry(c, e, ids, lq);
-        for (uint32_t i = 0; i < c->k && !st; i++) {
-            if ((uint32_t)ids[i] >= c->n_vocab || stamp[ids[i]] == (uint32_t)e + 1u)
-                BAD("%s: entry %llu has a bad or repeated token id %d", name, (unsigned long long)e, ids[i]);
-            else
-                stamp[ids[i]] = (uint32_t)e + 1u;
-            if (!st && !(lq[i] <= 0 && isfinite(lq[i])))
-                BAD("%s: entry %llu has a bad log-probability", name, (unsigned long long)e);
-        }
-        if (st) break;
+        for (uint32_t i = 0; i < c->k && !st; i++)
+            if (!(lq[i] <= 0 && isfinite(lq[i]))) BAD("%s: entry %llu has a bad log-probability", name, (unsigned long long)e);
         bool rem_ok = c->k == c->n_vocab ? (lq[c->k] == -INFINITY) : (lq[c->k] <= 0 && !isnan(lq[c->k]));
-        if (!rem_ok) BAD("%s: entry %llu has a bad remainder", name, (unsigned long long)e);
-        /* a stamp value repeats after 2^32 entries: clear before it could */
-        if ((uint32_t)(e + 1) == UINT32_MAX) memset(stamp, 0, c->n_vocab * sizeof *stamp);
+        if (!st && !rem_ok) BAD("%s: entry %llu has a bad remainder", name, (unsigned long long)e);
+        if (c->k <= 64) {
+            for (uint32_t i = 1; i < c->k; i++)
+                for (uint32_t j = i; j > 0 && ids[j - 1] > ids[j]; j--) {
+                    int32_t x = ids[j];
+                    ids[j] = ids[j - 1];
+                    ids[j - 1] = x;
+                }
+        } else {
+            qsort(ids, c->k, sizeof *ids, cmp_i32);
+        }
+        for (uint32_t i = 0; i < c->k && !st; i++)
+            if ((uint32_t)ids[i] >= c->n_vocab || (i && ids[i] == ids[i - 1]))
+                BAD("%s: entry %llu has a bad or repeated token id %d", name, (unsigned long long)e, ids[i]);
     }
-    free(stamp);
     free(ids);
     free(lq);
     return st;
