@@ -543,6 +543,103 @@ static void test_mismatch(nm_test *t) {
     CHECK(t, nm_distill_teacher_id(MODEL, (const char *const[]){"/nonexistent"}, NULL, 1, c, &err) != NM_OK);
 }
 
+/* The whole model through the head hook: the LoRA gradients of
+ * nm_kd_fwd_bwd against central differences of nm_kd_eval along random
+ * directions (float32 forward: a directional difference keeps the noise
+ * well below the bar). */
+static void test_model_gradient(nm_test *t) {
+    if (!setup_data(t)) return;
+    nm_err err = {0};
+    const char *cache = tmp("g.kd");
+    if (!CHECK_OK(t, make_cache(MODEL, NULL, 0, GEN, 8, cache, NULL, &err), err)) return;
+    nm_tmodel *m = NULL;
+    nm_vocab *v = NULL;
+    nm_dataset d = {0};
+    nm_rows rows = {0};
+    nm_kd *kd = NULL;
+    nm_tm_lora *l = NULL;
+    if (!CHECK_OK(t, nm_tmodel_open(MODEL, false, NULL, &m, &err), err)) return;
+    CHECK_OK(t, nm_vocab_from_gguf(m->gguf, &v, NULL, &err), err);
+    nm_data_opts o = {NM_DATA_TEXT, v, NM_CHAT_TEMPLATE_DEFAULT, 64, true, false, NULL, 0, NULL};
+    for (int mode = 0; mode < 2 && v; mode++) {
+        nm_kd_cfg cfg = {mode ? 2.0f : 1.0f, mode ? 0.3f : 0.0f, mode == 1};
+        if (!CHECK_OK(t, nm_kd_open(cache, v, m->hp.n_vocab, &cfg, &kd, &err), err)) break;
+        CHECK_OK(t, nm_dataset_load(GEN, &o, &d, &err), err);
+        CHECK_OK(t, nm_kd_check_data(kd, &d, GEN, &err), err);
+        CHECK_OK(t, nm_rows_build(&d, 64, true, true, 9, &rows, &err), err);
+        CHECK_OK(t, nm_kd_rows(kd, &d, 64, true, true, 9, &rows, &err), err);
+        CHECK_OK(t, nm_tm_lora_new(m, 4, 8, false, 0, NM_TM_ALL, &l, &err), err);
+        if (!l || !rows.n_rows) break;
+        nm_tm_lora_init_peft(l, 3);
+        nm_rng rng;
+        nm_rng_seed(&rng, 17 + (uint64_t)mode);
+        for (int64_t i = 0; i < l->n_params; i++)
+            if (strstr(l->params[i].name, "lora_B") || i % 2)
+                for (int64_t j = 0; j < l->params[i].n; j++) l->params[i].data[j] = 0.05f * (float)nm_rng_normal(&rng);
+        int64_t row0 = 1;
+        nm_tm_batch b = {2, 64, rows.tokens + row0 * 64, rows.targets + row0 * 64, rows.pos + row0 * 64,
+                         rows.doc + row0 * 64};
+        int64_t N = nm_rows_count_targets(&rows, row0, row0 + 2);
+        for (int64_t i = 0; i < l->n_params; i++) memset(l->params[i].grad, 0, (size_t)l->params[i].n * 4);
+        double s0;
+        int64_t n0;
+        CHECK_OK(t, nm_kd_fwd_bwd(kd, m, l, &b, row0, 1.0f / (float)N, 0, &s0, &n0, &err), err);
+        CHECK(t, n0 == N);
+        double worst = 0;
+        for (int dir = 0; dir < 3; dir++) {
+            /* a random unit direction over every A and B */
+            double norm = 0, gd = 0;
+            int64_t total = 0;
+            for (int64_t i = 0; i < l->n_params; i++) total += l->params[i].n;
+            float *dv = malloc((size_t)total * sizeof *dv), *keep = malloc((size_t)total * sizeof *keep);
+            for (int64_t i = 0, k = 0; i < l->n_params; i++)
+                for (int64_t j = 0; j < l->params[i].n; j++, k++) {
+                    dv[k] = (float)nm_rng_normal(&rng);
+                    norm += (double)dv[k] * dv[k];
+                    keep[k] = l->params[i].data[j];
+                }
+            norm = sqrt(norm);
+            double eps = 2e-3, sp = 0, sm = 0;
+            for (int sign = -1; sign <= 1; sign += 2) {
+                for (int64_t i = 0, k = 0; i < l->n_params; i++)
+                    for (int64_t j = 0; j < l->params[i].n; j++, k++)
+                        l->params[i].data[j] = keep[k] + (float)(sign * eps * dv[k] / norm);
+                double s;
+                int64_t n;
+                CHECK_OK(t, nm_kd_eval(kd, m, l, &b, row0, &s, &n, &err), err);
+                if (sign < 0) sm = s;
+                else sp = s;
+            }
+            for (int64_t i = 0, k = 0; i < l->n_params; i++)
+                for (int64_t j = 0; j < l->params[i].n; j++, k++) {
+                    l->params[i].data[j] = keep[k];
+                    gd += (double)l->params[i].grad[j] * dv[k] / norm;
+                }
+            double fd = (sp - sm) / (2 * eps * (double)N);
+            double e = fabs(fd - gd) / fmax(1e-4, fabs(gd));
+            worst = fmax(worst, e);
+            CHECKF(t, e < 2e-2, "%s: directional derivative %.6g vs finite difference %.6g",
+                   mode ? "reverse, tau 2, alpha 0.3" : "forward", gd, fd);
+            free(dv);
+            free(keep);
+        }
+        printf("  %s: gradient along random directions vs finite differences: worst %.2g\n",
+               mode ? "reverse KL, tau 2, alpha 0.3" : "forward KL, tau 1", worst);
+        nm_tm_lora_free(l);
+        l = NULL;
+        nm_kd_free(kd);
+        kd = NULL;
+        nm_rows_deinit(&rows);
+        nm_dataset_deinit(&d);
+    }
+    nm_tm_lora_free(l);
+    nm_kd_free(kd);
+    nm_rows_deinit(&rows);
+    nm_dataset_deinit(&d);
+    nm_vocab_free(v);
+    nm_tmodel_free(m);
+}
+
 /* ======================================================================== */
 /* students from the teacher's layers                                       */
 /* ======================================================================== */
@@ -652,6 +749,7 @@ int main(void) {
     nm_test_run("top_k_equal_vocab_is_full_kl", test_full_kl);
     nm_test_run("cache_vs_teacher_logits", test_cache_vs_teacher);
     nm_test_run("cache_hostile_input", test_hostile);
+    nm_test_run("model_gradient_through_head_hook", test_model_gradient);
     nm_test_run("teacher_into_itself_zero_loss", test_self_distill_zero);
     nm_test_run("resume_exact_on_stack", test_resume_on_stack);
     nm_test_run("mismatch_errors", test_mismatch);
