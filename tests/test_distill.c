@@ -374,6 +374,12 @@ static void test_hostile(nm_test *t) {
     memcpy(b + ent + 2, b + ent, 2);
     fix_checksum(b, n);
     CHECK(t, open_buf(b, n, &err) != NM_OK && strstr(err.msg, "repeated"));
+    /* a remainder of -inf although k < vocabulary (the reverse KL would be infinite) */
+    memcpy(b, good, n);
+    b[ent + 4 * 2 + 4 * 2] = 0x00;
+    b[ent + 4 * 2 + 4 * 2 + 1] = 0xfc;
+    fix_checksum(b, n);
+    CHECK(t, open_buf(b, n, &err) != NM_OK && strstr(err.msg, "remainder"));
     /* trained flags that no longer match the entry count */
     memcpy(b, good, n);
     for (size_t i = trn + 1; i < ent; i++)

@@ -228,7 +228,7 @@ static nm_status parse(nm_dcache *c, const uint8_t *p, size_t size, const char *
         nm_dcache_entry(c, e, ids, lq);
         for (uint32_t i = 0; i < c->k && !st; i++)
             if (!(lq[i] <= 0 && isfinite(lq[i]))) BAD("%s: entry %llu has a bad log-probability", name, (unsigned long long)e);
-        bool rem_ok = c->k == c->n_vocab ? (lq[c->k] == -INFINITY) : (lq[c->k] <= 0 && !isnan(lq[c->k]));
+        bool rem_ok = c->k == c->n_vocab ? (lq[c->k] == -INFINITY) : (lq[c->k] <= 0 && isfinite(lq[c->k]));
         if (!st && !rem_ok) BAD("%s: entry %llu has a bad remainder", name, (unsigned long long)e);
         if (c->k <= 64) {
             for (uint32_t i = 1; i < c->k; i++)
