@@ -13,6 +13,7 @@
  * underflowed. */
 #include "distill/distill.h"
 #include "base/base.h"
+#include "base/threads.h"
 #include "train/model.h"
 
 #include <math.h>
@@ -104,16 +105,23 @@ struct nm_kd {
                           offsets in the cache */
     bool bound;
     nm_rows srows;     /* the epoch's rows of cache offsets */
-    uint32_t *stamp;
-    uint32_t mark;
+    /* per thread: the top-k membership table, its current mark, an entry */
+    int nth;
+    uint32_t *stamp, *mark;
     int32_t *ids;
     float *lq;
-    /* the micro-batch being run */
+    /* the micro-batch being run, and the entry of each row of a chunk */
     const nm_tm_batch *b;
     int64_t cell0;
     float scale;
     bool bad;
     int64_t bad_cell;
+    int64_t *ent;
+    int64_t ent_cap;
+    /* the chunk being run (kd_rows_fn) */
+    float *logits, *loss;
+    int64_t t0, ct, V;
+    bool backward;
 };
 
 nm_status nm_kd_open(const char *path, const nm_vocab *v, int64_t n_vocab, const nm_kd_cfg *cfg, nm_kd **out,
@@ -134,12 +142,6 @@ nm_status nm_kd_open(const char *path, const nm_vocab *v, int64_t n_vocab, const
                         "%s: the student's tokenizer (%lld tokens) is not the teacher's (%u tokens): distillation "
                         "through a teacher cache needs the same vocabulary",
                         path, (long long)n_vocab, kd->c->n_vocab);
-    if (!st) {
-        kd->stamp = nm_calloc((size_t)n_vocab, sizeof *kd->stamp);
-        kd->ids = malloc(kd->c->k * sizeof *kd->ids);
-        kd->lq = malloc((kd->c->k + 1) * sizeof *kd->lq);
-        if (!kd->stamp || !kd->ids || !kd->lq) st = nm_err_set(err, NM_ERR_NOMEM, "out of memory");
-    }
     if (st) {
         nm_kd_free(kd);
         return st;
@@ -154,8 +156,10 @@ void nm_kd_free(nm_kd *kd) {
     nm_dataset_deinit(&kd->shadow);
     nm_rows_deinit(&kd->srows);
     free(kd->stamp);
+    free(kd->mark);
     free(kd->ids);
     free(kd->lq);
+    free(kd->ent);
     free(kd);
 }
 
@@ -219,20 +223,55 @@ nm_status nm_kd_rows(nm_kd *kd, const nm_dataset *train, int64_t seq_len, bool p
     return NM_OK;
 }
 
+/* Rows ith, ith + nth, ... of the chunk: each row's arithmetic is the same
+ * whatever thread runs it, so the bits do not depend on the thread count. */
+static void kd_rows_fn(void *arg, int ith, int nth) {
+    nm_kd *kd = arg;
+    const nm_dcache *dc = kd->c;
+    int64_t V = kd->V;
+    uint32_t *stamp = kd->stamp + (size_t)ith * (size_t)V;
+    int32_t *ids = kd->ids + (size_t)ith * dc->k;
+    float *lq = kd->lq + (size_t)ith * (dc->k + 1);
+    for (int64_t i = ith; i < kd->ct; i += nth) {
+        float *z = kd->logits + i * V;
+        int64_t e = kd->ent[i];
+        kd->loss[i] = 0;
+        if (e < 0) {
+            if (kd->backward) memset(z, 0, (size_t)V * sizeof *z);
+            continue;
+        }
+        nm_dcache_entry(dc, (uint64_t)e, ids, lq);
+        if (++kd->mark[ith] == 0) {
+            memset(stamp, 0, (size_t)V * sizeof *stamp);
+            kd->mark[ith] = 1;
+        }
+        int32_t tgt = kd->b->targets[kd->t0 + i];
+        kd->loss[i] = (float)nm_kd_position(z, V, ids, lq, (int)dc->k, tgt, &kd->cfg, kd->scale, kd->backward, stamp,
+                                            kd->mark[ith]);
+    }
+}
+
 static int64_t kd_loss(void *user, nm_ops_ctx *c, int64_t t0, int64_t ct, int64_t V, float *logits, float *loss,
                        bool backward) {
-    (void)c;
     nm_kd *kd = user;
     const nm_tm_batch *b = kd->b;
     const nm_dcache *dc = kd->c;
     int64_t n = 0, cells = kd->srows.n_rows * kd->srows.seq_len;
+    if (ct > kd->ent_cap) { /* HEAD_CHUNK rows: allocated once */
+        int64_t *p = realloc(kd->ent, (size_t)ct * sizeof *p);
+        if (!p) {
+            kd->bad = true;
+            kd->bad_cell = -1;
+            ct = 0;
+        } else {
+            kd->ent = p;
+            kd->ent_cap = ct;
+        }
+    }
+    /* which entry each row reads (serial: it records the first bad cell) */
     for (int64_t i = 0; i < ct; i++) {
-        int64_t t = t0 + i, cell = kd->cell0 + t;
-        float *z = logits + i * V;
-        int32_t tgt = b->targets ? b->targets[t] : -1;
-        loss[i] = 0;
-        int64_t e = -1;
-        if (tgt >= 0) {
+        int64_t t = t0 + i, cell = kd->cell0 + t, e = -1;
+        if (b->targets && b->targets[t] >= 0) {
             int32_t off = cell < cells && kd->srows.doc[cell] >= 0 ? kd->srows.tokens[cell] : -1;
             e = off >= 0 && dc->data.tok[off] == b->tokens[t] ? dc->entry_of[off] : -1;
             if (e < 0 && !kd->bad) {
@@ -240,26 +279,39 @@ static int64_t kd_loss(void *user, nm_ops_ctx *c, int64_t t0, int64_t ct, int64_
                 kd->bad_cell = cell;
             }
         }
-        if (e < 0) {
-            if (backward) memset(z, 0, (size_t)V * sizeof *z);
-            continue;
-        }
-        nm_dcache_entry(dc, (uint64_t)e, kd->ids, kd->lq);
-        if (++kd->mark == 0) {
-            memset(kd->stamp, 0, (size_t)V * sizeof *kd->stamp);
-            kd->mark = 1;
-        }
-        double l = nm_kd_position(z, V, kd->ids, kd->lq, (int)dc->k, tgt, &kd->cfg, kd->scale, backward, kd->stamp,
-                                  kd->mark);
-        loss[i] = (float)l;
-        n++;
+        kd->ent[i] = e;
+        n += e >= 0;
     }
+    kd->logits = logits;
+    kd->loss = loss;
+    kd->t0 = t0;
+    kd->ct = ct;
+    kd->V = V;
+    kd->backward = backward;
+    if (c && c->pool && c->nth > 1 && kd->nth >= c->nth && ct > 1)
+        nm_pool_run(c->pool, kd_rows_fn, kd);
+    else
+        kd_rows_fn(kd, 0, 1);
     return n;
 }
 
 static nm_status kd_run(nm_kd *kd, nm_tmodel *m, nm_tm_lora *lora, const nm_tm_batch *b, int64_t row0, bool train,
                         float dloss, uint64_t drop_seed, double *loss_sum, int64_t *n_tok, nm_err *err) {
     if (m->hp.n_vocab != kd->n_vocab) return nm_err_set(err, NM_ERR_ARG, "distillation: the model's vocabulary changed");
+    int nth = m->ops.nth > 1 ? m->ops.nth : 1;
+    if (kd->nth < nth) { /* per-thread scratch, grown once */
+        free(kd->stamp);
+        free(kd->mark);
+        free(kd->ids);
+        free(kd->lq);
+        kd->nth = 0;
+        kd->stamp = nm_calloc((size_t)nth * (size_t)kd->n_vocab, sizeof *kd->stamp);
+        kd->mark = nm_calloc((size_t)nth, sizeof *kd->mark);
+        kd->ids = malloc((size_t)nth * kd->c->k * sizeof *kd->ids);
+        kd->lq = malloc((size_t)nth * (kd->c->k + 1) * sizeof *kd->lq);
+        if (!kd->stamp || !kd->mark || !kd->ids || !kd->lq) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
+        kd->nth = nth;
+    }
     kd->b = b;
     kd->cell0 = row0 * b->seq_len;
     kd->scale = dloss;
