@@ -646,6 +646,59 @@ static void test_model_gradient(nm_test *t) {
     nm_tmodel_free(m);
 }
 
+/* A chat format with prompt masking: entries only where the assistant's
+ * tokens are trained, and training on them. */
+static void test_alpaca_masked(nm_test *t) {
+    if (!setup_data(t)) return;
+    nm_err err = {0};
+    const char *cache = tmp("id.kd");
+    const char *vars[2] = {"name=Nomo", "author=Moat"};
+    nm_distill_cache_params cp;
+    nm_distill_cache_params_default(&cp);
+    cp.teacher = MODEL;
+    cp.data = nm_test_shared("data/identity.json");
+    cp.vars = vars;
+    cp.n_vars = 2;
+    cp.seq_len = 128;
+    cp.top_k = 8;
+    cp.threads = 2;
+    cp.out = cache;
+    nm_distill_cache_info info;
+    if (!CHECK_OK(t, nm_distill_cache_write(&cp, &info, NULL, &err), err)) return;
+    /* the same data as training loads it: trained targets = entries */
+    nm_tmodel *m;
+    nm_vocab *v = NULL;
+    nm_dataset d = {0};
+    if (!CHECK_OK(t, nm_tmodel_open(MODEL, false, NULL, &m, &err), err)) return;
+    CHECK_OK(t, nm_vocab_from_gguf(m->gguf, &v, NULL, &err), err);
+    nm_data_opts o = {NM_DATA_AUTO, v, nm_chat_template_of_gguf(m->gguf), 128, true, false, vars, 2, NULL};
+    if (o.tmpl == NM_CHAT_TEMPLATE_UNKNOWN) o.tmpl = NM_CHAT_TEMPLATE_DEFAULT;
+    CHECK_OK(t, nm_dataset_load(cp.data, &o, &d, &err), err);
+    CHECK(t, d.format == NM_DATA_ALPACA);
+    CHECKF(t, info.n_positions == d.n_trained && info.n_positions < info.n_tokens / 2,
+           "%lld entries, %lld trained targets, %lld tokens", (long long)info.n_positions, (long long)d.n_trained,
+           (long long)info.n_tokens);
+    CHECK(t, info.mask_prompt);
+    nm_dataset_deinit(&d);
+    nm_vocab_free(v);
+    nm_tmodel_free(m);
+    stopper r = {0};
+    nm_train_params p = kd_params(tmp("id"), cache, &r);
+    p.data = cp.data;
+    p.vars = vars;
+    p.n_vars = 2;
+    p.seq_len = 128;
+    p.steps = 2;
+    p.val_split = 0.2; /* held-out examples leave the rows: the rest still find their entries */
+    CHECK_OK(t, nm_train_run(&p, NULL, &err), err);
+    CHECK(t, r.losses[1] > 0 && isfinite(r.losses[2]));
+    /* without the vars the rows differ */
+    p = kd_params(tmp("id2"), cache, &r);
+    p.data = cp.data;
+    p.seq_len = 128;
+    CHECK(t, nm_train_run(&p, NULL, &err) == NM_ERR_ARG && strstr(err.msg, "not what the teacher cache"));
+}
+
 /* ======================================================================== */
 /* students from the teacher's layers                                       */
 /* ======================================================================== */
@@ -759,6 +812,7 @@ int main(void) {
     nm_test_run("teacher_into_itself_zero_loss", test_self_distill_zero);
     nm_test_run("resume_exact_on_stack", test_resume_on_stack);
     nm_test_run("mismatch_errors", test_mismatch);
+    nm_test_run("alpaca_masked_data", test_alpaca_masked);
     nm_test_run("derive_from_teacher_layers", test_derive);
     nm_test_run("cli", test_cli);
     return nm_test_finish();

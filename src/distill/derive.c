@@ -2,8 +2,8 @@
  * (`--init-from-teacher every-2nd-layer` or `0,2,4`): the embeddings, the
  * final norm, the output head and the chosen blocks, renumbered, in a new
  * GGUF with the teacher's metadata and tokenizer and block_count changed.
- * Keeping the first and the last block (every-Nth-layer always ends with
- * the last one) keeps the residual stream the head was trained to read. */
+ * every-Nth-layer counts from the last block down: the last block, whose
+ * output the final norm and the head were trained to read, is always kept. */
 #include "base/base.h"
 #include "model/fingerprint.h"
 
