@@ -177,7 +177,9 @@ build-fuzz/make_seeds: fuzz/make_seeds.c build-fuzz/libnomoat-fuzz.a
 	clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ $< build-fuzz/libnomoat-fuzz.a $(PKG_LIBS) -lm -pthread
 build-fuzz/make_st_seeds: fuzz/make_st_seeds.c build-fuzz/libnomoat-fuzz.a
 	clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ $< build-fuzz/libnomoat-fuzz.a $(PKG_LIBS) -lm -pthread
-fuzz: $(FUZZ_BIN) build-fuzz/make_seeds build-fuzz/make_st_seeds
+build-fuzz/make_distill_seeds: fuzz/make_distill_seeds.c build-fuzz/libnomoat-fuzz.a
+	clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ $< build-fuzz/libnomoat-fuzz.a $(PKG_LIBS) -lm -pthread
+fuzz: $(FUZZ_BIN) build-fuzz/make_seeds build-fuzz/make_st_seeds build-fuzz/make_distill_seeds
 	scripts/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
 -include $(shell find build-fuzz/obj -name '*.d' 2>/dev/null)
 

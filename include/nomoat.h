@@ -937,6 +937,15 @@ typedef struct nm_train_params {
     const char *dpo_loss;      /* "sigmoid" (default) or "ipo"               */
     double dpo_beta;           /* 0.1 */
     double dpo_label_smoothing; /* 0; > 0: conservative DPO (sigmoid only)   */
+    /* distillation (docs/DISTILL.md): the loss is the KL divergence to the
+     * teacher's distributions read from a teacher cache
+     * (nm_distill_cache_write) made from the same data, instead of
+     * cross-entropy; validation stays cross-entropy on the data.  On resume:
+     * as saved (given again: the same cache, moved). */
+    const char *distill_cache; /* NULL: no distillation                      */
+    float distill_tau;         /* temperature (1): tau^2 KL of softened distributions */
+    float distill_alpha;       /* weight of cross-entropy on the data tokens (0) */
+    bool distill_reverse;      /* KL(student || teacher) instead of KL(teacher || student) */
     /* feedback */
     nm_train_step_fn on_step;
     nm_train_stop_fn should_stop;
@@ -984,6 +993,58 @@ typedef struct nm_train_bench_result {
 void nm_train_bench_default(nm_train_bench_params *p);
 nm_status nm_train_bench(const nm_train_bench_params *p, nm_train_bench_result *r, const nm_log *log,
                          nm_err *err);
+
+/* ---- distillation (src/distill, docs/DISTILL.md) ----
+ * The teacher (a model and an adapter stack) runs once over the data and
+ * writes a teacher cache: for every trained position its top-k next tokens
+ * with their log-probabilities and the log-probability of all the others,
+ * with the rows themselves, the teacher's identity, the data hash and the
+ * vocabulary hash.  nm_train_run with distill_cache then trains a student
+ * (LoRA on a base with the same tokenizer, or a whole small model) on it. */
+typedef struct nm_distill_cache_params {
+    const char *teacher;             /* GGUF                                  */
+    const char *const *loras;        /* the teacher's adapter stack, bottom first */
+    const float *lora_scales;        /* NULL: 1 each                          */
+    size_t n_loras;
+    bool force;                      /* adapters made for another base        */
+    const char *data;                /* any training format (docs/TRAINING.md) */
+    const char *format;              /* "auto"                                */
+    const char *chat_template;       /* NULL: the teacher's                   */
+    const char *const *vars;
+    size_t n_vars;
+    int32_t seq_len;                 /* 256: examples are cut as training cuts them */
+    bool mask_prompt;                /* true                                  */
+    bool skip_bad;
+    int32_t top_k;                   /* 16 (at most 1024)                     */
+    int32_t batch;                   /* sequences per teacher pass (4)        */
+    int32_t threads;                 /* 0: every CPU                          */
+    const char *out;                 /* the cache file (written atomically)   */
+} nm_distill_cache_params;
+typedef struct nm_distill_cache_info {
+    int32_t k, n_vocab, seq_len;
+    bool mask_prompt;
+    int64_t n_examples, n_tokens, n_positions; /* positions: trained targets */
+    uint64_t file_bytes;
+    char teacher_id[17], data_hash[17], vocab_hash[17];
+    double teacher_loss;             /* writer: the teacher's mean cross-entropy
+                                        on the trained positions; NAN otherwise */
+    double seconds;                  /* writer: time of the pass             */
+} nm_distill_cache_info;
+void nm_distill_cache_params_default(nm_distill_cache_params *p);
+nm_status nm_distill_cache_write(const nm_distill_cache_params *p, nm_distill_cache_info *info, const nm_log *log,
+                                 nm_err *err);
+/* Opens and validates a cache; *meta (optional) gets its metadata JSON
+ * (malloc()ed). */
+nm_status nm_distill_cache_info_read(const char *path, nm_distill_cache_info *info, char **meta, nm_err *err);
+/* The identity (16 hex digits) of a teacher: compare with a cache's. */
+nm_status nm_distill_teacher_id(const char *teacher, const char *const *loras, const float *scales, size_t n,
+                                char hex[17], nm_err *err);
+/* A student made of some of the teacher's layers ("every-2nd-layer",
+ * "every-3rd-layer", or "0,2,4"), written as a GGUF; the layers the list
+ * names are parsed by nm_distill_layers_parse (layers[] holds n_layer). */
+nm_status nm_distill_layers_parse(const char *spec, int64_t n_layer, int32_t *layers, size_t *n, nm_err *err);
+nm_status nm_distill_derive(const char *teacher, const char *layers, const char *out, const nm_log *log,
+                            nm_err *err);
 
 /* ------------------------------------------------------------------------ */
 /* Curation and evaluation (src/curate, src/eval; docs/CURATE.md): make a   */

@@ -29,6 +29,7 @@ int cmd_curate(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_adapter(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_distill(int argc, char **argv);
 
 /* A logger that writes "nomoat: warning: ..." lines to stderr. */
 nm_log cli_logger(bool verbose);

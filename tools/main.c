@@ -23,6 +23,7 @@ static const command COMMANDS[] = {
     {"eval", "perplexity, multiple-choice accuracy, regex match rates, side-by-side reports and win rates", cmd_eval},
     {"adapter", "LoRA adapters: info, convert PEFT <-> GGUF, merge a stack into one adapter", cmd_adapter},
     {"merge", "fold a stack of LoRA adapters into a model's weights (a complete GGUF)", cmd_merge},
+    {"distill", "distillation: a teacher's top-k cache, then a student (LoRA, smaller model) trained on it", cmd_distill},
     {"quantize", "quantize a model's weights: q8_0, q4_0, q4_k, q5_k, q6_k or llama.cpp's q4_k_m / q5_k_m mixes", cmd_quantize},
     {"bench", "measure speed: inference tokens/s (-m MODEL), tokenizer throughput (--tokenize)", cmd_bench},
 };

@@ -34,6 +34,9 @@ static void help(void) {
         "  --lora A, --lora-scaled A S   train on top of adapter A (frozen, scale S; repeatable,\n"
         "                         bottom of the stack first): the new adapter records the stack\n"
         "  --force                accept stack adapters trained on another base\n"
+        "distillation (docs/DISTILL.md; `nomoat distill` makes the cache):\n"
+        "  --distill CACHE        loss: KL to the teacher in CACHE instead of cross-entropy\n"
+        "  --distill-tau T (1)  --distill-alpha A (0: weight of cross-entropy)  --distill-reverse\n"
         "optimisation:\n"
         "  --lr LR (2e-4)  --min-lr LR (0)  --schedule cosine|linear|constant  --warmup N (0)\n"
         "  --weight-decay W (0)  --beta1 B (0.9)  --beta2 B (0.999)  --adam-eps E (1e-8)\n"
@@ -321,6 +324,15 @@ int cmd_train(int argc, char **argv) {
             REAL(p.dpo_beta);
         } else if (!strcmp(a, "--label-smoothing")) {
             REAL(p.dpo_label_smoothing);
+        } else if (!strcmp(a, "--distill")) {
+            VAL();
+            p.distill_cache = v;
+        } else if (!strcmp(a, "--distill-tau")) {
+            REAL(p.distill_tau);
+        } else if (!strcmp(a, "--distill-alpha")) {
+            REAL(p.distill_alpha);
+        } else if (!strcmp(a, "--distill-reverse")) {
+            p.distill_reverse = true;
         } else if (!strcmp(a, "--bench")) {
             do_bench = true;
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
@@ -366,6 +378,7 @@ int cmd_train(int argc, char **argv) {
         q.metrics = p.metrics;
         q.loras = p.loras; /* the saved stack, moved (scales as saved) */
         q.n_loras = p.n_loras;
+        q.distill_cache = p.distill_cache; /* the saved cache, moved */
         p = q;
     } else {
         if (!p.model) {

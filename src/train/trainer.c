@@ -17,6 +17,7 @@
 #include "train/data.h"
 #include "train/dist.h"
 #include "train/dpo.h"
+#include "distill/distill.h"
 #include "train/optim.h"
 #include "train/pref.h"
 #include "base/base.h"
@@ -61,6 +62,7 @@ void nm_train_params_default(nm_train_params *p) {
     p->seed = 42;
     p->dpo_loss = "sigmoid";
     p->dpo_beta = 0.1;
+    p->distill_tau = 1.0f;
 }
 
 static double now_s(void) {
@@ -133,6 +135,7 @@ typedef struct trainer {
     double *dref, *dvref, *dref_rows;
     int64_t *row_pair, *vrow_pair;
     nm_dpo_sums dsums, dvsums;
+    nm_kd *kd; /* distillation: the teacher cache (NULL: cross-entropy) */
 } trainer;
 
 static void trainer_free(trainer *t) {
@@ -142,6 +145,7 @@ static void trainer_free(trainer *t) {
     free(t->dref_rows);
     free(t->row_pair);
     free(t->vrow_pair);
+    nm_kd_free(t->kd);
     free(t->btok);
     free(t->btgt);
     free(t->bpos);
@@ -217,6 +221,11 @@ static json_t *config_json(const nm_train_params *p) {
         json_object_set_new(c, "dpo_beta", json_real(p->dpo_beta));
         json_object_set_new(c, "dpo_label_smoothing", json_real(p->dpo_label_smoothing));
     }
+    /* distillation */
+    json_object_set_new(c, "distill_cache", str_or_null(p->distill_cache));
+    json_object_set_new(c, "distill_tau", json_real(p->distill_tau));
+    json_object_set_new(c, "distill_alpha", json_real(p->distill_alpha));
+    json_object_set_new(c, "distill_reverse", json_boolean(p->distill_reverse));
     return c;
 }
 
@@ -298,6 +307,12 @@ static nm_status config_from_json(json_t *c, nm_train_params *p, const char *pat
     GET_INT(eval_every);
     GET_INT(val_max_rows);
     GET_INT(checkpoint_every);
+    if (json_object_get(c, "distill_cache")) { /* states saved before distillation have none */
+        GET_STR(distill_cache);
+        GET_REAL(distill_tau);
+        GET_REAL(distill_alpha);
+        GET_BOOL(distill_reverse);
+    }
 #undef GET_STR
 #undef GET_INT
 #undef GET_REAL
@@ -341,6 +356,8 @@ static nm_status check_params(const nm_train_params *p, nm_err *err) {
     if (nm_sched_parse(p->schedule ? p->schedule : "") < 0) return nm_err_set(err, NM_ERR_ARG, "unknown schedule '%s' (cosine, linear, constant)", p->schedule ? p->schedule : "");
     if (nm_data_format_parse(p->format ? p->format : "") < 0) return nm_err_set(err, NM_ERR_ARG, "unknown data format '%s'", p->format ? p->format : "");
     if (p->checkpoint_every < 0 || p->eval_every < 0 || p->val_max_rows < 0) return nm_err_set(err, NM_ERR_ARG, "negative interval");
+    if (p->dpo && p->distill_cache)
+        return nm_err_set(err, NM_ERR_ARG, "DPO and distillation are separate objectives: give --dpo or --distill");
     if (p->dpo) {
         if (p->full)
             return nm_err_set(err, NM_ERR_UNSUPPORTED,
@@ -415,6 +432,10 @@ static nm_status setup_model(trainer *t, nm_err *err) {
     if ((st = nm_vocab_from_gguf(t->m->gguf, &t->vocab, t->log, err))) return st;
     nm_base_fingerprint(t->m->gguf, t->fp);
     if ((st = setup_stack(t, err))) return st;
+    if (p->distill_cache) {
+        nm_kd_cfg kc = {p->distill_tau, p->distill_alpha, p->distill_reverse};
+        if ((st = nm_kd_open(p->distill_cache, t->vocab, t->m->hp.n_vocab, &kc, &t->kd, err))) return st;
+    }
     if (p->full) {
         t->params = t->m->params;
         t->n_params = t->m->n_params;
@@ -468,6 +489,7 @@ static nm_status setup_data(trainer *t, nm_err *err) {
     if (p->dpo) return setup_dpo(t, &o, err);
     nm_status st = nm_dataset_load(p->data, &o, &t->train, err);
     if (st) return st;
+    if (t->kd && (st = nm_kd_check_data(t->kd, &t->train, p->data, err))) return st;
     if (t->train.n_bad)
         nm_logf(t->log, NM_LOG_WARN, "%s: %lld malformed records skipped", p->data, (long long)t->train.n_bad);
     if (t->train.n_truncated)
@@ -504,6 +526,9 @@ static nm_status ensure_rows(trainer *t, nm_err *err) {
                             : nm_rows_build(&t->train, t->p.seq_len, t->p.pack, t->p.shuffle,
                                  mix(t->p.seed, 0x65706f6368ULL + (uint64_t)t->epoch), &t->rows, err);
     if (st) return st;
+    if (t->kd && (st = nm_kd_rows(t->kd, &t->train, t->p.seq_len, t->p.pack, t->p.shuffle,
+                                  mix(t->p.seed, 0x65706f6368ULL + (uint64_t)t->epoch), &t->rows, err)))
+        return st;
     t->rows_epoch = t->epoch;
     return NM_OK;
 }
@@ -589,6 +614,10 @@ static nm_status save_checkpoint(trainer *t, nm_err *err) {
     }
     json_object_set_new(cfg, "loras", stack);
     json_object_set_new(cfg, "force", json_boolean(t->p.force));
+    if (t->kd) {
+        nm_hash_hex(nm_kd_teacher_id(t->kd), h);
+        json_object_set_new(cfg, "distill_teacher", json_string(h));
+    }
     json_object_set_new(s, "config", cfg);
     char *text = json_dumps(s, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(s);
@@ -671,6 +700,13 @@ static nm_status restore(trainer *t, nm_st *s, nm_err *err) {
     if (!fp || strcmp(fp, t->fp))
         return nm_err_set(err, NM_ERR_ARG, "%s: the base model (%s) is not the one this run was trained on", path,
                           t->p.model);
+    if (t->kd) { /* the cache may have been made again, by another teacher */
+        nm_hash_hex(nm_kd_teacher_id(t->kd), h);
+        const char *tid = json_string_value(json_object_get(json_object_get(j, "config"), "distill_teacher"));
+        if (!tid || strcmp(tid, h))
+            return nm_err_set(err, NM_ERR_ARG, "%s: the teacher cache %s comes from another teacher than this run's",
+                              path, t->p.distill_cache);
+    }
     uint64_t off = 0;
     char name[160];
     for (int64_t i = 0; i < t->n_params; i++) {
@@ -828,7 +864,11 @@ static int run_step(trainer *t, double *loss, double *gnorm, double *lr, int64_t
         int64_t n;
         uint64_t drop = mix(mix(p->seed, (uint64_t)t->step), (uint64_t)k);
         if (r0 % B) drop = mix(drop, (uint64_t)(r0 % B)); /* a part of micro-batch k (more ranks than micro-batches) */
-        *st = nm_tmodel_fwd_bwd(t->m, t->lora, &b, N > 0 ? 1.0f / (float)N : 0.0f, drop, &s, &n, err);
+        if (t->kd)
+            *st = nm_kd_fwd_bwd(t->kd, t->m, t->lora, &b, t->row + r0, N > 0 ? 1.0f / (float)N : 0.0f, drop, &s, &n,
+                                err);
+        else
+            *st = nm_tmodel_fwd_bwd(t->m, t->lora, &b, N > 0 ? 1.0f / (float)N : 0.0f, drop, &s, &n, err);
         if (*st) return 0;
         sum += s;
         r0 += ns;
@@ -1108,6 +1148,7 @@ nm_status nm_train_run(const nm_train_params *pin, const nm_log *log, nm_err *er
          * and the number of steps (which stretches the schedule) */
         if (pin->model) t.p.model = pin->model;
         if (pin->data) t.p.data = pin->data;
+        if (pin->distill_cache && t.p.distill_cache) t.p.distill_cache = pin->distill_cache;
         if (pin->steps > 0) t.p.steps = pin->steps;
         t.p.resume_dir = pin->resume_dir;
         t.p.out_dir = pin->out_dir ? pin->out_dir : pin->resume_dir;
