@@ -338,6 +338,33 @@ static void test_np2_dpo(nm_test *t) {
     same_adapter(t, dirs[0], dirs[1]);
 }
 
+/* Distillation through the same step path: each rank reads its rows'
+ * teacher entries from the cache by global row index; the same losses and
+ * adapter as one process. */
+static void test_np2_distill(nm_test *t) {
+    if (!make_data(t)) return;
+    const char *cache = tmp_path("kd.cache"), *dirs[2] = {tmp_path("kd-ref"), tmp_path("kd-np2")};
+    char cmd[4096], *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s distill cache -t %s --data %s --format text --seq 64 --top-k 8 --threads 1 -o %s 2>&1",
+             nm_test_bin(), nm_test_shared("models/stories260K.gguf"), data_txt, cache);
+    int rc = nm_test_sh(cmd, &out);
+    bool ok = CHECKF(t, rc == 0, "distill cache failed (%d): %s", rc, out ? out : "");
+    free(out);
+    if (!ok) return;
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg, "--distill %s --distill-tau 2 --distill-alpha 0.25 %s", cache, CFG_MB);
+    for (int np = 0; np < 2; np++) {
+        out = NULL;
+        rc = train(np ? 2 : 0, nm_test_bin(), cfg, dirs[np], NULL, &out);
+        ok = CHECKF(t, rc == 0, "%s failed (%d): %s", np ? "mpirun -np 2" : "one process", rc, out ? out : "");
+        free(out);
+        if (!ok) return;
+    }
+    same_losses(t, dirs[0], dirs[1], "loss", 8);
+    same_losses(t, dirs[0], dirs[1], "grad_norm", 8);
+    same_adapter(t, dirs[0], dirs[1]);
+}
+
 static void test_np2_microbatches(nm_test *t) { two_ranks_vs_one(t, 0); }
 static void test_np2_rows(nm_test *t) { two_ranks_vs_one(t, 1); }
 
@@ -423,6 +450,7 @@ int main(void) {
     nm_test_run("np2_microbatches", test_np2_microbatches);
     nm_test_run("np2_rows", test_np2_rows);
     nm_test_run("np2_dpo", test_np2_dpo);
+    nm_test_run("np2_distill", test_np2_distill);
     nm_test_run("rank_dies_resume_2_to_1", test_rank_dies_resume_2_to_1);
     nm_test_run("resume_1_to_2", test_resume_1_to_2);
     nm_test_run("ranks_disagree", test_ranks_disagree);
