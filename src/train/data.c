@@ -32,7 +32,7 @@ void nm_dataset_deinit(nm_dataset *d) {
     memset(d, 0, sizeof *d);
 }
 
-static bool ds_push(nm_dataset *d, const int32_t *tok, const uint8_t *trn, int64_t n) {
+bool nm_dataset_push(nm_dataset *d, const int32_t *tok, const uint8_t *trn, int64_t n) {
     if (d->n_tok + n > d->cap_tok) {
         int64_t cap = d->cap_tok ? d->cap_tok : 4096;
         while (cap < d->n_tok + n) cap *= 2;
@@ -78,7 +78,7 @@ static nm_status add_example(nm_dataset *d, const nm_data_opts *o, const int32_t
         d->n_empty++;
         return NM_OK;
     }
-    if (!ds_push(d, tok, trn, n)) return nm_err_set(err, NM_ERR_NOMEM, "out of memory for training data");
+    if (!nm_dataset_push(d, tok, trn, n)) return nm_err_set(err, NM_ERR_NOMEM, "out of memory for training data");
     return NM_OK;
 }
 
@@ -742,7 +742,7 @@ nm_status nm_dataset_split(nm_dataset *d, nm_dataset *val, double frac, uint64_t
     for (int64_t i = 0; i < n_val; i++) is_val[perm[i]] = 1;
     for (int64_t i = 0; i < d->n_ex; i++) {
         nm_dataset *dst = is_val[i] ? val : &tr;
-        if (!ds_push(dst, d->tok + d->ex_off[i], d->trn + d->ex_off[i], d->ex_len[i])) {
+        if (!nm_dataset_push(dst, d->tok + d->ex_off[i], d->trn + d->ex_off[i], d->ex_len[i])) {
             st = nm_err_set(err, NM_ERR_NOMEM, "out of memory");
             goto done;
         }

@@ -60,6 +60,10 @@ typedef struct nm_dataset {
 
 nm_status nm_dataset_load(const char *path, const nm_data_opts *o, nm_dataset *out, nm_err *err);
 void nm_dataset_deinit(nm_dataset *d);
+/* Appends one example as it is (tokens and their trained flags, no cut,
+ * no checks); false if out of memory.  For readers of other record kinds
+ * (preference pairs) that build a dataset of their own. */
+bool nm_dataset_push(nm_dataset *d, const int32_t *tok, const uint8_t *trn, int64_t n);
 /* A fingerprint of the tokens, flags and example boundaries. */
 uint64_t nm_dataset_hash(const nm_dataset *d);
 /* Moves a seeded random fraction of the examples of d into val (at least

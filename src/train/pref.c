@@ -186,38 +186,6 @@ static bool blank(const char *s) {
 
 /* ---- building the dataset ---- */
 
-static bool ds_add(nm_dataset *d, const int32_t *tok, const uint8_t *trn, int64_t n) {
-    if (d->n_tok + n > d->cap_tok) {
-        int64_t cap = d->cap_tok ? d->cap_tok : 4096;
-        while (cap < d->n_tok + n) cap *= 2;
-        int32_t *t = realloc(d->tok, (size_t)cap * sizeof *t);
-        if (!t) return false;
-        d->tok = t;
-        uint8_t *m = realloc(d->trn, (size_t)cap);
-        if (!m) return false;
-        d->trn = m;
-        d->cap_tok = cap;
-    }
-    if (d->n_ex == d->cap_ex) {
-        int64_t cap = d->cap_ex ? d->cap_ex * 2 : 256;
-        int64_t *o = realloc(d->ex_off, (size_t)cap * sizeof *o);
-        if (!o) return false;
-        d->ex_off = o;
-        int64_t *l = realloc(d->ex_len, (size_t)cap * sizeof *l);
-        if (!l) return false;
-        d->ex_len = l;
-        d->cap_ex = cap;
-    }
-    memcpy(d->tok + d->n_tok, tok, (size_t)n * sizeof *tok);
-    memcpy(d->trn + d->n_tok, trn, (size_t)n);
-    d->ex_off[d->n_ex] = d->n_tok;
-    d->ex_len[d->n_ex] = n;
-    d->n_ex++;
-    d->n_tok += n;
-    for (int64_t i = 1; i < n; i++) d->n_trained += trn[i] != 0;
-    return true;
-}
-
 /* Prompt + answer tokens, the answer (the last assistant span) marked. */
 typedef struct side {
     int32_t *tok;
@@ -331,7 +299,7 @@ static nm_status on_record(void *user, const char *text, size_t len, int64_t lin
         d->n_truncated += cut;
         if (!ok)
             d->n_empty++;
-        else if (!ds_add(d, sc.tok, sc.trn, sc.n) || !ds_add(d, sr.tok, sr.trn, sr.n))
+        else if (!nm_dataset_push(d, sc.tok, sc.trn, sc.n) || !nm_dataset_push(d, sr.tok, sr.trn, sr.n))
             st = nm_err_set(err, NM_ERR_NOMEM, "out of memory for preference pairs");
     }
     free(sc.tok);
@@ -408,7 +376,7 @@ nm_status nm_pref_split(nm_dataset *d, nm_dataset *val, double frac, uint64_t se
     for (int64_t i = 0; i < n_val; i++) is_val[perm[i]] = 1;
     for (int64_t i = 0; i < 2 * n; i++) {
         nm_dataset *dst = is_val[i / 2] ? val : &tr;
-        if (!ds_add(dst, d->tok + d->ex_off[i], d->trn + d->ex_off[i], d->ex_len[i])) {
+        if (!nm_dataset_push(dst, d->tok + d->ex_off[i], d->trn + d->ex_off[i], d->ex_len[i])) {
             st = nm_err_set(err, NM_ERR_NOMEM, "out of memory");
             goto done;
         }
