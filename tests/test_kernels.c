@@ -751,43 +751,64 @@ static int64_t ulps(float a, float b) {
 /* The attention helpers of every level against the scalar loops (src/model's
  * arithmetic): exact products added in double, in another order, so each
  * float result is the scalar one or its neighbour. */
+/* The attention loops: the scalar reference against a float64 sum (its
+ * only roundings are double additions of exact products, so it is within
+ * a few units of 2^-50 of the exact value, far below float's rounding: the
+ * float results agree to one ulp), and every level against the reference
+ * bit for bit, on head widths that take the 16-lane order (16, 64, 128),
+ * wider ones the values fall back on (256) and ones that go element by
+ * element (8, 100). */
 static void test_attention(nm_test *t) {
-    static const int64_t hds[] = {8, 64, 100, 128};
+    static const int64_t hds[] = {8, 16, 64, 100, 128, 256};
     static const int64_t ns[] = {1, 7, 300};
     nm_rng r;
     nm_rng_seed(&r, 31);
     const nm_attn_kernel *ref = nm_attn_kernel_get(NM_ISA_SCALAR);
-    for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
-        if (!nm_isa_available((nm_isa)isa)) continue;
-        const nm_attn_kernel *k = nm_attn_kernel_get((nm_isa)isa);
-        for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
-            for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
-                const int64_t hd = hds[hi], n = ns[ni], stride = hd * 3; /* a head inside a wider cache row */
-                float *q = malloc(sizeof(float) * (size_t)hd), *w = malloc(sizeof(float) * (size_t)n);
-                uint16_t *cache = malloc(sizeof(uint16_t) * (size_t)(n * stride));
-                float *s0 = malloc(sizeof(float) * (size_t)n), *s1 = malloc(sizeof(float) * (size_t)n);
-                float *o0 = malloc(sizeof(float) * (size_t)hd), *o1 = malloc(sizeof(float) * (size_t)hd);
-                for (int64_t i = 0; i < hd; i++) q[i] = nm_f16_to_f32(nm_f32_to_f16((float)nm_rng_normal(&r)));
-                for (int64_t i = 0; i < n; i++) w[i] = nm_f16_to_f32(nm_f32_to_f16((float)nm_rng_uniform(&r) / (float)n));
-                for (int64_t i = 0; i < n * stride; i++) cache[i] = nm_f32_to_f16((float)nm_rng_normal(&r));
-                ref->scores(q, cache + hd, (size_t)stride, n, hd, 0.125f, s0);
-                k->scores(q, cache + hd, (size_t)stride, n, hd, 0.125f, s1);
-                ref->values(w, cache + hd, (size_t)stride, n, hd, o0);
-                k->values(w, cache + hd, (size_t)stride, n, hd, o1);
-                int64_t worst = 0;
-                for (int64_t i = 0; i < n; i++) worst = ulps(s0[i], s1[i]) > worst ? ulps(s0[i], s1[i]) : worst;
-                for (int64_t i = 0; i < hd; i++) worst = ulps(o0[i], o1[i]) > worst ? ulps(o0[i], o1[i]) : worst;
-                CHECKF(t, worst <= 1, "%s attention, head %lld, %lld keys: %lld ulps from the scalar loops",
-                       nm_isa_name((nm_isa)isa), (long long)hd, (long long)n, (long long)worst);
-                free(q);
-                free(w);
-                free(cache);
-                free(s0);
-                free(s1);
-                free(o0);
-                free(o1);
+    for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            const int64_t hd = hds[hi], n = ns[ni], stride = hd * 3; /* a head inside a wider cache row */
+            float *q = malloc(sizeof(float) * (size_t)hd), *w = malloc(sizeof(float) * (size_t)n);
+            uint16_t *cache = malloc(sizeof(uint16_t) * (size_t)(n * stride));
+            float *s0 = malloc(sizeof(float) * (size_t)n), *s1 = malloc(sizeof(float) * (size_t)n);
+            float *o0 = malloc(sizeof(float) * (size_t)hd), *o1 = malloc(sizeof(float) * (size_t)hd);
+            for (int64_t i = 0; i < hd; i++) q[i] = nm_f16_to_f32(nm_f32_to_f16((float)nm_rng_normal(&r)));
+            for (int64_t i = 0; i < n; i++) w[i] = nm_f16_to_f32(nm_f32_to_f16((float)nm_rng_uniform(&r) / (float)n));
+            for (int64_t i = 0; i < n * stride; i++) cache[i] = nm_f32_to_f16((float)nm_rng_normal(&r));
+            const uint16_t *kv = cache + hd;
+            ref->scores(q, kv, (size_t)stride, n, hd, 0.125f, s0);
+            ref->values(w, kv, (size_t)stride, n, hd, o0);
+            int64_t worst = 0;
+            for (int64_t p = 0; p < n; p++) {
+                double d = 0;
+                for (int64_t i = 0; i < hd; i++) d += (double)q[i] * (double)nm_f16_to_f32(kv[p * stride + i]);
+                const int64_t u = ulps(s0[p], (float)d * 0.125f);
+                worst = u > worst ? u : worst;
             }
-    }
+            for (int64_t i = 0; i < hd; i++) {
+                double d = 0;
+                for (int64_t p = 0; p < n; p++) d += (double)w[p] * (double)nm_f16_to_f32(kv[p * stride + i]);
+                const int64_t u = ulps(o0[i], (float)d);
+                worst = u > worst ? u : worst;
+            }
+            CHECKF(t, worst <= 1, "scalar attention, head %lld, %lld keys: %lld ulps from float64", (long long)hd,
+                   (long long)n, (long long)worst);
+            for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
+                if (!nm_isa_available((nm_isa)isa)) continue;
+                const nm_attn_kernel *k = nm_attn_kernel_get((nm_isa)isa);
+                k->scores(q, kv, (size_t)stride, n, hd, 0.125f, s1);
+                k->values(w, kv, (size_t)stride, n, hd, o1);
+                CHECKF(t, memcmp(s0, s1, sizeof(float) * (size_t)n) == 0 && memcmp(o0, o1, sizeof(float) * (size_t)hd) == 0,
+                       "%s attention, head %lld, %lld keys: differs from the scalar loops", nm_isa_name((nm_isa)isa),
+                       (long long)hd, (long long)n);
+            }
+            free(q);
+            free(w);
+            free(cache);
+            free(s0);
+            free(s1);
+            free(o0);
+            free(o1);
+        }
 }
 
 /* ---- golden logits at every level, in process ---- */

@@ -414,13 +414,12 @@ nm_status nm_context_new(const nm_model *m, const nm_context_params *p, nm_conte
     c->hb2 = ctx_floats(c, B, hp->n_ff, 1);
     c->rope_cs = ctx_floats(c, B, hp->n_rot, 1);
     c->scores = ctx_floats(c, nth, c->n_ctx, 1);
-    c->att_acc = ctx_alloc(c, nth, hp->head_dim, 1, sizeof(double));
     c->logits = ctx_floats(c, n_out, hp->n_vocab, 1);
     c->act_bytes = max_act_bytes(m, B);
     c->act = c->act_bytes ? malloc(c->act_bytes) : NULL;
     c->bytes += c->act_bytes;
     if (!c->k_cache || !c->v_cache || !c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->hb ||
-        !c->hb2 || !c->rope_cs || !c->scores || !c->att_acc || !c->logits || (c->act_bytes && !c->act)) {
+        !c->hb2 || !c->rope_cs || !c->scores || !c->logits || (c->act_bytes && !c->act)) {
         nm_context_free(c);
         return nm_err_set(err, NM_ERR_NOMEM, "out of memory for a context of %lld tokens (KV cache %.1f MiB)",
                           (long long)c->n_ctx, kv / 1048576.0);
@@ -445,7 +444,6 @@ void nm_context_free(nm_context *c) {
     free(c->hb2);
     free(c->rope_cs);
     free(c->scores);
-    free(c->att_acc);
     free(c->logits);
     free(c->act);
     free(c);
@@ -596,44 +594,37 @@ typedef struct attn_task {
     int64_t chunk;             /* items taken at a time */
     int nth;                   /* threads taking part */
     atomic_llong next;         /* first item nobody has taken */
+    const nm_attn_kernel *ak;  /* the matrices' level */
 } attn_task;
 
 /* Softmax(q . keys) . values over the n_keys first cache positions of layer
  * l, one head (keys and values at offset kvo of each cached row).  With an
  * F16 cache the query and the attention weights are rounded to F16 as
  * llama.cpp does (its KQ and KQV products take F16 operands), which is what
- * its golden logits carry; q is already rounded by the caller. */
+ * its golden logits carry; q is already rounded by the caller.  The F16
+ * loops are the level's attention kernels: exact products added in double,
+ * the same bits at every level (kernels.h), so the level changes no logit. */
 static void attend(const nm_context *c, int64_t l, const float *q, int64_t kvo, int64_t n_keys, float *out,
-                   float *scores, double *acc) {
+                   float *scores, const nm_attn_kernel *ak) {
     const int64_t hd = c->m->hp.head_dim;
-    const bool f16 = c->kv_type == NM_TYPE_F16;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int64_t p = 0; p < n_keys; p++) {
-        if (f16) {
-            const uint16_t *k = (const uint16_t *)(const void *)k_cache_at(c, l, p) + kvo;
-            double dot = 0.0;
-            for (int64_t i = 0; i < hd; i++) dot += q[i] * nm_half_to_f32(k[i]);
-            scores[p] = (float)dot * scale;
-        } else {
-            scores[p] = nm_dot_f32(q, (const float *)(const void *)k_cache_at(c, l, p) + kvo, hd) * scale;
-        }
+    if (c->kv_type == NM_TYPE_F16) {
+        const size_t stride = (size_t)c->m->hp.kv_dim;
+        ak->scores(q, (const uint16_t *)(const void *)k_cache_at(c, l, 0) + kvo, stride, n_keys, hd, scale, scores);
+        nm_softmax(scores, n_keys);
+        for (int64_t p = 0; p < n_keys; p++) scores[p] = round_f16(scores[p]);
+        ak->values(scores, (const uint16_t *)(const void *)v_cache_at(c, l, 0) + kvo, stride, n_keys, hd, out);
+        return;
     }
+    for (int64_t p = 0; p < n_keys; p++)
+        scores[p] = nm_dot_f32(q, (const float *)(const void *)k_cache_at(c, l, p) + kvo, hd) * scale;
     nm_softmax(scores, n_keys);
     memset(out, 0, (size_t)hd * sizeof *out);
-    if (f16) memset(acc, 0, (size_t)hd * sizeof *acc);
     for (int64_t p = 0; p < n_keys; p++) {
-        if (f16) {
-            const uint16_t *v = (const uint16_t *)(const void *)v_cache_at(c, l, p) + kvo;
-            const float s = round_f16(scores[p]);
-            for (int64_t i = 0; i < hd; i++) acc[i] += s * nm_half_to_f32(v[i]);
-        } else {
-            const float *v = (const float *)(const void *)v_cache_at(c, l, p) + kvo;
-            const float s = scores[p];
-            for (int64_t i = 0; i < hd; i++) out[i] += s * v[i];
-        }
+        const float *v = (const float *)(const void *)v_cache_at(c, l, p) + kvo;
+        const float s = scores[p];
+        for (int64_t i = 0; i < hd; i++) out[i] += s * v[i];
     }
-    if (f16)
-        for (int64_t i = 0; i < hd; i++) out[i] = (float)acc[i];
 }
 
 /* Causal attention of every row over its own context's cache (which
@@ -660,8 +651,7 @@ static void attention_task(void *arg, int ith, int nth) {
             const int64_t k = item - a->item0[s], t = k / hp->n_head, h = k % hp->n_head;
             const int64_t row = q->row0 + t;
             attend(c, a->l, f->host->q + row * hp->q_dim + h * hd, (h / group) * hd, q->pos0 + t + 1,
-                   f->host->att + row * hp->q_dim + h * hd, c->scores + (int64_t)ith * c->n_ctx,
-                   c->att_acc + (int64_t)ith * hd);
+                   f->host->att + row * hp->q_dim + h * hd, c->scores + (int64_t)ith * c->n_ctx, a->ak);
         }
     }
 }
@@ -678,7 +668,7 @@ static void attention_block(const nm_fwd *f, int64_t l) {
     rope_rows(f, h->q, hp->n_head);
     rope_rows(f, h->k, hp->n_head_kv);
 
-    attn_task a = {.f = f, .l = l, .nth = nm_pool_size(f->pool)};
+    attn_task a = {.f = f, .l = l, .nth = nm_pool_size(f->pool), .ak = nm_attn_kernel_get(L->w[NM_PROJ_Q].k->isa)};
     for (int s = 0; s < f->n_seqs; s++) {
         const nm_seq *q = &f->seqs[s];
         kv_store(q->c, l, q->pos0, h->k + q->row0 * hp->kv_dim, h->v + q->row0 * hp->kv_dim, q->n);

@@ -85,7 +85,6 @@ struct nm_context {
     float *hb, *hb2;               /* FFN hidden        [B][n_ff]   */
     float *rope_cs;                /* angles            [B][n_rot]  */
     float *scores;                 /* per thread        [nth][n_ctx] */
-    double *att_acc;               /* per thread        [nth][head_dim] */
     void *act;                     /* converted activations for matmul ([B] rows) */
     size_t act_bytes;
 

@@ -135,10 +135,10 @@ nm_nn_fn nm_nn_kernel(nm_isa isa);
 /* The two inner loops of attention, for src/model: with an F16 cache it
  * multiplies F16-rounded queries by cached keys and F16-rounded weights by
  * cached values - products exact in float - and adds them in double (as
- * llama.cpp's golden outputs require).  The levels do the same with
- * vector lanes of doubles: the sums differ from the element-by-element
- * order only in double rounding, so the float results agree to one unit in
- * the last place (tests/test_kernels.c checks it), and usually exactly.
+ * llama.cpp's golden outputs require).  Every level gives the scalar
+ * reference's bits: values are summed per element in key order (vector
+ * lanes are elements), scores of heads a multiple of 16 wide in 16 double
+ * lanes reduced by halves, other widths element by element (kernels.c).
  *   scores: scores[p] = (float)(sum_i q[i] * K_p[i]) * scale, p < n
  *   values: out[i] = (float)(sum_p w[p] * V_p[i]), i < hd
  * with K_p = k + p * stride, V_p = v + p * stride (halves); q and w are

@@ -968,16 +968,21 @@ T2_INLINE void add_pd8(__m256d *a, __m256 p) {
 
 T2 static void attn_scores_2(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
                              float *scores) {
-    if (hd % 8) {
+    if (hd % 16) {
         nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, k, stride, n, hd, scale, scores);
         return;
     }
     for (int64_t p = 0; p < n; p++, k += stride) {
-        __m256d a[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
-        for (int64_t i = 0; i < hd; i += 8)
+        /* 16 double lanes (a[m] holds lanes 4m..4m+3), as the reference */
+        __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+        for (int64_t i = 0; i < hd; i += 16) {
             add_pd8(a, _mm256_mul_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(k + i)))));
-        const __m256d t = _mm256_add_pd(a[0], a[1]);
-        __m128d h = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+            add_pd8(a + 2, _mm256_mul_ps(_mm256_loadu_ps(q + i + 8),
+                                         _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(k + i + 8)))));
+        }
+        const __m256d s0 = _mm256_add_pd(a[0], a[2]), s1 = _mm256_add_pd(a[1], a[3]); /* j + 8 */
+        const __m256d s4 = _mm256_add_pd(s0, s1);                                      /* j + 4 */
+        __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
         h = _mm_add_sd(h, _mm_unpackhi_pd(h, h));
         scores[p] = (float)_mm_cvtsd_f64(h) * scale;
     }

@@ -1077,9 +1077,9 @@ T512 static void convert_bf16(const float *x, uint8_t *act, uint8_t *extra, int6
 /* ====================================================================== */
 /* attention over an F16 cache (see kernels.h)                            */
 /* ====================================================================== */
-/* Exact products of 16 elements, added in two vectors of 8 doubles; head
- * sizes that are not a multiple of 16 (or above 128 for the values) take
- * the element-by-element loop. */
+/* Exact products of 16 elements, added in two vectors of 8 doubles (the
+ * reference's 16 lanes); head sizes that are not a multiple of 16 (or above
+ * 128 for the values) take the scalar loops. */
 
 T512_INLINE void add_pd16(__m512d *a, __m512 p) {
     a[0] = _mm512_add_pd(a[0], _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
@@ -1096,7 +1096,11 @@ T512 static void attn_scores_512(const float *q, const uint16_t *k, size_t strid
         __m512d a[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
         for (int64_t i = 0; i < hd; i += 16)
             add_pd16(a, _mm512_mul_ps(_mm512_loadu_ps(q + i), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(k + i)))));
-        scores[p] = (float)_mm512_reduce_add_pd(_mm512_add_pd(a[0], a[1])) * scale;
+        /* the reference's tree: lanes j + 8, j + 4, j + 2, j + 1 */
+        const __m512d s8 = _mm512_add_pd(a[0], a[1]);
+        const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(s8), _mm512_extractf64x4_pd(s8, 1));
+        const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
+        scores[p] = (float)_mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2))) * scale;
     }
 }
 

@@ -766,14 +766,20 @@ static inline float32x4_t h4(const uint16_t *p) { return vcvt_f32_f16(vreinterpr
 
 static void attn_scores_neon(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
                              float *scores) {
-    if (hd % 4) {
+    if (hd % 16) {
         nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, k, stride, n, hd, scale, scores);
         return;
     }
     for (int64_t p = 0; p < n; p++, k += stride) {
-        float64x2_t a[2] = {vdupq_n_f64(0.0), vdupq_n_f64(0.0)};
-        for (int64_t i = 0; i < hd; i += 4) add_pd4(a, vmulq_f32(vld1q_f32(q + i), h4(k + i)));
-        scores[p] = (float)vaddvq_f64(vaddq_f64(a[0], a[1])) * scale;
+        /* 16 double lanes (a[m] holds lanes 2m, 2m + 1), as the reference */
+        float64x2_t a[8];
+        for (int j = 0; j < 8; j++) a[j] = vdupq_n_f64(0.0);
+        for (int64_t i = 0; i < hd; i += 16)
+            for (int j = 0; j < 4; j++) add_pd4(a + 2 * j, vmulq_f32(vld1q_f32(q + i + 4 * j), h4(k + i + 4 * j)));
+        for (int j = 0; j < 4; j++) a[j] = vaddq_f64(a[j], a[j + 4]); /* j + 8 */
+        for (int j = 0; j < 2; j++) a[j] = vaddq_f64(a[j], a[j + 2]); /* j + 4 */
+        a[0] = vaddq_f64(a[0], a[1]);                                  /* j + 2 */
+        scores[p] = (float)(vgetq_lane_f64(a[0], 0) + vgetq_lane_f64(a[0], 1)) * scale;
     }
 }
 
