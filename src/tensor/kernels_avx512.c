@@ -1077,52 +1077,122 @@ T512 static void convert_bf16(const float *x, uint8_t *act, uint8_t *extra, int6
 /* ====================================================================== */
 /* attention over an F16 cache (see kernels.h)                            */
 /* ====================================================================== */
-/* Exact products of 16 elements, added in two vectors of 8 doubles (the
- * reference's 16 lanes); head sizes that are not a multiple of 16 (or above
- * 128 for the values) take the scalar loops. */
+/* Products in double (exact; fused multiply-adds therefore give the
+ * separate operations' bits), added in the reference's 16 lanes: two
+ * vectors of 8 doubles.  The queries sharing the keys (nq <= 8 heads) are
+ * converted to double once, each key or value row once for all of them.
+ * Head sizes that are not a multiple of 16, or above 128, take the scalar
+ * loops. */
 
-T512_INLINE void add_pd16(__m512d *a, __m512 p) {
-    a[0] = _mm512_add_pd(a[0], _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
-    a[1] = _mm512_add_pd(a[1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1))));
+T512_INLINE void h16_pd(const uint16_t *p, __m512d *d) {
+    const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p));
+    d[0] = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
+    d[1] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
 }
 
-T512 static void attn_scores_512(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
-                                 float *scores) {
-    if (hd % 16) {
-        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, k, stride, n, hd, scale, scores);
+/* the reference's tree: lanes j + 8, j + 4, j + 2, j + 1 */
+T512_INLINE double tree16(__m512d a0, __m512d a1) {
+    const __m512d s8 = _mm512_add_pd(a0, a1);
+    const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(s8), _mm512_extractf64x4_pd(s8, 1));
+    const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)));
+}
+
+enum { ATT_MAXQ = 8, ATT_MAXD = 128 };
+
+T512 static void attn_scores_512(const float *q, size_t q_stride, int nq, const uint16_t *k, size_t stride, int64_t n,
+                                 int64_t hd, float scale, float *scores, size_t s_stride) {
+    if (hd % 16 || hd > ATT_MAXD) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k, stride, n, hd, scale, scores, s_stride);
         return;
     }
-    for (int64_t p = 0; p < n; p++, k += stride) {
-        __m512d a[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
-        for (int64_t i = 0; i < hd; i += 16)
-            add_pd16(a, _mm512_mul_ps(_mm512_loadu_ps(q + i), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(k + i)))));
-        /* the reference's tree: lanes j + 8, j + 4, j + 2, j + 1 */
-        const __m512d s8 = _mm512_add_pd(a[0], a[1]);
-        const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(s8), _mm512_extractf64x4_pd(s8, 1));
-        const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
-        scores[p] = (float)_mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2))) * scale;
+    for (int j0 = 0; j0 < nq; j0 += ATT_MAXQ) {
+        const int mq = nq - j0 < ATT_MAXQ ? nq - j0 : ATT_MAXQ;
+        _Alignas(64) double qd[ATT_MAXQ][ATT_MAXD];
+        for (int j = 0; j < mq; j++)
+            for (int64_t i = 0; i < hd; i++) qd[j][i] = q[(size_t)(j0 + j) * q_stride + (size_t)i];
+        const int nc = (int)(hd / 16);
+        const uint16_t *kp = k;
+        for (int64_t p = 0; p < n; p++, kp += stride) {
+            __m512d kd[2 * ATT_MAXD / 16];
+            for (int c = 0; c < nc; c++) h16_pd(kp + 16 * c, kd + 2 * c);
+            for (int j = 0; j < mq; j++) {
+                __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd(); /* 0 + -0 is +0, as in the reference */
+                for (int c = 0; c < nc; c++) {
+                    a0 = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c), kd[2 * c], a0);
+                    a1 = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c + 8), kd[2 * c + 1], a1);
+                }
+                scores[(size_t)(j0 + j) * s_stride + (size_t)p] = (float)tree16(a0, a1) * scale;
+            }
+        }
     }
 }
 
-T512 static void attn_values_512(const float *w, const uint16_t *v, size_t stride, int64_t n, int64_t hd, float *out) {
-    if (hd % 16 || hd > 128) {
-        nm_attn_kernel_get(NM_ISA_SCALAR)->values(w, v, stride, n, hd, out);
-        return;
-    }
-    __m512d a[16];
-    const int nc = (int)(hd / 16);
-    for (int j = 0; j < 2 * nc; j++) a[j] = _mm512_setzero_pd();
+/* Values: lanes are elements, each summed over the keys in order.  Four
+ * queries x 32 elements of accumulators (16 vectors) at a time, so each
+ * chunk of a value row is converted once for four queries; the tile is
+ * inlined with constant sizes so the accumulators stay in registers. */
+/* Full unrolling of the constant-size tile loops, so that arrays of
+ * accumulators become registers (GCC does not unroll at -O2). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NM_UNROLL4 _Pragma("GCC unroll 4")
+#else
+#define NM_UNROLL4
+#endif
+
+T512_INLINE void values_tile(const float *w, size_t w_stride, const uint16_t *v, size_t stride, int64_t n, float *out,
+                             size_t o_stride, const int mq, const int nv) {
+    __m512d a[4][4];
+    NM_UNROLL4 for (int j = 0; j < 4; j++)
+        NM_UNROLL4 for (int m = 0; m < 4; m++) a[j][m] = _mm512_setzero_pd();
     for (int64_t p = 0; p < n; p++, v += stride) {
-        const __m512 s = _mm512_set1_ps(w[p]);
-        for (int j = 0; j < nc; j++)
-            add_pd16(a + 2 * j, _mm512_mul_ps(s, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(v + 16 * j)))));
+        __m512d vd[4];
+        h16_pd(v, vd);
+        if (nv == 4) h16_pd(v + 16, vd + 2);
+        else vd[2] = vd[3] = _mm512_setzero_pd();
+        NM_UNROLL4 for (int j = 0; j < mq; j++) {
+            const __m512d s = _mm512_set1_pd(w[(size_t)j * w_stride + (size_t)p]);
+            NM_UNROLL4 for (int m = 0; m < nv; m++) a[j][m] = _mm512_fmadd_pd(s, vd[m], a[j][m]);
+        }
     }
-    for (int j = 0; j < nc; j++)
-        _mm512_storeu_ps(out + 16 * j,
-                         _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(a[2 * j])), _mm512_cvtpd_ps(a[2 * j + 1]), 1));
+    NM_UNROLL4 for (int j = 0; j < mq; j++)
+        NM_UNROLL4 for (int m = 0; m < nv; m++) _mm256_storeu_ps(out + (size_t)j * o_stride + (size_t)(8 * m), _mm512_cvtpd_ps(a[j][m]));
 }
 
-static const nm_attn_kernel ATTN_512 = {attn_scores_512, attn_values_512};
+T512 static void attn_values_512(const float *w, size_t w_stride, int nq, const uint16_t *v, size_t stride, int64_t n,
+                                 int64_t hd, float *out, size_t o_stride) {
+    if (hd % 16 || hd > ATT_MAXD) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->values(w, w_stride, nq, v, stride, n, hd, out, o_stride);
+        return;
+    }
+    for (int64_t i0 = 0; i0 < hd; i0 += 32)
+        for (int j0 = 0; j0 < nq; j0 += 4) {
+            const float *wj = w + (size_t)j0 * w_stride;
+            float *oj = out + (size_t)j0 * o_stride + (size_t)i0;
+            const int mq = nq - j0 < 4 ? nq - j0 : 4;
+            const bool full = hd - i0 >= 32;
+            if (mq == 4 && full) values_tile(wj, w_stride, v + i0, stride, n, oj, o_stride, 4, 4);
+            else if (full) values_tile(wj, w_stride, v + i0, stride, n, oj, o_stride, mq, 4);
+            else values_tile(wj, w_stride, v + i0, stride, n, oj, o_stride, mq, 2);
+        }
+}
+
+T512 static void to_f16_512(const float *x, uint16_t *h, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(void *)(h + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) h[i] = nm_f32_to_f16(x[i]);
+}
+
+T512 static void round_f16_512(float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(x + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+    for (; i < n; i++) x[i] = nm_half_to_f32(nm_f32_to_f16(x[i]));
+}
+
+static const nm_attn_kernel ATTN_512 = {attn_scores_512, attn_values_512, to_f16_512, round_f16_512};
 
 const nm_attn_kernel *nm_attn_kernel_avx512(void) { return &ATTN_512; }
 
