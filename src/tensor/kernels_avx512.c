@@ -1100,45 +1100,90 @@ T512_INLINE double tree16(__m512d a0, __m512d a1) {
 
 enum { ATT_MAXQ = 8, ATT_MAXD = 128 };
 
+/* Full unrolling of the constant-size tile loops, so that arrays of
+ * accumulators become registers (GCC does not unroll at -O2). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NM_UNROLL4 _Pragma("GCC unroll 4")
+#define NM_UNROLL8 _Pragma("GCC unroll 8")
+#else
+#define NM_UNROLL4
+#define NM_UNROLL8
+#endif
+
+/* Eight heads' 8-lane partial sums (v[j] = lanes j and j + 8 added) to
+ * the eight totals, in head order, by the reference's tree done on all of
+ * them at once: halves j + 4 of head pairs, then quarters j + 2 of four
+ * heads, then neighbours j + 1.  (IEEE addition commutes exactly, so only
+ * which lanes meet matters.) */
+T512_INLINE __m512d tree8x8(const __m512d *v) {
+    __m512d u[4], z[2];
+    for (int i = 0; i < 4; i++)
+        u[i] = _mm512_add_pd(_mm512_shuffle_f64x2(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f64x2(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 2; i++)
+        z[i] = _mm512_add_pd(_mm512_shuffle_f64x2(u[2 * i], u[2 * i + 1], 0x88),
+                             _mm512_shuffle_f64x2(u[2 * i], u[2 * i + 1], 0xDD));
+    /* lanes: heads 0, 4, 1, 5, 2, 6, 3, 7 */
+    const __m512d r = _mm512_add_pd(_mm512_unpacklo_pd(z[0], z[1]), _mm512_unpackhi_pd(z[0], z[1]));
+    return _mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), r);
+}
+
+enum { ATT_KEYS = 64 }; /* keys whose scores wait in a small transposed buffer */
+
 T512 static void attn_scores_512(const float *q, size_t q_stride, int nq, const uint16_t *k, size_t stride, int64_t n,
                                  int64_t hd, float scale, float *scores, size_t s_stride) {
     if (hd % 16 || hd > ATT_MAXD) {
         nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k, stride, n, hd, scale, scores, s_stride);
         return;
     }
+    const int nc = (int)(hd / 16);
     for (int j0 = 0; j0 < nq; j0 += ATT_MAXQ) {
         const int mq = nq - j0 < ATT_MAXQ ? nq - j0 : ATT_MAXQ;
         _Alignas(64) double qd[ATT_MAXQ][ATT_MAXD];
-        for (int j = 0; j < mq; j++)
-            for (int64_t i = 0; i < hd; i++) qd[j][i] = q[(size_t)(j0 + j) * q_stride + (size_t)i];
-        const int nc = (int)(hd / 16);
-        const uint16_t *kp = k;
-        for (int64_t p = 0; p < n; p++, kp += stride) {
-            __m512d kd[2 * ATT_MAXD / 16];
-            for (int c = 0; c < nc; c++) h16_pd(kp + 16 * c, kd + 2 * c);
-            for (int j = 0; j < mq; j++) {
-                __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd(); /* 0 + -0 is +0, as in the reference */
-                for (int c = 0; c < nc; c++) {
-                    a0 = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c), kd[2 * c], a0);
-                    a1 = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c + 8), kd[2 * c + 1], a1);
+        for (int j = 0; j < ATT_MAXQ; j++)
+            for (int64_t i = 0; i < hd; i++) qd[j][i] = j < mq ? q[(size_t)(j0 + j) * q_stride + (size_t)i] : 0.0;
+        if (mq <= 4) { /* too few heads to share the tree: one at a time */
+            const uint16_t *kp = k;
+            for (int64_t p = 0; p < n; p++, kp += stride) {
+                __m512d kd[2 * ATT_MAXD / 16];
+                for (int c = 0; c < nc; c++) h16_pd(kp + 16 * c, kd + 2 * c);
+                for (int j = 0; j < mq; j++) {
+                    __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+                    for (int c = 0; c < nc; c++) {
+                        a0 = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c), kd[2 * c], a0);
+                        a1 = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c + 8), kd[2 * c + 1], a1);
+                    }
+                    scores[(size_t)(j0 + j) * s_stride + (size_t)p] = (float)tree16(a0, a1) * scale;
                 }
-                scores[(size_t)(j0 + j) * s_stride + (size_t)p] = (float)tree16(a0, a1) * scale;
+            }
+            continue;
+        }
+        _Alignas(32) float tmp[ATT_KEYS][ATT_MAXQ];
+        const uint16_t *kp = k;
+        for (int64_t p0 = 0; p0 < n; p0 += ATT_KEYS) {
+            const int np = n - p0 < ATT_KEYS ? (int)(n - p0) : ATT_KEYS;
+            for (int pp = 0; pp < np; pp++, kp += stride) {
+                /* 16 independent chains: the heads' lanes 0-7 and 8-15 */
+                __m512d a0[ATT_MAXQ], a1[ATT_MAXQ], v[ATT_MAXQ];
+                NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) a0[j] = a1[j] = _mm512_setzero_pd(); /* 0 + -0 is +0 */
+                for (int c = 0; c < nc; c++) {
+                    __m512d kd[2];
+                    h16_pd(kp + 16 * c, kd);
+                    NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) {
+                        a0[j] = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c), kd[0], a0[j]);
+                        a1[j] = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c + 8), kd[1], a1[j]);
+                    }
+                }
+                NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) v[j] = _mm512_add_pd(a0[j], a1[j]); /* j + 8 */
+                _mm256_store_ps(tmp[pp], _mm256_mul_ps(_mm512_cvtpd_ps(tree8x8(v)), _mm256_set1_ps(scale)));
+            }
+            for (int j = 0; j < mq; j++) {
+                float *sj = scores + (size_t)(j0 + j) * s_stride + (size_t)p0;
+                for (int pp = 0; pp < np; pp++) sj[pp] = tmp[pp][j];
             }
         }
     }
 }
-
-/* Values: lanes are elements, each summed over the keys in order.  Four
- * queries x 32 elements of accumulators (16 vectors) at a time, so each
- * chunk of a value row is converted once for four queries; the tile is
- * inlined with constant sizes so the accumulators stay in registers. */
-/* Full unrolling of the constant-size tile loops, so that arrays of
- * accumulators become registers (GCC does not unroll at -O2). */
-#if defined(__GNUC__) && !defined(__clang__)
-#define NM_UNROLL4 _Pragma("GCC unroll 4")
-#else
-#define NM_UNROLL4
-#endif
 
 T512_INLINE void values_tile(const float *w, size_t w_stride, const uint16_t *v, size_t stride, int64_t n, float *out,
                              size_t o_stride, const int mq, const int nv) {
