@@ -26,6 +26,7 @@
 #include "base/base.h"
 #include "base/threads.h"
 #include "tensor/kernels.h"
+#include "tensor/kernels_impl.h"
 #include "tensor/matmul.h"
 #include "tensor/quants.h"
 #include "tensor/types.h"
@@ -881,6 +882,84 @@ static void test_attn_f16(nm_test *t) {
     free(h1);
 }
 
+/* The shared exponential against float64 exp on a dense sweep of its range
+ * and at the edges (within 2 ulps where the result is a normal float), 0
+ * below the range, infinity above, NaN through; then softmax and SwiGLU:
+ * the reference against float64 formulas (a few ulps: float exponentials,
+ * one float scaling), and every level against the reference bit for bit
+ * on lengths around the vector widths, with elements whose exponential
+ * underflows. */
+static void test_row_ops(nm_test *t) {
+    int64_t worst = 0;
+    float at = 0;
+    for (float x = -87.29f; x <= 88.29f; x += 0.00137f) {
+        const double want = exp((double)x);
+        if (want < 1.2e-38) continue; /* subnormal results: absolute error only */
+        const int64_t u = ulps(nm_exp_ref(x), (float)want);
+        if (u > worst) worst = u, at = x;
+    }
+    CHECKF(t, worst <= 2, "exp: %lld ulps from float64 at %g", (long long)worst, at);
+    CHECK(t, nm_exp_ref(0.0f) == 1.0f && nm_exp_ref(-0.0f) == 1.0f);
+    CHECK(t, nm_exp_ref(-88.0f) == 0.0f && nm_exp_ref(-1e30f) == 0.0f && nm_exp_ref(-__builtin_inff()) == 0.0f);
+    CHECK(t, isinf(nm_exp_ref(89.0f)) && isinf(nm_exp_ref(1e30f)) && isinf(nm_exp_ref(__builtin_inff())));
+    CHECK(t, isnan(nm_exp_ref(NAN)));
+    CHECK(t, fabs(nm_exp_ref(-87.29f) - exp((double)-87.29f)) < 1e-44); /* near the bottom: 2^-149 steps */
+
+    static const int64_t lens[] = {1, 7, 8, 15, 16, 17, 33, 300, 1001};
+    nm_rng r;
+    nm_rng_seed(&r, 77);
+    const nm_attn_kernel *ref = nm_attn_kernel_get(NM_ISA_SCALAR);
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        const int64_t n = lens[li];
+        float *x = malloc(sizeof(float) * (size_t)n), *s0 = malloc(sizeof(float) * (size_t)n);
+        float *s1 = malloc(sizeof(float) * (size_t)n), *up = malloc(sizeof(float) * (size_t)n);
+        for (int64_t i = 0; i < n; i++) {
+            /* every fifth far below the others: its exponential underflows */
+            x[i] = (float)nm_rng_normal(&r) * 4.0f - (i % 5 == 3 ? 120.0f : 0.0f);
+            up[i] = (float)nm_rng_normal(&r);
+        }
+        memcpy(s0, x, sizeof(float) * (size_t)n);
+        ref->softmax(s0, n);
+        /* x - max is rounded to float by the formula itself (not an error of
+         * the exponential), so the reference takes the same differences */
+        float mx = x[0];
+        double sum = 0;
+        for (int64_t i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+        for (int64_t i = 0; i < n; i++) sum += exp((double)(x[i] - mx));
+        int64_t ws = 0, wg = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const double want = exp((double)(x[i] - mx)) / sum;
+            if (want < 1e-37) CHECK(t, s0[i] < 1e-37f);
+            else ws = ulps(s0[i], (float)want) > ws ? ulps(s0[i], (float)want) : ws;
+        }
+        CHECKF(t, ws <= 4, "softmax of %lld: %lld ulps from float64", (long long)n, (long long)ws);
+        ref->swiglu(s1, x, up, n);
+        for (int64_t i = 0; i < n; i++) {
+            const double g = x[i], want = g / (1.0 + exp(-g)) * up[i];
+            if (fabs(want) > 1e-30) wg = ulps(s1[i], (float)want) > wg ? ulps(s1[i], (float)want) : wg;
+        }
+        CHECKF(t, wg <= 4, "swiglu of %lld: %lld ulps from float64", (long long)n, (long long)wg);
+        for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
+            if (!nm_isa_available((nm_isa)isa)) continue;
+            const nm_attn_kernel *k = nm_attn_kernel_get((nm_isa)isa);
+            float *v = malloc(sizeof(float) * (size_t)n);
+            memcpy(v, x, sizeof(float) * (size_t)n);
+            k->softmax(v, n);
+            CHECKF(t, memcmp(v, s0, sizeof(float) * (size_t)n) == 0, "%s softmax of %lld differs from the reference",
+                   nm_isa_name((nm_isa)isa), (long long)n);
+            memcpy(v, x, sizeof(float) * (size_t)n);
+            k->swiglu(v, v, up, n); /* in place, as the model calls it */
+            CHECKF(t, memcmp(v, s1, sizeof(float) * (size_t)n) == 0, "%s swiglu of %lld differs from the reference",
+                   nm_isa_name((nm_isa)isa), (long long)n);
+            free(v);
+        }
+        free(x);
+        free(s0);
+        free(s1);
+        free(up);
+    }
+}
+
 /* ---- golden logits at every level, in process ---- */
 
 typedef struct golden_case {
@@ -1096,6 +1175,7 @@ int main(void) {
     run("matmul_t", test_matmul_t);
     run("attention", test_attention);
     run("attn_f16", test_attn_f16);
+    run("row_ops", test_row_ops);
     run("isa_golden", test_isa_golden);
     run("model_every_isa", test_model_every_isa);
     return nm_test_finish();

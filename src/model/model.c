@@ -611,7 +611,7 @@ static void attend(const nm_context *c, int64_t l, const float *q, int nq, int64
                    scale, scores, (size_t)c->n_ctx);
         for (int j = 0; j < nq; j++) {
             float *s = scores + (int64_t)j * c->n_ctx;
-            nm_softmax(s, n_keys);
+            ak->softmax(s, n_keys);
             ak->round_f16(s, n_keys);
         }
         ak->values(scores, (size_t)c->n_ctx, nq, (const uint16_t *)(const void *)v_cache_at(c, l, 0) + kvo, stride,
@@ -621,7 +621,7 @@ static void attend(const nm_context *c, int64_t l, const float *q, int nq, int64
     for (int j = 0; j < nq; j++, q += hd, out += hd) {
         for (int64_t p = 0; p < n_keys; p++)
             scores[p] = nm_dot_f32(q, (const float *)(const void *)k_cache_at(c, l, p) + kvo, hd) * scale;
-        nm_softmax(scores, n_keys);
+        ak->softmax(scores, n_keys);
         memset(out, 0, (size_t)hd * sizeof *out);
         for (int64_t p = 0; p < n_keys; p++) {
             const float *v = (const float *)(const void *)v_cache_at(c, l, p) + kvo;
@@ -699,7 +699,7 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
     rmsnorm_rows(h->xb, h->x, L->ffn_norm, f->n, hp->n_embd, hp->norm_eps);
     nm_model_proj(f, l, NM_PROJ_GATE, h->xb, h->hb);
     nm_model_proj(f, l, NM_PROJ_UP, h->xb, h->hb2);
-    nm_swiglu(h->hb, h->hb, h->hb2, f->n * hp->n_ff);
+    nm_attn_kernel_get(L->w[NM_PROJ_GATE].k->isa)->swiglu(h->hb, h->hb, h->hb2, f->n * hp->n_ff);
     nm_model_proj(f, l, NM_PROJ_DOWN, h->hb, h->xb);
     for (int64_t t = 0; t < f->n * hp->n_embd; t++) h->x[t] += h->xb[t];
 }

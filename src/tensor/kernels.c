@@ -584,7 +584,36 @@ static void round_f16_scalar(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = nm_half_to_f32(nm_f32_to_f16(x[i]));
 }
 
-static const nm_attn_kernel ATTN_SCALAR = {attn_scores_scalar, attn_values_scalar, to_f16_scalar, round_f16_scalar};
+/* The reference softmax; the levels vectorise the exponentials, the
+ * first n - n % 16 elements of the sum and the scaling, and call this for
+ * the rest of the sum. */
+float nm_softmax_tail(float *x, int64_t n, int64_t i, float max, double *a) {
+    for (; i < n; i++) {
+        x[i] = nm_exp_ref(x[i] - max);
+        a[i % 16] += x[i];
+    }
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) a[l] += a[l + w];
+    return (float)(1.0 / a[0]);
+}
+
+static void softmax_scalar(float *x, int64_t n) {
+    float max = x[0];
+    for (int64_t i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    double a[16] = {0};
+    const float inv = nm_softmax_tail(x, n, 0, max, a);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+static void swiglu_scalar(float *out, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + nm_exp_ref(-g)) * up[i];
+    }
+}
+
+static const nm_attn_kernel ATTN_SCALAR = {attn_scores_scalar, attn_values_scalar, to_f16_scalar,
+                                           round_f16_scalar,   softmax_scalar,     swiglu_scalar};
 
 const nm_attn_kernel *nm_attn_kernel_get(nm_isa isa) {
     const nm_attn_kernel *k = NULL;

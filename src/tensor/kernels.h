@@ -157,6 +157,13 @@ typedef struct nm_attn_kernel {
      * attention weights): nm_f32_to_f16's bits for finite input. */
     void (*to_f16)(const float *x, uint16_t *h, int64_t n);
     void (*round_f16)(float *x, int64_t n);
+    /* The other row operations of the forward pass that need e^x, with the
+     * levels' shared exponential (kernels_impl.h: the same bits everywhere
+     * for finite input).  softmax: x[i] = e^(x[i] - max) / sum, the sum in
+     * double over 16 lanes (lane i % 16) reduced like the scores.  swiglu:
+     * out[i] = g / (1 + e^-g) * up[i], g = gate[i] (out may be gate). */
+    void (*softmax)(float *x, int64_t n);
+    void (*swiglu)(float *out, const float *gate, const float *up, int64_t n);
 } nm_attn_kernel;
 
 const nm_attn_kernel *nm_attn_kernel_get(nm_isa isa);

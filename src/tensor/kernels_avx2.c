@@ -1033,7 +1033,67 @@ T2 static void round_f16_2(float *x, int64_t n) {
     for (; i < n; i++) x[i] = nm_half_to_f32(nm_f32_to_f16(x[i]));
 }
 
-static const nm_attn_kernel ATTN_2 = {attn_scores_2, attn_values_2, to_f16_2, round_f16_2};
+/* nm_exp_ref in 8 lanes: the same operations, so the same bits */
+T2_INLINE __m256 exp8(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(NM_EXP_HI), lo = _mm256_set1_ps(NM_EXP_LO), magic = _mm256_set1_ps(NM_EXP_MAGIC);
+    __m256 xc = _mm256_blendv_ps(hi, x, _mm256_cmp_ps(x, hi, _CMP_LT_OQ));
+    xc = _mm256_blendv_ps(lo, xc, _mm256_cmp_ps(x, lo, _CMP_GT_OQ));
+    const __m256 fn = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(NM_EXP_LOG2E)), magic), magic);
+    __m256 r = _mm256_sub_ps(xc, _mm256_mul_ps(fn, _mm256_set1_ps(NM_EXP_C1)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(fn, _mm256_set1_ps(NM_EXP_C2)));
+    const __m256 z = _mm256_mul_ps(r, r);
+    __m256 p = _mm256_set1_ps(NM_EXP_P0);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(NM_EXP_P1));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(NM_EXP_P2));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(NM_EXP_P3));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(NM_EXP_P4));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(NM_EXP_P5));
+    __m256 y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, z), r), _mm256_set1_ps(1.0f));
+    const __m256i n = _mm256_cvttps_epi32(fn);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23)));
+    y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    y = _mm256_blendv_ps(y, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+T2 static void softmax_2(float *x, int64_t n) {
+    __m256 vm = _mm256_set1_ps(-__builtin_inff());
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+    float mv[8], max = -__builtin_inff(); /* max is exact in any order */
+    _mm256_storeu_ps(mv, vm);
+    for (int l = 0; l < 8; l++) max = mv[l] > max ? mv[l] : max;
+    for (; i < n; i++) max = x[i] > max ? x[i] : max;
+    const __m256 m = _mm256_set1_ps(max);
+    __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    for (i = 0; i + 16 <= n; i += 16)
+        for (int h = 0; h < 2; h++) {
+            const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8 * h), m));
+            _mm256_storeu_ps(x + i + 8 * h, e);
+            a[2 * h] = _mm256_add_pd(a[2 * h], _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+            a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+        }
+    double acc[16];
+    for (int h = 0; h < 4; h++) _mm256_storeu_pd(acc + 4 * h, a[h]);
+    const float inv = nm_softmax_tail(x, n, i, max, acc);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(inv)));
+    for (; i < n; i++) x[i] *= inv;
+}
+
+T2 static void swiglu_2(float *out, const float *gate, const float *up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 e = exp8(_mm256_xor_ps(g, _mm256_set1_ps(-0.0f)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + nm_exp_ref(-g)) * up[i];
+    }
+}
+
+static const nm_attn_kernel ATTN_2 = {attn_scores_2, attn_values_2, to_f16_2, round_f16_2, softmax_2, swiglu_2};
 
 const nm_attn_kernel *nm_attn_kernel_avx2(void) { return &ATTN_2; }
 

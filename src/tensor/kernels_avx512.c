@@ -1237,7 +1237,67 @@ T512 static void round_f16_512(float *x, int64_t n) {
     for (; i < n; i++) x[i] = nm_half_to_f32(nm_f32_to_f16(x[i]));
 }
 
-static const nm_attn_kernel ATTN_512 = {attn_scores_512, attn_values_512, to_f16_512, round_f16_512};
+/* nm_exp_ref in 16 lanes: the same operations, so the same bits */
+T512_INLINE __m512 exp16(__m512 x) {
+    const __m512 hi = _mm512_set1_ps(NM_EXP_HI), lo = _mm512_set1_ps(NM_EXP_LO), magic = _mm512_set1_ps(NM_EXP_MAGIC);
+    const __mmask16 below = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), above = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ);
+    __m512 xc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, hi, _CMP_LT_OQ), hi, x);
+    xc = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GT_OQ), lo, xc);
+    const __m512 fn = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(NM_EXP_LOG2E)), magic), magic);
+    __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(fn, _mm512_set1_ps(NM_EXP_C1)));
+    r = _mm512_sub_ps(r, _mm512_mul_ps(fn, _mm512_set1_ps(NM_EXP_C2)));
+    const __m512 z = _mm512_mul_ps(r, r);
+    __m512 p = _mm512_set1_ps(NM_EXP_P0);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(NM_EXP_P1));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(NM_EXP_P2));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(NM_EXP_P3));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(NM_EXP_P4));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(NM_EXP_P5));
+    __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, z), r), _mm512_set1_ps(1.0f));
+    const __m512i n = _mm512_cvttps_epi32(fn);
+    y = _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23)));
+    y = _mm512_mask_blend_ps(below, y, _mm512_setzero_ps());
+    y = _mm512_mask_blend_ps(above, y, _mm512_set1_ps(__builtin_inff()));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, x);
+}
+
+T512 static void softmax_512(float *x, int64_t n) {
+    __m512 vm = _mm512_set1_ps(-__builtin_inff());
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(x + i));
+    float max = _mm512_reduce_max_ps(vm); /* max is exact in any order */
+    for (; i < n; i++) max = x[i] > max ? x[i] : max;
+    const __m512 m = _mm512_set1_ps(max);
+    __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+    for (i = 0; i + 16 <= n; i += 16) {
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
+        _mm512_storeu_ps(x + i, e);
+        a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    double a[16];
+    _mm512_storeu_pd(a, a0);
+    _mm512_storeu_pd(a + 8, a1);
+    const __m512 inv = _mm512_set1_ps(nm_softmax_tail(x, n, i, max, a));
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    if (i < n) _mm512_mask_storeu_ps(x + i, lanes(n - i), _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(n - i), x + i), inv));
+}
+
+T512 static void swiglu_512(float *out, const float *gate, const float *up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 g = _mm512_loadu_ps(gate + i);
+        const __m512 e = exp16(_mm512_xor_ps(g, _mm512_set1_ps(-0.0f)));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), _mm512_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + nm_exp_ref(-g)) * up[i];
+    }
+}
+
+static const nm_attn_kernel ATTN_512 = {attn_scores_512, attn_values_512, to_f16_512,
+                                        round_f16_512,   softmax_512,     swiglu_512};
 
 const nm_attn_kernel *nm_attn_kernel_avx512(void) { return &ATTN_512; }
 

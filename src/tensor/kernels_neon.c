@@ -826,7 +826,68 @@ static void round_f16_neon(float *x, int64_t n) {
     for (; i < n; i++) x[i] = nm_half_to_f32(nm_f32_to_f16(x[i]));
 }
 
-static const nm_attn_kernel ATTN_NEON = {attn_scores_neon, attn_values_neon, to_f16_neon, round_f16_neon};
+/* nm_exp_ref in 4 lanes: the same operations (separate multiplies and
+ * adds, no FMLA), so the same bits */
+static inline float32x4_t exp4(float32x4_t x) {
+    const float32x4_t hi = vdupq_n_f32(NM_EXP_HI), lo = vdupq_n_f32(NM_EXP_LO), magic = vdupq_n_f32(NM_EXP_MAGIC);
+    float32x4_t xc = vbslq_f32(vcltq_f32(x, hi), x, hi);
+    xc = vbslq_f32(vcgtq_f32(x, lo), xc, lo);
+    const float32x4_t fn = vsubq_f32(vaddq_f32(vmulq_f32(xc, vdupq_n_f32(NM_EXP_LOG2E)), magic), magic);
+    float32x4_t r = vsubq_f32(xc, vmulq_f32(fn, vdupq_n_f32(NM_EXP_C1)));
+    r = vsubq_f32(r, vmulq_f32(fn, vdupq_n_f32(NM_EXP_C2)));
+    const float32x4_t z = vmulq_f32(r, r);
+    float32x4_t p = vdupq_n_f32(NM_EXP_P0);
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(NM_EXP_P1));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(NM_EXP_P2));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(NM_EXP_P3));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(NM_EXP_P4));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(NM_EXP_P5));
+    float32x4_t y = vaddq_f32(vaddq_f32(vmulq_f32(p, z), r), vdupq_n_f32(1.0f));
+    const int32x4_t n = vcvtq_s32_f32(fn);
+    y = vmulq_f32(y, vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n, vdupq_n_s32(127)), 23)));
+    y = vbslq_f32(vcltq_f32(x, lo), vdupq_n_f32(0.0f), y);
+    y = vbslq_f32(vcgtq_f32(x, hi), vdupq_n_f32(__builtin_inff()), y);
+    return vbslq_f32(vceqq_f32(x, x), y, x);
+}
+
+static void softmax_neon(float *x, int64_t n) {
+    float32x4_t vm = vdupq_n_f32(-__builtin_inff());
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vm = vmaxq_f32(vm, vld1q_f32(x + i));
+    float max = vmaxvq_f32(vm); /* max is exact in any order */
+    for (; i < n; i++) max = x[i] > max ? x[i] : max;
+    const float32x4_t m = vdupq_n_f32(max);
+    float64x2_t a[8];
+    for (int h = 0; h < 8; h++) a[h] = vdupq_n_f64(0.0);
+    for (i = 0; i + 16 <= n; i += 16)
+        for (int h = 0; h < 4; h++) {
+            const float32x4_t e = exp4(vsubq_f32(vld1q_f32(x + i + 4 * h), m));
+            vst1q_f32(x + i + 4 * h, e);
+            a[2 * h] = vaddq_f64(a[2 * h], vcvt_f64_f32(vget_low_f32(e)));
+            a[2 * h + 1] = vaddq_f64(a[2 * h + 1], vcvt_high_f64_f32(e));
+        }
+    double acc[16];
+    for (int h = 0; h < 8; h++) vst1q_f64(acc + 2 * h, a[h]);
+    const float inv = nm_softmax_tail(x, n, i, max, acc);
+    for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_n_f32(vld1q_f32(x + i), inv));
+    for (; i < n; i++) x[i] *= inv;
+}
+
+static void swiglu_neon(float *out, const float *gate, const float *up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t g = vld1q_f32(gate + i);
+        const float32x4_t e = exp4(vnegq_f32(g));
+        vst1q_f32(out + i, vmulq_f32(vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0f), e)), vld1q_f32(up + i)));
+    }
+    for (; i < n; i++) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + nm_exp_ref(-g)) * up[i];
+    }
+}
+
+static const nm_attn_kernel ATTN_NEON = {attn_scores_neon, attn_values_neon, to_f16_neon,
+                                         round_f16_neon,   softmax_neon,     swiglu_neon};
 
 const nm_attn_kernel *nm_attn_kernel_neon(void) { return &ATTN_NEON; }
 
