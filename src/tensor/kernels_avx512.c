@@ -285,6 +285,13 @@ T512 static void gemv_q4_0(const nm_mm_args *a, int64_t r, int nr, int64_t t) {
         const uint8_t *xq = tk.q + (size_t)b * 34;
         const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)xq));
         const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xq + 16)));
+        /* 16 rows stream at 18 bytes an iteration each: the out-of-order
+         * window holds too few iterations to keep enough lines in flight,
+         * so each row's data 128 bytes ahead is requested every 4 blocks
+         * (measured +10-15% from memory on Zen 4; Q8_0, with twice the
+         * bytes an iteration, only lost by it) */
+        if ((b & 3) == 0)
+            for (int i = 0; i < 16; i++) _mm_prefetch((const char *)(rp[i] + o + 128), _MM_HINT_T0);
         const __m512i q0 = q4_quad(rp[0] + o, rp[4] + o, rp[8] + o, rp[12] + o, xl, xh);
         const __m512i q1 = q4_quad(rp[1] + o, rp[5] + o, rp[9] + o, rp[13] + o, xl, xh);
         const __m512i q2 = q4_quad(rp[2] + o, rp[6] + o, rp[10] + o, rp[14] + o, xl, xh);
