@@ -645,13 +645,16 @@ static void attention_task(void *arg, int ith, int nth) {
     const nm_fwd *f = a->f;
     const nm_hparams *hp = &f->m->hp;
     const int64_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, n_items = a->item0[f->n_seqs];
-    int s = 0;
     for (;;) {
-        int64_t lo = atomic_fetch_add_explicit(&a->next, a->chunk, memory_order_relaxed);
-        if (lo >= n_items) break;
-        int64_t hi = lo + a->chunk < n_items ? lo + a->chunk : n_items;
+        const int64_t taken = atomic_fetch_add_explicit(&a->next, a->chunk, memory_order_relaxed);
+        if (taken >= n_items) break;
+        /* Chunks are handed out from the end: within a sequence the later
+         * rows attend over more keys, so the heaviest chunks go first and
+         * the last ones, which decide when the region ends, are light. */
+        const int64_t hi = n_items - taken, lo = hi - a->chunk > 0 ? hi - a->chunk : 0;
+        int s = 0;
         for (int64_t item = lo; item < hi; item++) {
-            while (item >= a->item0[s + 1]) s++;  /* this thread's items only increase */
+            while (item >= a->item0[s + 1]) s++;
             const nm_seq *q = &f->seqs[s];
             const nm_context *c = q->c;
             const int64_t k = item - a->item0[s], t = k / hp->n_head_kv, g = k % hp->n_head_kv;
