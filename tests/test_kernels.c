@@ -26,6 +26,7 @@
 #include "base/base.h"
 #include "base/threads.h"
 #include "tensor/kernels.h"
+#include "tensor/kernels_impl.h"
 #include "tensor/matmul.h"
 #include "tensor/quants.h"
 #include "tensor/types.h"
@@ -751,34 +752,79 @@ static int64_t ulps(float a, float b) {
 /* The attention helpers of every level against the scalar loops (src/model's
  * arithmetic): exact products added in double, in another order, so each
  * float result is the scalar one or its neighbour. */
+/* The attention loops: the scalar reference against a float64 sum (its
+ * only roundings are double additions of exact products, so it is within
+ * a few units of 2^-50 of the exact value, far below float's rounding: the
+ * float results agree to one ulp), and every level against the reference
+ * bit for bit, one query at a time and in groups (GQA: nq heads share the
+ * keys), on head widths that take the 16-lane order (16, 64, 128), wider
+ * ones the levels hand to the reference (256) and ones that go element by
+ * element (8, 100).  Queries are unrounded floats in some cases: products
+ * in double keep them exact too. */
 static void test_attention(nm_test *t) {
-    static const int64_t hds[] = {8, 64, 100, 128};
+    static const int64_t hds[] = {8, 16, 64, 100, 128, 256};
     static const int64_t ns[] = {1, 7, 300};
+    static const int nqs[] = {1, 3, 8, 11};
     nm_rng r;
     nm_rng_seed(&r, 31);
     const nm_attn_kernel *ref = nm_attn_kernel_get(NM_ISA_SCALAR);
-    for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
-        if (!nm_isa_available((nm_isa)isa)) continue;
-        const nm_attn_kernel *k = nm_attn_kernel_get((nm_isa)isa);
-        for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
-            for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+    for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+            for (size_t qi = 0; qi < sizeof nqs / sizeof nqs[0]; qi++) {
                 const int64_t hd = hds[hi], n = ns[ni], stride = hd * 3; /* a head inside a wider cache row */
-                float *q = malloc(sizeof(float) * (size_t)hd), *w = malloc(sizeof(float) * (size_t)n);
+                const int nq = nqs[qi];
+                const bool rounded = qi % 2 == 0;
+                const size_t sst = (size_t)n + 5, ost = (size_t)hd + 3; /* strides with gaps */
+                float *q = malloc(sizeof(float) * (size_t)(hd * nq)), *w = malloc(sizeof(float) * sst * (size_t)nq);
                 uint16_t *cache = malloc(sizeof(uint16_t) * (size_t)(n * stride));
-                float *s0 = malloc(sizeof(float) * (size_t)n), *s1 = malloc(sizeof(float) * (size_t)n);
-                float *o0 = malloc(sizeof(float) * (size_t)hd), *o1 = malloc(sizeof(float) * (size_t)hd);
-                for (int64_t i = 0; i < hd; i++) q[i] = nm_f16_to_f32(nm_f32_to_f16((float)nm_rng_normal(&r)));
-                for (int64_t i = 0; i < n; i++) w[i] = nm_f16_to_f32(nm_f32_to_f16((float)nm_rng_uniform(&r) / (float)n));
+                float *s0 = calloc(sst * (size_t)nq, sizeof(float)), *s1 = calloc(sst * (size_t)nq, sizeof(float));
+                float *o0 = calloc(ost * (size_t)nq, sizeof(float)), *o1 = calloc(ost * (size_t)nq, sizeof(float));
+                for (int64_t i = 0; i < hd * nq; i++) {
+                    const float x = (float)nm_rng_normal(&r);
+                    q[i] = rounded ? nm_f16_to_f32(nm_f32_to_f16(x)) : x;
+                }
+                for (size_t i = 0; i < sst * (size_t)nq; i++) {
+                    const float x = (float)nm_rng_uniform(&r) / (float)n;
+                    w[i] = rounded ? nm_f16_to_f32(nm_f32_to_f16(x)) : x;
+                }
                 for (int64_t i = 0; i < n * stride; i++) cache[i] = nm_f32_to_f16((float)nm_rng_normal(&r));
-                ref->scores(q, cache + hd, (size_t)stride, n, hd, 0.125f, s0);
-                k->scores(q, cache + hd, (size_t)stride, n, hd, 0.125f, s1);
-                ref->values(w, cache + hd, (size_t)stride, n, hd, o0);
-                k->values(w, cache + hd, (size_t)stride, n, hd, o1);
+                const uint16_t *kv = cache + hd;
+                ref->scores(q, (size_t)hd, nq, kv, (size_t)stride, n, hd, 0.125f, s0, sst);
+                ref->values(w, sst, nq, kv, (size_t)stride, n, hd, o0, ost);
                 int64_t worst = 0;
-                for (int64_t i = 0; i < n; i++) worst = ulps(s0[i], s1[i]) > worst ? ulps(s0[i], s1[i]) : worst;
-                for (int64_t i = 0; i < hd; i++) worst = ulps(o0[i], o1[i]) > worst ? ulps(o0[i], o1[i]) : worst;
-                CHECKF(t, worst <= 1, "%s attention, head %lld, %lld keys: %lld ulps from the scalar loops",
-                       nm_isa_name((nm_isa)isa), (long long)hd, (long long)n, (long long)worst);
+                for (int j = 0; j < nq; j++) {
+                    for (int64_t p = 0; p < n; p++) {
+                        double d = 0;
+                        for (int64_t i = 0; i < hd; i++)
+                            d += (double)q[j * hd + i] * (double)nm_f16_to_f32(kv[p * stride + i]);
+                        const int64_t u = ulps(s0[(size_t)j * sst + (size_t)p], (float)d * 0.125f);
+                        worst = u > worst ? u : worst;
+                    }
+                    for (int64_t i = 0; i < hd; i++) {
+                        double d = 0;
+                        for (int64_t p = 0; p < n; p++)
+                            d += (double)w[(size_t)j * sst + (size_t)p] * (double)nm_f16_to_f32(kv[p * stride + i]);
+                        const int64_t u = ulps(o0[(size_t)j * ost + (size_t)i], (float)d);
+                        worst = u > worst ? u : worst;
+                    }
+                }
+                CHECKF(t, worst <= 1, "scalar attention, head %lld, %lld keys, %d queries: %lld ulps from float64",
+                       (long long)hd, (long long)n, nq, (long long)worst);
+                for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
+                    if (!nm_isa_available((nm_isa)isa)) continue;
+                    const nm_attn_kernel *k = nm_attn_kernel_get((nm_isa)isa);
+                    k->scores(q, (size_t)hd, nq, kv, (size_t)stride, n, hd, 0.125f, s1, sst);
+                    k->values(w, sst, nq, kv, (size_t)stride, n, hd, o1, ost);
+                    CHECKF(t, memcmp(s0, s1, sizeof(float) * sst * (size_t)nq) == 0 &&
+                                  memcmp(o0, o1, sizeof(float) * ost * (size_t)nq) == 0,
+                           "%s attention, head %lld, %lld keys, %d queries%s: differs from the scalar loops",
+                           nm_isa_name((nm_isa)isa), (long long)hd, (long long)n, nq, rounded ? "" : " (unrounded)");
+                    /* one query alone gives the bits it gets in a group */
+                    k->scores(q + hd * (nq - 1), (size_t)hd, 1, kv, (size_t)stride, n, hd, 0.125f, s1, sst);
+                    CHECKF(t, memcmp(s1, s0 + (size_t)(nq - 1) * sst, sizeof(float) * (size_t)n) == 0,
+                           "%s attention scores, head %lld: the last query alone differs from the group",
+                           nm_isa_name((nm_isa)isa), (long long)hd);
+                }
                 free(q);
                 free(w);
                 free(cache);
@@ -787,6 +833,130 @@ static void test_attention(nm_test *t) {
                 free(o0);
                 free(o1);
             }
+}
+
+/* Conversion to half precision at every level: the reference's bits for
+ * finite input, round-half-to-even ties, subnormals, overflow to infinity
+ * included; the in-place rounding agrees with converting back. */
+static void test_attn_f16(nm_test *t) {
+    enum { N = 4099 }; /* not a multiple of any vector width */
+    float *x = malloc(sizeof(float) * N), *r0 = malloc(sizeof(float) * N), *r1 = malloc(sizeof(float) * N);
+    uint16_t *h0 = malloc(sizeof(uint16_t) * N), *h1 = malloc(sizeof(uint16_t) * N);
+    nm_rng r;
+    nm_rng_seed(&r, 5);
+    for (int i = 0; i < N; i++) {
+        switch (i % 6) {
+        case 0: x[i] = (float)nm_rng_normal(&r); break;
+        case 1: x[i] = (float)nm_rng_normal(&r) * 1e-6f; break; /* F16 subnormals */
+        case 2: { /* exact ties between two halves */
+            const uint16_t hh = (uint16_t)(nm_rng_u64(&r) & 0x7bff);
+            x[i] = 0.5f * (nm_f16_to_f32(hh) + nm_f16_to_f32((uint16_t)(hh + 1)));
+            break;
+        }
+        case 3: x[i] = (float)nm_rng_normal(&r) * 70000.0f; break; /* overflow */
+        case 4: x[i] = -(float)nm_rng_uniform(&r) * 1e-9f; break;  /* underflow to -0 */
+        default: x[i] = (float)nm_rng_normal(&r) * 1000.0f; break;
+        }
+    }
+    const nm_attn_kernel *ref = nm_attn_kernel_get(NM_ISA_SCALAR);
+    ref->to_f16(x, h0, N);
+    memcpy(r0, x, sizeof(float) * N);
+    ref->round_f16(r0, N);
+    int bad = 0;
+    for (int i = 0; i < N; i++)
+        if (h0[i] != nm_f32_to_f16(x[i]) || memcmp(&r0[i], &(float){nm_f16_to_f32(h0[i])}, 4) != 0) bad++;
+    CHECKF(t, bad == 0, "scalar: %d conversions differ from nm_f32_to_f16", bad);
+    for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
+        if (!nm_isa_available((nm_isa)isa)) continue;
+        const nm_attn_kernel *k = nm_attn_kernel_get((nm_isa)isa);
+        k->to_f16(x, h1, N);
+        memcpy(r1, x, sizeof(float) * N);
+        k->round_f16(r1, N);
+        CHECKF(t, memcmp(h0, h1, sizeof(uint16_t) * N) == 0 && memcmp(r0, r1, sizeof(float) * N) == 0,
+               "%s: half-precision conversion differs from the reference", nm_isa_name((nm_isa)isa));
+    }
+    free(x);
+    free(r0);
+    free(r1);
+    free(h0);
+    free(h1);
+}
+
+/* The shared exponential against float64 exp on a dense sweep of its range
+ * and at the edges (within 2 ulps where the result is a normal float), 0
+ * below the range, infinity above, NaN through; then softmax and SwiGLU:
+ * the reference against float64 formulas (a few ulps: float exponentials,
+ * one float scaling), and every level against the reference bit for bit
+ * on lengths around the vector widths, with elements whose exponential
+ * underflows. */
+static void test_row_ops(nm_test *t) {
+    int64_t worst = 0;
+    float at = 0;
+    for (float x = -87.29f; x <= 88.29f; x += 0.00137f) {
+        const double want = exp((double)x);
+        if (want < 1.2e-38) continue; /* subnormal results: absolute error only */
+        const int64_t u = ulps(nm_exp_ref(x), (float)want);
+        if (u > worst) worst = u, at = x;
+    }
+    CHECKF(t, worst <= 2, "exp: %lld ulps from float64 at %g", (long long)worst, at);
+    CHECK(t, nm_exp_ref(0.0f) == 1.0f && nm_exp_ref(-0.0f) == 1.0f);
+    CHECK(t, nm_exp_ref(-88.0f) == 0.0f && nm_exp_ref(-1e30f) == 0.0f && nm_exp_ref(-__builtin_inff()) == 0.0f);
+    CHECK(t, isinf(nm_exp_ref(89.0f)) && isinf(nm_exp_ref(1e30f)) && isinf(nm_exp_ref(__builtin_inff())));
+    CHECK(t, isnan(nm_exp_ref(NAN)));
+    CHECK(t, fabs(nm_exp_ref(-87.29f) - exp((double)-87.29f)) < 1e-44); /* near the bottom: 2^-149 steps */
+
+    static const int64_t lens[] = {1, 7, 8, 15, 16, 17, 33, 300, 1001};
+    nm_rng r;
+    nm_rng_seed(&r, 77);
+    const nm_attn_kernel *ref = nm_attn_kernel_get(NM_ISA_SCALAR);
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        const int64_t n = lens[li];
+        float *x = malloc(sizeof(float) * (size_t)n), *s0 = malloc(sizeof(float) * (size_t)n);
+        float *s1 = malloc(sizeof(float) * (size_t)n), *up = malloc(sizeof(float) * (size_t)n);
+        for (int64_t i = 0; i < n; i++) {
+            /* every fifth far below the others: its exponential underflows */
+            x[i] = (float)nm_rng_normal(&r) * 4.0f - (i % 5 == 3 ? 120.0f : 0.0f);
+            up[i] = (float)nm_rng_normal(&r);
+        }
+        memcpy(s0, x, sizeof(float) * (size_t)n);
+        ref->softmax(s0, n);
+        /* x - max is rounded to float by the formula itself (not an error of
+         * the exponential), so the reference takes the same differences */
+        float mx = x[0];
+        double sum = 0;
+        for (int64_t i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+        for (int64_t i = 0; i < n; i++) sum += exp((double)(x[i] - mx));
+        int64_t ws = 0, wg = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const double want = exp((double)(x[i] - mx)) / sum;
+            if (want < 1e-37) CHECK(t, s0[i] < 1e-37f);
+            else ws = ulps(s0[i], (float)want) > ws ? ulps(s0[i], (float)want) : ws;
+        }
+        CHECKF(t, ws <= 4, "softmax of %lld: %lld ulps from float64", (long long)n, (long long)ws);
+        ref->swiglu(s1, x, up, n);
+        for (int64_t i = 0; i < n; i++) {
+            const double g = x[i], want = g / (1.0 + exp(-g)) * up[i];
+            if (fabs(want) > 1e-30) wg = ulps(s1[i], (float)want) > wg ? ulps(s1[i], (float)want) : wg;
+        }
+        CHECKF(t, wg <= 4, "swiglu of %lld: %lld ulps from float64", (long long)n, (long long)wg);
+        for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
+            if (!nm_isa_available((nm_isa)isa)) continue;
+            const nm_attn_kernel *k = nm_attn_kernel_get((nm_isa)isa);
+            float *v = malloc(sizeof(float) * (size_t)n);
+            memcpy(v, x, sizeof(float) * (size_t)n);
+            k->softmax(v, n);
+            CHECKF(t, memcmp(v, s0, sizeof(float) * (size_t)n) == 0, "%s softmax of %lld differs from the reference",
+                   nm_isa_name((nm_isa)isa), (long long)n);
+            memcpy(v, x, sizeof(float) * (size_t)n);
+            k->swiglu(v, v, up, n); /* in place, as the model calls it */
+            CHECKF(t, memcmp(v, s1, sizeof(float) * (size_t)n) == 0, "%s swiglu of %lld differs from the reference",
+                   nm_isa_name((nm_isa)isa), (long long)n);
+            free(v);
+        }
+        free(x);
+        free(s0);
+        free(s1);
+        free(up);
     }
 }
 
@@ -1004,6 +1174,8 @@ int main(void) {
     run("isa_extreme_blocks", test_isa_extreme_blocks);
     run("matmul_t", test_matmul_t);
     run("attention", test_attention);
+    run("attn_f16", test_attn_f16);
+    run("row_ops", test_row_ops);
     run("isa_golden", test_isa_golden);
     run("model_every_isa", test_model_every_isa);
     return nm_test_finish();

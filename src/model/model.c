@@ -413,14 +413,13 @@ nm_status nm_context_new(const nm_model *m, const nm_context_params *p, nm_conte
     c->hb = ctx_floats(c, B, hp->n_ff, 1);
     c->hb2 = ctx_floats(c, B, hp->n_ff, 1);
     c->rope_cs = ctx_floats(c, B, hp->n_rot, 1);
-    c->scores = ctx_floats(c, nth, c->n_ctx, 1);
-    c->att_acc = ctx_alloc(c, nth, hp->head_dim, 1, sizeof(double));
+    c->scores = ctx_floats(c, nth, hp->n_head / hp->n_head_kv, c->n_ctx);
     c->logits = ctx_floats(c, n_out, hp->n_vocab, 1);
     c->act_bytes = max_act_bytes(m, B);
     c->act = c->act_bytes ? malloc(c->act_bytes) : NULL;
     c->bytes += c->act_bytes;
     if (!c->k_cache || !c->v_cache || !c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->hb ||
-        !c->hb2 || !c->rope_cs || !c->scores || !c->att_acc || !c->logits || (c->act_bytes && !c->act)) {
+        !c->hb2 || !c->rope_cs || !c->scores || !c->logits || (c->act_bytes && !c->act)) {
         nm_context_free(c);
         return nm_err_set(err, NM_ERR_NOMEM, "out of memory for a context of %lld tokens (KV cache %.1f MiB)",
                           (long long)c->n_ctx, kv / 1048576.0);
@@ -445,7 +444,6 @@ void nm_context_free(nm_context *c) {
     free(c->hb2);
     free(c->rope_cs);
     free(c->scores);
-    free(c->att_acc);
     free(c->logits);
     free(c->act);
     free(c);
@@ -524,22 +522,17 @@ static uint8_t *v_cache_at(const nm_context *c, int64_t l, int64_t pos) {
     return c->v_cache + (size_t)((l * c->n_ctx + pos) * c->m->hp.kv_dim) * c->kv_elt;
 }
 
-/* Rounds to the nearest half-precision value (kept as a float). */
-static inline float round_f16(float x) { return nm_half_to_f32(nm_f32_to_f16(x)); }
-
 /* Stores n rows of keys k and values v at positions pos0.. of layer l. */
-static void kv_store(nm_context *c, int64_t l, int64_t pos0, const float *k, const float *v, int64_t n) {
+static void kv_store(nm_context *c, int64_t l, int64_t pos0, const float *k, const float *v, int64_t n,
+                     const nm_attn_kernel *ak) {
     const int64_t m = n * c->m->hp.kv_dim;
     if (c->kv_type == NM_TYPE_F32) {
         memcpy(k_cache_at(c, l, pos0), k, (size_t)m * sizeof(float));
         memcpy(v_cache_at(c, l, pos0), v, (size_t)m * sizeof(float));
         return;
     }
-    uint16_t *kd = (uint16_t *)(void *)k_cache_at(c, l, pos0), *vd = (uint16_t *)(void *)v_cache_at(c, l, pos0);
-    for (int64_t i = 0; i < m; i++) {
-        kd[i] = nm_f32_to_f16(k[i]);
-        vd[i] = nm_f32_to_f16(v[i]);
-    }
+    ak->to_f16(k, (uint16_t *)(void *)k_cache_at(c, l, pos0), m);
+    ak->to_f16(v, (uint16_t *)(void *)v_cache_at(c, l, pos0), m);
 }
 
 /* x[t] = embedding row of tokens[t] (dequantized from the stored type). */
@@ -596,51 +589,55 @@ typedef struct attn_task {
     int64_t chunk;             /* items taken at a time */
     int nth;                   /* threads taking part */
     atomic_llong next;         /* first item nobody has taken */
+    const nm_attn_kernel *ak;  /* the matrices' level */
 } attn_task;
 
 /* Softmax(q . keys) . values over the n_keys first cache positions of layer
- * l, one head (keys and values at offset kvo of each cached row).  With an
+ * l, for the nq query heads that share one KV head (keys and values at
+ * offset kvo of each cached row; queries and outputs hd apart).  With an
  * F16 cache the query and the attention weights are rounded to F16 as
  * llama.cpp does (its KQ and KQV products take F16 operands), which is what
- * its golden logits carry; q is already rounded by the caller. */
-static void attend(const nm_context *c, int64_t l, const float *q, int64_t kvo, int64_t n_keys, float *out,
-                   float *scores, double *acc) {
+ * its golden logits carry; q is already rounded by the caller.  The F16
+ * loops are the level's attention kernels: exact products added in double,
+ * the same bits at every level and for any nq (kernels.h), so neither the
+ * level nor the grouping changes a logit. */
+static void attend(const nm_context *c, int64_t l, const float *q, int nq, int64_t kvo, int64_t n_keys, float *out,
+                   float *scores, const nm_attn_kernel *ak) {
     const int64_t hd = c->m->hp.head_dim;
-    const bool f16 = c->kv_type == NM_TYPE_F16;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int64_t p = 0; p < n_keys; p++) {
-        if (f16) {
-            const uint16_t *k = (const uint16_t *)(const void *)k_cache_at(c, l, p) + kvo;
-            double dot = 0.0;
-            for (int64_t i = 0; i < hd; i++) dot += q[i] * nm_half_to_f32(k[i]);
-            scores[p] = (float)dot * scale;
-        } else {
-            scores[p] = nm_dot_f32(q, (const float *)(const void *)k_cache_at(c, l, p) + kvo, hd) * scale;
+    if (c->kv_type == NM_TYPE_F16) {
+        const size_t stride = (size_t)c->m->hp.kv_dim;
+        ak->scores(q, (size_t)hd, nq, (const uint16_t *)(const void *)k_cache_at(c, l, 0) + kvo, stride, n_keys, hd,
+                   scale, scores, (size_t)c->n_ctx);
+        for (int j = 0; j < nq; j++) {
+            float *s = scores + (int64_t)j * c->n_ctx;
+            ak->softmax(s, n_keys);
+            ak->round_f16(s, n_keys);
         }
+        ak->values(scores, (size_t)c->n_ctx, nq, (const uint16_t *)(const void *)v_cache_at(c, l, 0) + kvo, stride,
+                   n_keys, hd, out, (size_t)hd);
+        return;
     }
-    nm_softmax(scores, n_keys);
-    memset(out, 0, (size_t)hd * sizeof *out);
-    if (f16) memset(acc, 0, (size_t)hd * sizeof *acc);
-    for (int64_t p = 0; p < n_keys; p++) {
-        if (f16) {
-            const uint16_t *v = (const uint16_t *)(const void *)v_cache_at(c, l, p) + kvo;
-            const float s = round_f16(scores[p]);
-            for (int64_t i = 0; i < hd; i++) acc[i] += s * nm_half_to_f32(v[i]);
-        } else {
+    for (int j = 0; j < nq; j++, q += hd, out += hd) {
+        for (int64_t p = 0; p < n_keys; p++)
+            scores[p] = nm_dot_f32(q, (const float *)(const void *)k_cache_at(c, l, p) + kvo, hd) * scale;
+        ak->softmax(scores, n_keys);
+        memset(out, 0, (size_t)hd * sizeof *out);
+        for (int64_t p = 0; p < n_keys; p++) {
             const float *v = (const float *)(const void *)v_cache_at(c, l, p) + kvo;
             const float s = scores[p];
             for (int64_t i = 0; i < hd; i++) out[i] += s * v[i];
         }
     }
-    if (f16)
-        for (int64_t i = 0; i < hd; i++) out[i] = (float)acc[i];
 }
 
 /* Causal attention of every row over its own context's cache (which
- * already holds this pass's keys and values).  Threads take chunks of items
- * as they go: the items' costs differ (a row at position 1000 attends over
- * 1000 keys, one at 10 over 10), and which thread computes an item does not
- * change its result. */
+ * already holds this pass's keys and values).  An item is a row and a KV
+ * head with the query heads that share it (GQA), so each cached row is
+ * read once for the group.  Threads take chunks of items as they go: the
+ * items' costs differ (a row at position 1000 attends over 1000 keys, one
+ * at 10 over 10), and which thread computes an item does not change its
+ * result. */
 static void attention_task(void *arg, int ith, int nth) {
     attn_task *a = arg;
     (void)nth;
@@ -648,20 +645,22 @@ static void attention_task(void *arg, int ith, int nth) {
     const nm_fwd *f = a->f;
     const nm_hparams *hp = &f->m->hp;
     const int64_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, n_items = a->item0[f->n_seqs];
-    int s = 0;
     for (;;) {
-        int64_t lo = atomic_fetch_add_explicit(&a->next, a->chunk, memory_order_relaxed);
-        if (lo >= n_items) break;
-        int64_t hi = lo + a->chunk < n_items ? lo + a->chunk : n_items;
+        const int64_t taken = atomic_fetch_add_explicit(&a->next, a->chunk, memory_order_relaxed);
+        if (taken >= n_items) break;
+        /* Chunks are handed out from the end: within a sequence the later
+         * rows attend over more keys, so the heaviest chunks go first and
+         * the last ones, which decide when the region ends, are light. */
+        const int64_t hi = n_items - taken, lo = hi - a->chunk > 0 ? hi - a->chunk : 0;
+        int s = 0;
         for (int64_t item = lo; item < hi; item++) {
-            while (item >= a->item0[s + 1]) s++;  /* this thread's items only increase */
+            while (item >= a->item0[s + 1]) s++;
             const nm_seq *q = &f->seqs[s];
             const nm_context *c = q->c;
-            const int64_t k = item - a->item0[s], t = k / hp->n_head, h = k % hp->n_head;
-            const int64_t row = q->row0 + t;
-            attend(c, a->l, f->host->q + row * hp->q_dim + h * hd, (h / group) * hd, q->pos0 + t + 1,
-                   f->host->att + row * hp->q_dim + h * hd, c->scores + (int64_t)ith * c->n_ctx,
-                   c->att_acc + (int64_t)ith * hd);
+            const int64_t k = item - a->item0[s], t = k / hp->n_head_kv, g = k % hp->n_head_kv;
+            const int64_t row = q->row0 + t, h0 = g * group;
+            attend(c, a->l, f->host->q + row * hp->q_dim + h0 * hd, (int)group, g * hd, q->pos0 + t + 1,
+                   f->host->att + row * hp->q_dim + h0 * hd, c->scores + (int64_t)ith * group * c->n_ctx, a->ak);
         }
     }
 }
@@ -678,15 +677,12 @@ static void attention_block(const nm_fwd *f, int64_t l) {
     rope_rows(f, h->q, hp->n_head);
     rope_rows(f, h->k, hp->n_head_kv);
 
-    attn_task a = {.f = f, .l = l, .nth = nm_pool_size(f->pool)};
+    attn_task a = {.f = f, .l = l, .nth = nm_pool_size(f->pool), .ak = nm_attn_kernel_get(L->w[NM_PROJ_Q].k->isa)};
     for (int s = 0; s < f->n_seqs; s++) {
         const nm_seq *q = &f->seqs[s];
-        kv_store(q->c, l, q->pos0, h->k + q->row0 * hp->kv_dim, h->v + q->row0 * hp->kv_dim, q->n);
-        if (q->c->kv_type == NM_TYPE_F16) {
-            float *qr = h->q + q->row0 * hp->q_dim;
-            for (int64_t i = 0; i < q->n * hp->q_dim; i++) qr[i] = round_f16(qr[i]);
-        }
-        a.item0[s + 1] = a.item0[s] + q->n * hp->n_head;
+        kv_store(q->c, l, q->pos0, h->k + q->row0 * hp->kv_dim, h->v + q->row0 * hp->kv_dim, q->n, a.ak);
+        if (q->c->kv_type == NM_TYPE_F16) a.ak->round_f16(h->q + q->row0 * hp->q_dim, q->n * hp->q_dim);
+        a.item0[s + 1] = a.item0[s] + q->n * hp->n_head_kv;
         if (q->c->n_scratch_threads < a.nth) a.nth = q->c->n_scratch_threads;
     }
     a.chunk = a.item0[f->n_seqs] / ((int64_t)a.nth * 8);
@@ -706,7 +702,7 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
     rmsnorm_rows(h->xb, h->x, L->ffn_norm, f->n, hp->n_embd, hp->norm_eps);
     nm_model_proj(f, l, NM_PROJ_GATE, h->xb, h->hb);
     nm_model_proj(f, l, NM_PROJ_UP, h->xb, h->hb2);
-    nm_swiglu(h->hb, h->hb, h->hb2, f->n * hp->n_ff);
+    nm_attn_kernel_get(L->w[NM_PROJ_GATE].k->isa)->swiglu(h->hb, h->hb, h->hb2, f->n * hp->n_ff);
     nm_model_proj(f, l, NM_PROJ_DOWN, h->hb, h->xb);
     for (int64_t t = 0; t < f->n * hp->n_embd; t++) h->x[t] += h->xb[t];
 }

@@ -84,8 +84,7 @@ struct nm_context {
     float *att;                    /* attention output  [B][q_dim]  */
     float *hb, *hb2;               /* FFN hidden        [B][n_ff]   */
     float *rope_cs;                /* angles            [B][n_rot]  */
-    float *scores;                 /* per thread        [nth][n_ctx] */
-    double *att_acc;               /* per thread        [nth][head_dim] */
+    float *scores;                 /* per thread        [nth][n_head / n_head_kv][n_ctx] */
     void *act;                     /* converted activations for matmul ([B] rows) */
     size_t act_bytes;
 

@@ -535,28 +535,85 @@ nm_nn_fn nm_nn_kernel(nm_isa isa) {
     return f ? f : nn_scalar;
 }
 
-/* The scalar attention loops: src/model's, element by element. */
-static void attn_scores_scalar(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
-                               float *scores) {
-    for (int64_t p = 0; p < n; p++, k += stride) {
-        double dot = 0.0;
-        for (int64_t i = 0; i < hd; i++) dot += q[i] * nm_half_to_f32(k[i]);
-        scores[p] = (float)dot * scale;
+/* The scalar attention loops, the reference of every level.  Scores of
+ * heads that are a multiple of 16 wide are summed in 16 double lanes (lane
+ * j takes elements j, j + 16, ...), then the lanes pairwise by halves
+ * (j + 8, then j + 4, j + 2, j + 1): the order one AVX-512 register pair,
+ * four AVX2 or eight NEON registers of doubles give naturally, so every
+ * level returns the same bits.  Other widths go element by element, on
+ * every level. */
+static void attn_scores_scalar(const float *q, size_t q_stride, int nq, const uint16_t *k0, size_t stride, int64_t n,
+                               int64_t hd, float scale, float *scores, size_t s_stride) {
+    for (int j = 0; j < nq; j++, q += q_stride, scores += s_stride) {
+        const uint16_t *k = k0;
+        for (int64_t p = 0; p < n; p++, k += stride) {
+            double dot = 0.0;
+            if (hd % 16) {
+                for (int64_t i = 0; i < hd; i++) dot += (double)q[i] * nm_half_to_f32(k[i]);
+            } else {
+                double a[16] = {0};
+                for (int64_t i = 0; i < hd; i += 16)
+                    for (int l = 0; l < 16; l++) a[l] += (double)q[i + l] * nm_half_to_f32(k[i + l]);
+                for (int w = 8; w >= 1; w /= 2)
+                    for (int l = 0; l < w; l++) a[l] += a[l + w];
+                dot = a[0];
+            }
+            scores[p] = (float)dot * scale;
+        }
     }
 }
 
-static void attn_values_scalar(const float *w, const uint16_t *v, size_t stride, int64_t n, int64_t hd, float *out) {
-    for (int64_t i0 = 0; i0 < hd; i0 += 64) {
-        double acc[64] = {0};
-        const int64_t m = hd - i0 < 64 ? hd - i0 : 64;
-        const uint16_t *vp = v + i0;
-        for (int64_t p = 0; p < n; p++, vp += stride)
-            for (int64_t i = 0; i < m; i++) acc[i] += w[p] * nm_half_to_f32(vp[i]);
-        for (int64_t i = 0; i < m; i++) out[i0 + i] = (float)acc[i];
+static void attn_values_scalar(const float *w, size_t w_stride, int nq, const uint16_t *v, size_t stride, int64_t n,
+                               int64_t hd, float *out, size_t o_stride) {
+    for (int j = 0; j < nq; j++, w += w_stride, out += o_stride)
+        for (int64_t i0 = 0; i0 < hd; i0 += 64) {
+            double acc[64] = {0};
+            const int64_t m = hd - i0 < 64 ? hd - i0 : 64;
+            const uint16_t *vp = v + i0;
+            for (int64_t p = 0; p < n; p++, vp += stride)
+                for (int64_t i = 0; i < m; i++) acc[i] += (double)w[p] * nm_half_to_f32(vp[i]);
+            for (int64_t i = 0; i < m; i++) out[i0 + i] = (float)acc[i];
+        }
+}
+
+static void to_f16_scalar(const float *x, uint16_t *h, int64_t n) {
+    for (int64_t i = 0; i < n; i++) h[i] = nm_f32_to_f16(x[i]);
+}
+
+static void round_f16_scalar(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = nm_half_to_f32(nm_f32_to_f16(x[i]));
+}
+
+/* The reference softmax; the levels vectorise the exponentials, the
+ * first n - n % 16 elements of the sum and the scaling, and call this for
+ * the rest of the sum. */
+float nm_softmax_tail(float *x, int64_t n, int64_t i, float max, double *a) {
+    for (; i < n; i++) {
+        x[i] = nm_exp_ref(x[i] - max);
+        a[i % 16] += x[i];
+    }
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) a[l] += a[l + w];
+    return (float)(1.0 / a[0]);
+}
+
+static void softmax_scalar(float *x, int64_t n) {
+    float max = x[0];
+    for (int64_t i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    double a[16] = {0};
+    const float inv = nm_softmax_tail(x, n, 0, max, a);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+static void swiglu_scalar(float *out, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + nm_exp_ref(-g)) * up[i];
     }
 }
 
-static const nm_attn_kernel ATTN_SCALAR = {attn_scores_scalar, attn_values_scalar};
+static const nm_attn_kernel ATTN_SCALAR = {attn_scores_scalar, attn_values_scalar, to_f16_scalar,
+                                           round_f16_scalar,   softmax_scalar,     swiglu_scalar};
 
 const nm_attn_kernel *nm_attn_kernel_get(nm_isa isa) {
     const nm_attn_kernel *k = NULL;

@@ -134,19 +134,36 @@ nm_nn_fn nm_nn_kernel(nm_isa isa);
 /* ====================================================================== */
 /* The two inner loops of attention, for src/model: with an F16 cache it
  * multiplies F16-rounded queries by cached keys and F16-rounded weights by
- * cached values - products exact in float - and adds them in double (as
- * llama.cpp's golden outputs require).  The levels do the same with
- * vector lanes of doubles: the sums differ from the element-by-element
- * order only in double rounding, so the float results agree to one unit in
- * the last place (tests/test_kernels.c checks it), and usually exactly.
- *   scores: scores[p] = (float)(sum_i q[i] * K_p[i]) * scale, p < n
- *   values: out[i] = (float)(sum_p w[p] * V_p[i]), i < hd
- * with K_p = k + p * stride, V_p = v + p * stride (halves); q and w are
- * used as given (already rounded to F16 by the caller). */
+ * cached values and adds the products in double (as llama.cpp's golden
+ * outputs require).  Every level gives the scalar
+ * reference's bits: values are summed per element in key order (vector
+ * lanes are elements), scores of heads a multiple of 16 wide in 16 double
+ * lanes reduced by halves, other widths element by element (kernels.c).
+ * Products are taken in double (exact for any float q and w: 24 x 11
+ * significant bits), so FMA and separate multiply-add give the same bits.
+ * Each call serves nq queries that share the keys (the query heads of one
+ * KV head), so the levels convert each cached row once for all of them; a
+ * query's results do not depend on nq or on the other queries.
+ *   scores: scores[j * s_stride + p] = (float)(sum_i q_j[i] * K_p[i]) * scale
+ *   values: out[j * o_stride + i] = (float)(sum_p w_j[p] * V_p[i])
+ * for j < nq, p < n, i < hd, with q_j = q + j * q_stride, w_j = w + j *
+ * w_stride, K_p = k + p * stride, V_p = v + p * stride (halves). */
 typedef struct nm_attn_kernel {
-    void (*scores)(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
-                   float *scores);
-    void (*values)(const float *w, const uint16_t *v, size_t stride, int64_t n, int64_t hd, float *out);
+    void (*scores)(const float *q, size_t q_stride, int nq, const uint16_t *k, size_t stride, int64_t n, int64_t hd,
+                   float scale, float *scores, size_t s_stride);
+    void (*values)(const float *w, size_t w_stride, int nq, const uint16_t *v, size_t stride, int64_t n, int64_t hd,
+                   float *out, size_t o_stride);
+    /* Rows to half precision (the cache) and rounded to it in place (queries,
+     * attention weights): nm_f32_to_f16's bits for finite input. */
+    void (*to_f16)(const float *x, uint16_t *h, int64_t n);
+    void (*round_f16)(float *x, int64_t n);
+    /* The other row operations of the forward pass that need e^x, with the
+     * levels' shared exponential (kernels_impl.h: the same bits everywhere
+     * for finite input).  softmax: x[i] = e^(x[i] - max) / sum, the sum in
+     * double over 16 lanes (lane i % 16) reduced like the scores.  swiglu:
+     * out[i] = g / (1 + e^-g) * up[i], g = gate[i] (out may be gate). */
+    void (*softmax)(float *x, int64_t n);
+    void (*swiglu)(float *out, const float *gate, const float *up, int64_t n);
 } nm_attn_kernel;
 
 const nm_attn_kernel *nm_attn_kernel_get(nm_isa isa);

@@ -960,48 +960,140 @@ T2 static void convert_bf16(const float *x, uint8_t *act, uint8_t *extra, int64_
 /* ====================================================================== */
 /* attention over an F16 cache (see kernels.h)                            */
 /* ====================================================================== */
+/* Products in double (exact), added in the reference's 16 lanes (4
+ * vectors); the query is converted to double once, each key row once per
+ * query.  Fused multiply-adds give the separate operations' bits, the
+ * products being exact. */
 
-T2_INLINE void add_pd8(__m256d *a, __m256 p) {
-    a[0] = _mm256_add_pd(a[0], _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
-    a[1] = _mm256_add_pd(a[1], _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+T2_INLINE void fma_pd8(__m256d *a, __m256d x0, __m256d x1, __m256 k) {
+    a[0] = _mm256_fmadd_pd(x0, _mm256_cvtps_pd(_mm256_castps256_ps128(k)), a[0]);
+    a[1] = _mm256_fmadd_pd(x1, _mm256_cvtps_pd(_mm256_extractf128_ps(k, 1)), a[1]);
 }
 
-T2 static void attn_scores_2(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
-                             float *scores) {
-    if (hd % 8) {
-        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, k, stride, n, hd, scale, scores);
+T2_INLINE __m256 ld_h8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p)); }
+
+T2 static void attn_scores_2(const float *q, size_t q_stride, int nq, const uint16_t *k0, size_t stride, int64_t n,
+                             int64_t hd, float scale, float *scores, size_t s_stride) {
+    if (hd % 16 || hd > 256) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k0, stride, n, hd, scale, scores, s_stride);
         return;
     }
-    for (int64_t p = 0; p < n; p++, k += stride) {
-        __m256d a[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
-        for (int64_t i = 0; i < hd; i += 8)
-            add_pd8(a, _mm256_mul_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(k + i)))));
-        const __m256d t = _mm256_add_pd(a[0], a[1]);
-        __m128d h = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
-        h = _mm_add_sd(h, _mm_unpackhi_pd(h, h));
-        scores[p] = (float)_mm_cvtsd_f64(h) * scale;
+    double qd[256];
+    for (int j = 0; j < nq; j++, q += q_stride, scores += s_stride) {
+        for (int64_t i = 0; i < hd; i++) qd[i] = q[i];
+        const uint16_t *k = k0;
+        for (int64_t p = 0; p < n; p++, k += stride) {
+            __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+            for (int64_t i = 0; i < hd; i += 16) {
+                fma_pd8(a, _mm256_loadu_pd(qd + i), _mm256_loadu_pd(qd + i + 4), ld_h8(k + i));
+                fma_pd8(a + 2, _mm256_loadu_pd(qd + i + 8), _mm256_loadu_pd(qd + i + 12), ld_h8(k + i + 8));
+            }
+            const __m256d s0 = _mm256_add_pd(a[0], a[2]), s1 = _mm256_add_pd(a[1], a[3]); /* j + 8 */
+            const __m256d s4 = _mm256_add_pd(s0, s1);                                      /* j + 4 */
+            __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
+            h = _mm_add_sd(h, _mm_unpackhi_pd(h, h));
+            scores[p] = (float)_mm_cvtsd_f64(h) * scale;
+        }
     }
 }
 
-T2 static void attn_values_2(const float *w, const uint16_t *v, size_t stride, int64_t n, int64_t hd, float *out) {
+T2 static void attn_values_2(const float *w, size_t w_stride, int nq, const uint16_t *v0, size_t stride, int64_t n,
+                             int64_t hd, float *out, size_t o_stride) {
     if (hd % 8 || hd > 64) {
-        nm_attn_kernel_get(NM_ISA_SCALAR)->values(w, v, stride, n, hd, out);
+        nm_attn_kernel_get(NM_ISA_SCALAR)->values(w, w_stride, nq, v0, stride, n, hd, out, o_stride);
         return;
     }
-    __m256d a[16];
     const int nc = (int)(hd / 8);
-    for (int j = 0; j < 2 * nc; j++) a[j] = _mm256_setzero_pd();
-    for (int64_t p = 0; p < n; p++, v += stride) {
-        const __m256 s = _mm256_set1_ps(w[p]);
-        for (int j = 0; j < nc; j++)
-            add_pd8(a + 2 * j, _mm256_mul_ps(s, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(v + 8 * j)))));
+    for (int j = 0; j < nq; j++, w += w_stride, out += o_stride) {
+        __m256d a[16];
+        for (int m = 0; m < 2 * nc; m++) a[m] = _mm256_setzero_pd();
+        const uint16_t *v = v0;
+        for (int64_t p = 0; p < n; p++, v += stride) {
+            const __m256d s = _mm256_set1_pd(w[p]);
+            for (int m = 0; m < nc; m++) fma_pd8(a + 2 * m, s, s, ld_h8(v + 8 * m));
+        }
+        for (int m = 0; m < nc; m++)
+            _mm256_storeu_ps(out + 8 * m, _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(a[2 * m])),
+                                                               _mm256_cvtpd_ps(a[2 * m + 1]), 1));
     }
-    for (int j = 0; j < nc; j++)
-        _mm256_storeu_ps(out + 8 * j, _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(a[2 * j])),
-                                                           _mm256_cvtpd_ps(a[2 * j + 1]), 1));
 }
 
-static const nm_attn_kernel ATTN_2 = {attn_scores_2, attn_values_2};
+T2 static void to_f16_2(const float *x, uint16_t *h, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(void *)(h + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) h[i] = nm_f32_to_f16(x[i]);
+}
+
+T2 static void round_f16_2(float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+    for (; i < n; i++) x[i] = nm_half_to_f32(nm_f32_to_f16(x[i]));
+}
+
+/* nm_exp_ref in 8 lanes: the same operations, so the same bits */
+T2_INLINE __m256 exp8(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(NM_EXP_HI), lo = _mm256_set1_ps(NM_EXP_LO), magic = _mm256_set1_ps(NM_EXP_MAGIC);
+    __m256 xc = _mm256_blendv_ps(hi, x, _mm256_cmp_ps(x, hi, _CMP_LT_OQ));
+    xc = _mm256_blendv_ps(lo, xc, _mm256_cmp_ps(x, lo, _CMP_GT_OQ));
+    const __m256 fn = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(NM_EXP_LOG2E)), magic), magic);
+    __m256 r = _mm256_sub_ps(xc, _mm256_mul_ps(fn, _mm256_set1_ps(NM_EXP_C1)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(fn, _mm256_set1_ps(NM_EXP_C2)));
+    const __m256 z = _mm256_mul_ps(r, r);
+    __m256 p = _mm256_set1_ps(NM_EXP_P0);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(NM_EXP_P1));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(NM_EXP_P2));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(NM_EXP_P3));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(NM_EXP_P4));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(NM_EXP_P5));
+    __m256 y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, z), r), _mm256_set1_ps(1.0f));
+    const __m256i n = _mm256_cvttps_epi32(fn);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23)));
+    y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    y = _mm256_blendv_ps(y, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+T2 static void softmax_2(float *x, int64_t n) {
+    __m256 vm = _mm256_set1_ps(-__builtin_inff());
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+    float mv[8], max = -__builtin_inff(); /* max is exact in any order */
+    _mm256_storeu_ps(mv, vm);
+    for (int l = 0; l < 8; l++) max = mv[l] > max ? mv[l] : max;
+    for (; i < n; i++) max = x[i] > max ? x[i] : max;
+    const __m256 m = _mm256_set1_ps(max);
+    __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    for (i = 0; i + 16 <= n; i += 16)
+        for (int h = 0; h < 2; h++) {
+            const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8 * h), m));
+            _mm256_storeu_ps(x + i + 8 * h, e);
+            a[2 * h] = _mm256_add_pd(a[2 * h], _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+            a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+        }
+    double acc[16];
+    for (int h = 0; h < 4; h++) _mm256_storeu_pd(acc + 4 * h, a[h]);
+    const float inv = nm_softmax_tail(x, n, i, max, acc);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(inv)));
+    for (; i < n; i++) x[i] *= inv;
+}
+
+T2 static void swiglu_2(float *out, const float *gate, const float *up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 e = exp8(_mm256_xor_ps(g, _mm256_set1_ps(-0.0f)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + nm_exp_ref(-g)) * up[i];
+    }
+}
+
+static const nm_attn_kernel ATTN_2 = {attn_scores_2, attn_values_2, to_f16_2, round_f16_2, softmax_2, swiglu_2};
 
 const nm_attn_kernel *nm_attn_kernel_avx2(void) { return &ATTN_2; }
 

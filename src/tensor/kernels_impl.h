@@ -80,4 +80,62 @@ static inline void nm_scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
     }
 }
 
+/* The forward pass's exponential (softmax, SiLU), one sequence of float
+ * operations that every level performs identically, element by element or
+ * in vector lanes, so its results are the same bits everywhere (libm's
+ * expf cannot be vectorised and stay equal to itself).  Cephes' expf:
+ * n = nearest integer to x log2(e) (the 1.5 * 2^23 trick, which rounds half
+ * to even like the vector rounding instructions), r = x - n ln2 in two
+ * parts (C1 has few bits, so n C1 is exact), a degree-5 polynomial, then
+ * 2^n from the exponent bits.  Separate multiplies and adds (no FMA):
+ * C11 mode compiles without contraction.  Below -87.3 the result is 0 (e^x
+ * would be a subnormal: in a softmax it is a weight below 2^-125 of the
+ * largest, added to a double sum of at least 1, and rounded to F16 later:
+ * no effect), above 88.3 it is infinity (instead of up to 3.4e38 near
+ * 88.7).  Within 1 ulp of expf (tests/test_kernels.c checks 2 ulps). */
+#define NM_EXP_LO (-87.3f)
+#define NM_EXP_HI 88.3f
+#define NM_EXP_LOG2E 1.44269504088896341f
+#define NM_EXP_MAGIC 12582912.0f /* 1.5 * 2^23 */
+#define NM_EXP_C1 0.693359375f
+#define NM_EXP_C2 (-2.12194440e-4f)
+#define NM_EXP_P0 1.9875691500e-4f
+#define NM_EXP_P1 1.3981999507e-3f
+#define NM_EXP_P2 8.3334519073e-3f
+#define NM_EXP_P3 4.1665795894e-2f
+#define NM_EXP_P4 1.6666665459e-1f
+#define NM_EXP_P5 5.0000001201e-1f
+
+/* The softmax's end (kernels.c): elements i.. of x (after the levels'
+ * vector part) exponentiated and added to the 16 double lanes a, the
+ * lanes reduced; returns the factor (float)(1 / sum) x is scaled by. */
+float nm_softmax_tail(float *x, int64_t n, int64_t i, float max, double *a);
+
+static inline float nm_exp_ref(float x) {
+    /* clamped first (NaN included) so that the integer conversion is defined */
+    float xc = x < NM_EXP_HI ? x : NM_EXP_HI;
+    xc = x > NM_EXP_LO ? xc : NM_EXP_LO;
+    const float fn = (xc * NM_EXP_LOG2E + NM_EXP_MAGIC) - NM_EXP_MAGIC;
+    float r = xc - fn * NM_EXP_C1;
+    r = r - fn * NM_EXP_C2;
+    const float z = r * r;
+    float p = NM_EXP_P0;
+    p = p * r + NM_EXP_P1;
+    p = p * r + NM_EXP_P2;
+    p = p * r + NM_EXP_P3;
+    p = p * r + NM_EXP_P4;
+    p = p * r + NM_EXP_P5;
+    float y = p * z;
+    y = y + r;
+    y = y + 1.0f;
+    const uint32_t bits = (uint32_t)((int32_t)fn + 127) << 23; /* n in [-126, 127] */
+    float scale;
+    memcpy(&scale, &bits, 4);
+    float e = y * scale;
+    if (x < NM_EXP_LO) e = 0.0f;
+    if (x > NM_EXP_HI) e = __builtin_inff();
+    if (x != x) e = x;
+    return e;
+}
+
 #endif

@@ -756,41 +756,138 @@ static void nn_neon(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
 /* ====================================================================== */
 /* attention over an F16 cache (see kernels.h)                            */
 /* ====================================================================== */
-
-static inline void add_pd4(float64x2_t *a, float32x4_t p) {
-    a[0] = vaddq_f64(a[0], vcvt_f64_f32(vget_low_f32(p)));
-    a[1] = vaddq_f64(a[1], vcvt_high_f64_f32(p));
-}
+/* Products in double (exact), added in the reference's 16 lanes (8
+ * vectors of 2); fused multiply-adds give the separate operations' bits,
+ * the products being exact. */
 
 static inline float32x4_t h4(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 
-static void attn_scores_neon(const float *q, const uint16_t *k, size_t stride, int64_t n, int64_t hd, float scale,
-                             float *scores) {
-    if (hd % 4) {
-        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, k, stride, n, hd, scale, scores);
+static void attn_scores_neon(const float *q, size_t q_stride, int nq, const uint16_t *k0, size_t stride, int64_t n,
+                             int64_t hd, float scale, float *scores, size_t s_stride) {
+    if (hd % 16 || hd > 256) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k0, stride, n, hd, scale, scores, s_stride);
         return;
     }
-    for (int64_t p = 0; p < n; p++, k += stride) {
-        float64x2_t a[2] = {vdupq_n_f64(0.0), vdupq_n_f64(0.0)};
-        for (int64_t i = 0; i < hd; i += 4) add_pd4(a, vmulq_f32(vld1q_f32(q + i), h4(k + i)));
-        scores[p] = (float)vaddvq_f64(vaddq_f64(a[0], a[1])) * scale;
+    double qd[256];
+    for (int j = 0; j < nq; j++, q += q_stride, scores += s_stride) {
+        for (int64_t i = 0; i < hd; i++) qd[i] = q[i];
+        const uint16_t *k = k0;
+        for (int64_t p = 0; p < n; p++, k += stride) {
+            /* a[m] holds lanes 2m, 2m + 1 */
+            float64x2_t a[8];
+            for (int m = 0; m < 8; m++) a[m] = vdupq_n_f64(0.0);
+            for (int64_t i = 0; i < hd; i += 16)
+                for (int m = 0; m < 4; m++) {
+                    const float32x4_t kf = h4(k + i + 4 * m);
+                    a[2 * m] = vfmaq_f64(a[2 * m], vld1q_f64(qd + i + 4 * m), vcvt_f64_f32(vget_low_f32(kf)));
+                    a[2 * m + 1] = vfmaq_f64(a[2 * m + 1], vld1q_f64(qd + i + 4 * m + 2), vcvt_high_f64_f32(kf));
+                }
+            for (int m = 0; m < 4; m++) a[m] = vaddq_f64(a[m], a[m + 4]); /* j + 8 */
+            for (int m = 0; m < 2; m++) a[m] = vaddq_f64(a[m], a[m + 2]); /* j + 4 */
+            a[0] = vaddq_f64(a[0], a[1]);                                  /* j + 2 */
+            scores[p] = (float)(vgetq_lane_f64(a[0], 0) + vgetq_lane_f64(a[0], 1)) * scale;
+        }
     }
 }
 
-static void attn_values_neon(const float *w, const uint16_t *v, size_t stride, int64_t n, int64_t hd, float *out) {
+static void attn_values_neon(const float *w, size_t w_stride, int nq, const uint16_t *v0, size_t stride, int64_t n,
+                             int64_t hd, float *out, size_t o_stride) {
     if (hd % 4 || hd > 64) {
-        nm_attn_kernel_get(NM_ISA_SCALAR)->values(w, v, stride, n, hd, out);
+        nm_attn_kernel_get(NM_ISA_SCALAR)->values(w, w_stride, nq, v0, stride, n, hd, out, o_stride);
         return;
     }
-    float64x2_t a[32];
     const int nc = (int)(hd / 4);
-    for (int j = 0; j < 2 * nc; j++) a[j] = vdupq_n_f64(0.0);
-    for (int64_t p = 0; p < n; p++, v += stride)
-        for (int j = 0; j < nc; j++) add_pd4(a + 2 * j, vmulq_n_f32(h4(v + 4 * j), w[p]));
-    for (int j = 0; j < nc; j++) vst1q_f32(out + 4 * j, vcombine_f32(vcvt_f32_f64(a[2 * j]), vcvt_f32_f64(a[2 * j + 1])));
+    for (int j = 0; j < nq; j++, w += w_stride, out += o_stride) {
+        float64x2_t a[32];
+        for (int m = 0; m < 2 * nc; m++) a[m] = vdupq_n_f64(0.0);
+        const uint16_t *v = v0;
+        for (int64_t p = 0; p < n; p++, v += stride) {
+            const double s = w[p];
+            for (int m = 0; m < nc; m++) {
+                const float32x4_t vf = h4(v + 4 * m);
+                a[2 * m] = vfmaq_n_f64(a[2 * m], vcvt_f64_f32(vget_low_f32(vf)), s);
+                a[2 * m + 1] = vfmaq_n_f64(a[2 * m + 1], vcvt_high_f64_f32(vf), s);
+            }
+        }
+        for (int m = 0; m < nc; m++) vst1q_f32(out + 4 * m, vcombine_f32(vcvt_f32_f64(a[2 * m]), vcvt_f32_f64(a[2 * m + 1])));
+    }
 }
 
-static const nm_attn_kernel ATTN_NEON = {attn_scores_neon, attn_values_neon};
+/* FCVTN rounds to nearest even (the FPCR default) */
+static void to_f16_neon(const float *x, uint16_t *h, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1_u16(h + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+    for (; i < n; i++) h[i] = nm_f32_to_f16(x[i]);
+}
+
+static void round_f16_neon(float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(x + i, vcvt_f32_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+    for (; i < n; i++) x[i] = nm_half_to_f32(nm_f32_to_f16(x[i]));
+}
+
+/* nm_exp_ref in 4 lanes: the same operations (separate multiplies and
+ * adds, no FMLA), so the same bits */
+static inline float32x4_t exp4(float32x4_t x) {
+    const float32x4_t hi = vdupq_n_f32(NM_EXP_HI), lo = vdupq_n_f32(NM_EXP_LO), magic = vdupq_n_f32(NM_EXP_MAGIC);
+    float32x4_t xc = vbslq_f32(vcltq_f32(x, hi), x, hi);
+    xc = vbslq_f32(vcgtq_f32(x, lo), xc, lo);
+    const float32x4_t fn = vsubq_f32(vaddq_f32(vmulq_f32(xc, vdupq_n_f32(NM_EXP_LOG2E)), magic), magic);
+    float32x4_t r = vsubq_f32(xc, vmulq_f32(fn, vdupq_n_f32(NM_EXP_C1)));
+    r = vsubq_f32(r, vmulq_f32(fn, vdupq_n_f32(NM_EXP_C2)));
+    const float32x4_t z = vmulq_f32(r, r);
+    float32x4_t p = vdupq_n_f32(NM_EXP_P0);
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(NM_EXP_P1));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(NM_EXP_P2));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(NM_EXP_P3));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(NM_EXP_P4));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(NM_EXP_P5));
+    float32x4_t y = vaddq_f32(vaddq_f32(vmulq_f32(p, z), r), vdupq_n_f32(1.0f));
+    const int32x4_t n = vcvtq_s32_f32(fn);
+    y = vmulq_f32(y, vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n, vdupq_n_s32(127)), 23)));
+    y = vbslq_f32(vcltq_f32(x, lo), vdupq_n_f32(0.0f), y);
+    y = vbslq_f32(vcgtq_f32(x, hi), vdupq_n_f32(__builtin_inff()), y);
+    return vbslq_f32(vceqq_f32(x, x), y, x);
+}
+
+static void softmax_neon(float *x, int64_t n) {
+    float32x4_t vm = vdupq_n_f32(-__builtin_inff());
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vm = vmaxq_f32(vm, vld1q_f32(x + i));
+    float max = vmaxvq_f32(vm); /* max is exact in any order */
+    for (; i < n; i++) max = x[i] > max ? x[i] : max;
+    const float32x4_t m = vdupq_n_f32(max);
+    float64x2_t a[8];
+    for (int h = 0; h < 8; h++) a[h] = vdupq_n_f64(0.0);
+    for (i = 0; i + 16 <= n; i += 16)
+        for (int h = 0; h < 4; h++) {
+            const float32x4_t e = exp4(vsubq_f32(vld1q_f32(x + i + 4 * h), m));
+            vst1q_f32(x + i + 4 * h, e);
+            a[2 * h] = vaddq_f64(a[2 * h], vcvt_f64_f32(vget_low_f32(e)));
+            a[2 * h + 1] = vaddq_f64(a[2 * h + 1], vcvt_high_f64_f32(e));
+        }
+    double acc[16];
+    for (int h = 0; h < 8; h++) vst1q_f64(acc + 2 * h, a[h]);
+    const float inv = nm_softmax_tail(x, n, i, max, acc);
+    for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_n_f32(vld1q_f32(x + i), inv));
+    for (; i < n; i++) x[i] *= inv;
+}
+
+static void swiglu_neon(float *out, const float *gate, const float *up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t g = vld1q_f32(gate + i);
+        const float32x4_t e = exp4(vnegq_f32(g));
+        vst1q_f32(out + i, vmulq_f32(vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0f), e)), vld1q_f32(up + i)));
+    }
+    for (; i < n; i++) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + nm_exp_ref(-g)) * up[i];
+    }
+}
+
+static const nm_attn_kernel ATTN_NEON = {attn_scores_neon, attn_values_neon, to_f16_neon,
+                                         round_f16_neon,   softmax_neon,     swiglu_neon};
 
 const nm_attn_kernel *nm_attn_kernel_neon(void) { return &ATTN_NEON; }
 
