@@ -11,15 +11,6 @@
 /* y = x / sqrt(mean(x^2) + eps) * w (w may be NULL: no gain).  y may be x. */
 void nm_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);
 
-/* In-place softmax of n values (max subtracted first; n >= 1).  libm's
- * expf; src/model's forward pass uses the levels' vectorised softmax and
- * SwiGLU instead (nm_attn_kernel, kernels.h), whose exponential is the
- * same bits on every level. */
-void nm_softmax(float *x, int64_t n);
-
-/* out[i] = silu(gate[i]) * up[i]; out may alias gate or up. */
-void nm_swiglu(float *out, const float *gate, const float *up, int64_t n);
-
 /* y[i] += x[i] */
 void nm_add(float *y, const float *x, int64_t n);
 
