@@ -591,16 +591,24 @@ static void test_model_gradient(nm_test *t) {
         int64_t n0;
         CHECK_OK(t, nm_kd_fwd_bwd(kd, m, l, &b, row0, 1.0f / (float)N, 0, &s0, &n0, &err), err);
         CHECK(t, n0 == N);
-        double worst = 0;
+        double worst = 0, gnorm = 0;
+        for (int64_t i = 0; i < l->n_params; i++)
+            for (int64_t j = 0; j < l->params[i].n; j++) gnorm += (double)l->params[i].grad[j] * l->params[i].grad[j];
+        gnorm = sqrt(gnorm);
+        /* Direction 0 is the gradient itself (the derivative along it is
+         * the gradient's norm: the check with the most signal); 1 and 2 are
+         * random.  Along a random direction the derivative is only about
+         * |g| / sqrt(n), comparable to the float32 noise of the finite
+         * difference, so errors are measured against |g| (measured worst:
+         * 3e-5 of |g| in both modes; the bar is 2e-3). */
         for (int dir = 0; dir < 3; dir++) {
-            /* a random unit direction over every A and B */
             double norm = 0, gd = 0;
             int64_t total = 0;
             for (int64_t i = 0; i < l->n_params; i++) total += l->params[i].n;
             float *dv = malloc((size_t)total * sizeof *dv), *keep = malloc((size_t)total * sizeof *keep);
             for (int64_t i = 0, k = 0; i < l->n_params; i++)
                 for (int64_t j = 0; j < l->params[i].n; j++, k++) {
-                    dv[k] = (float)nm_rng_normal(&rng);
+                    dv[k] = dir == 0 ? l->params[i].grad[j] : (float)nm_rng_normal(&rng);
                     norm += (double)dv[k] * dv[k];
                     keep[k] = l->params[i].data[j];
                 }
@@ -622,14 +630,15 @@ static void test_model_gradient(nm_test *t) {
                     gd += (double)l->params[i].grad[j] * dv[k] / norm;
                 }
             double fd = (sp - sm) / (2 * eps * (double)N);
-            double e = fabs(fd - gd) / fmax(1e-4, fabs(gd));
+            double e = fabs(fd - gd) / fmax(1e-12, gnorm);
             worst = fmax(worst, e);
-            CHECKF(t, e < 2e-2, "%s: directional derivative %.6g vs finite difference %.6g",
-                   mode ? "reverse, tau 2, alpha 0.3" : "forward", gd, fd);
+            CHECKF(t, e < 2e-3, "%s, direction %d: directional derivative %.6g vs finite difference %.6g (|g| %.3g)",
+                   mode ? "reverse, tau 2, alpha 0.3" : "forward", dir, gd, fd, gnorm);
+            if (dir == 0) CHECKF(t, fabs(gd - gnorm) <= 1e-4 * gnorm, "gradient direction: %.6g vs |g| %.6g", gd, gnorm);
             free(dv);
             free(keep);
         }
-        printf("  %s: gradient along random directions vs finite differences: worst %.2g\n",
+        printf("  %s: gradient along itself and random directions vs finite differences: worst %.2g of |g|\n",
                mode ? "reverse KL, tau 2, alpha 0.3" : "forward KL, tau 1", worst);
         nm_tm_lora_free(l);
         l = NULL;
