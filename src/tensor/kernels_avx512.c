@@ -11,7 +11,8 @@
  *    scale arithmetic is then one vector operation for 16 outputs.  The
  *    repacking is paid once per tile and used by every token.
  *  - single tokens (generation): no repacking; 16 rows are read as stored,
- *    their block sums reduced horizontally into the same per-row lanes.
+ *    their block sums reduced horizontally into the same per-row lanes,
+ *    while the next 16 rows are prefetched linearly into L2.
  *
  * Both shapes give every output element the same operations in the same
  * order, so a token's result does not depend on its batch.  For quantized
@@ -232,7 +233,7 @@ T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
  * side.  The rows of a tile are adjacent, so the tile is one contiguous
  * span, but 16 interleaved streams row_bytes apart are not a pattern the
  * hardware prefetchers follow well (Q4_0 read 10 GB/s a thread from
- * memory where the probe reads 16).  So while one tile is computed, the
+ * memory, half the two-thread read probe is 16).  So while one tile is computed, the
  * next tile of the thread's share is requested linearly into L2, spread
  * evenly over the iterations (Q4_0: 10 -> 16 GB/s, one thread; into L1
  * instead gained little, and prefetching each row a fixed distance ahead
@@ -260,8 +261,9 @@ T512_INLINE void prefetch_part(const span *s, int64_t i, int64_t ni) {
 
 /* One token x 16 rows as stored.  (Measured on Zen 4: reading 16 rows side
  * by side streams from memory faster than 4 rows x 4 blocks or one row at a
- * time with per-block reductions, and software prefetching only slowed it
- * down.)  Q8_0: rows travel in pairs, one per
+ * time with per-block reductions; prefetching each row a fixed distance
+ * ahead slowed it down, the next tile's span (prefetch_part) sped it up.)
+ * Q8_0: rows travel in pairs, one per
  * 256-bit half (pair i = 2j + e holds rows j + 8e and j + 4 + 8e, so that
  * fold_pairs then hsum4x4 put row n in lane n). */
 T512_INLINE __m512i q8_pair(const uint8_t *lo, const uint8_t *hi, __m512i xb) {
