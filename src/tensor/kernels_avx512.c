@@ -11,7 +11,8 @@
  *    scale arithmetic is then one vector operation for 16 outputs.  The
  *    repacking is paid once per tile and used by every token.
  *  - single tokens (generation): no repacking; 16 rows are read as stored,
- *    their block sums reduced horizontally into the same per-row lanes.
+ *    their block sums reduced horizontally into the same per-row lanes,
+ *    while the next 16 rows are prefetched linearly into L2.
  *
  * Both shapes give every output element the same operations in the same
  * order, so a token's result does not depend on its batch.  For quantized
@@ -228,10 +229,41 @@ T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
     }
 }
 
+/* Generation reads every weight byte once, with the rows of a tile side by
+ * side.  The rows of a tile are adjacent, so the tile is one contiguous
+ * span, but 16 interleaved streams row_bytes apart are not a pattern the
+ * hardware prefetchers follow well (Q4_0 read 10 GB/s a thread from
+ * memory, half the two-thread read probe is 16).  So while one tile is computed, the
+ * next tile of the thread's share is requested linearly into L2, spread
+ * evenly over the iterations (Q4_0: 10 -> 16 GB/s, one thread; into L1
+ * instead gained little, and prefetching each row a fixed distance ahead
+ * lost). */
+typedef struct span {
+    const uint8_t *p; /* NULL: no next tile */
+    size_t n;
+} span;
+
+static inline span next_tile(const nm_mm_args *a, int64_t r, int64_t tile, int64_t r1) {
+    span s = {NULL, 0};
+    if (r + tile < r1) {
+        s.p = a->w + (size_t)(r + tile) * a->row_bytes;
+        s.n = (size_t)imin64(tile, r1 - r - tile) * a->row_bytes;
+    }
+    return s;
+}
+
+/* Part i of ni of the span (whole cache lines, at most one repeated). */
+T512_INLINE void prefetch_part(const span *s, int64_t i, int64_t ni) {
+    if (!s || !s->p) return;
+    const size_t lo = (size_t)i * s->n / (size_t)ni & ~(size_t)63, hi = (size_t)(i + 1) * s->n / (size_t)ni;
+    for (size_t o = lo; o < hi; o += 64) _mm_prefetch((const char *)(s->p + o), _MM_HINT_T1);
+}
+
 /* One token x 16 rows as stored.  (Measured on Zen 4: reading 16 rows side
  * by side streams from memory faster than 4 rows x 4 blocks or one row at a
- * time with per-block reductions, and software prefetching only slowed it
- * down.)  Q8_0: rows travel in pairs, one per
+ * time with per-block reductions; prefetching each row a fixed distance
+ * ahead slowed it down, the next tile's span (prefetch_part) sped it up.)
+ * Q8_0: rows travel in pairs, one per
  * 256-bit half (pair i = 2j + e holds rows j + 8e and j + 4 + 8e, so that
  * fold_pairs then hsum4x4 put row n in lane n). */
 T512_INLINE __m512i q8_pair(const uint8_t *lo, const uint8_t *hi, __m512i xb) {
@@ -240,7 +272,7 @@ T512_INLINE __m512i q8_pair(const uint8_t *lo, const uint8_t *hi, __m512i xb) {
     return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(z, _mm512_set1_epi8((char)0x80)), xb);
 }
 
-T512 static void gemv_q8_0(const nm_mm_args *a, int64_t r, int nr, int64_t t) {
+T512 static void gemv_q8_0(const nm_mm_args *a, int64_t r, int nr, int64_t t, const span *nx) {
     const int64_t nb = a->cols / 32;
     const q0_tok tk = q0_token(a, t, 0);
     const uint8_t *rp[16];
@@ -248,6 +280,7 @@ T512 static void gemv_q8_0(const nm_mm_args *a, int64_t r, int nr, int64_t t) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const size_t o = (size_t)b * 34;
+        prefetch_part(nx, b, nb);
         const __m512i xb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(tk.q + o)));
         const __m512i q0 = fold_pairs(q8_pair(rp[0] + o, rp[4] + o, xb), q8_pair(rp[8] + o, rp[12] + o, xb));
         const __m512i q1 = fold_pairs(q8_pair(rp[1] + o, rp[5] + o, xb), q8_pair(rp[9] + o, rp[13] + o, xb));
@@ -274,24 +307,110 @@ T512_INLINE __m512i q4_quad(const uint8_t *p0, const uint8_t *p1, const uint8_t 
     return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
 }
 
-T512 static void gemv_q4_0(const nm_mm_args *a, int64_t r, int nr, int64_t t) {
+/* Word-permute tables of the 4-block loop of gemv_q4_0 (built by
+ * q4_tables; constant data).  Four Q4_0 blocks of a row are 72 bytes
+ * (scale, 16 quant bytes; all 16-bit aligned): A = bytes 0..63, B = bytes
+ * 8..71 (B so that nothing past the 4 blocks is read). */
+typedef struct q4_tabs {
+    __m512i wq;         /* A,B -> block k's 16 quant bytes in 128-bit lane k          */
+    __m512i xl, xh;     /* activations (4 blocks of 34 bytes): elements 0..15 / 16..31 */
+    __m512i sa, sb;     /* A0,A1 / A2,A3 -> the scales of rows 4g+j, block k, at 4k+j */
+    __m512i rep;        /* dword lane l <- lane l / 4                                  */
+} q4_tabs;
+
+/* Index of the 16-bit word at byte offset o of a two-vector table whose
+ * first vector starts at byte f0 and second at f1 (o is inside one). */
+static inline int16_t q4_word(int o, int f0, int f1) {
+    return (int16_t)(o >= f0 && o + 2 <= f0 + 64 ? (o - f0) / 2 : 32 + (o - f1) / 2);
+}
+
+T512 static q4_tabs q4_tables(void) {
+    int16_t wq[32], xl[32], xh[32], sa[32], sb[32];
+    int32_t rep[16];
+    for (int k = 0; k < 4; k++)
+        for (int w = 0; w < 8; w++) {
+            /* block k's quants at 18k + 2 (A: k < 3; B holds k = 3) */
+            wq[8 * k + w] = (int16_t)(k < 3 ? 9 * k + 1 + w : 32 + (18 * k + 2 + 2 * w - 8) / 2);
+            xl[8 * k + w] = q4_word(34 * k + 2 + 2 * w, 0, 64);   /* X0 = 0..63, X1 = 64..127 */
+            xh[8 * k + w] = q4_word(34 * k + 18 + 2 * w, 16, 72); /* Y0 = 16..79, Y1 = 72..135 */
+        }
+    for (int i = 0; i < 32; i++) {
+        const int k = (i / 4) & 3, j = i & 3;
+        sa[i] = (int16_t)((j == 1 ? 32 : 0) + 9 * k); /* positions j = 0, 1 */
+        sb[i] = (int16_t)((j == 3 ? 32 : 0) + 9 * k); /* positions j = 2, 3 */
+    }
+    for (int i = 0; i < 16; i++) rep[i] = i / 4;
+    q4_tabs t = {_mm512_loadu_si512(wq), _mm512_loadu_si512(xl), _mm512_loadu_si512(xh),
+                 _mm512_loadu_si512(sa), _mm512_loadu_si512(sb), _mm512_loadu_si512(rep)};
+    return t;
+}
+
+T512_INLINE __m512i ld512(const uint8_t *p) { return _mm512_loadu_si512((const void *)p); }
+
+/* One row's 4 blocks against the activations: 128-bit lane k = block k's
+ * 4 partial integer sums (unsigned nibbles). */
+T512_INLINE __m512i q4_row4(const uint8_t *p, const q4_tabs *tb, __m512i xl, __m512i xh, __m512i *A) {
+    *A = ld512(p);
+    const __m512i q = _mm512_permutex2var_epi16(*A, tb->wq, ld512(p + 8));
+    const __m512i m4 = _mm512_set1_epi8(15);
+    const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
+}
+
+/* Rows 4g .. 4g + 3, 4 blocks: the products (float)isum * (dw * dx) with
+ * row 4g + j, block k in lane 4k + j. */
+T512_INLINE __m512 q4_group(const uint8_t *const *rp, size_t o, const q4_tabs *tb, __m512i xl, __m512i xh,
+                            __m512i sx8, __m512 dx) {
+    __m512i A0, A1, A2, A3;
+    const __m512i r0 = q4_row4(rp[0] + o, tb, xl, xh, &A0), r1 = q4_row4(rp[1] + o, tb, xl, xh, &A1);
+    const __m512i r2 = q4_row4(rp[2] + o, tb, xl, xh, &A2), r3 = q4_row4(rp[3] + o, tb, xl, xh, &A3);
+    const __m512i s = _mm512_sub_epi32(hsum4x4(r0, r1, r2, r3), sx8);
+    const __m512i h = _mm512_mask_blend_epi16(0xCCCCCCCCu, _mm512_permutex2var_epi16(A0, tb->sa, A1),
+                                              _mm512_permutex2var_epi16(A2, tb->sb, A3));
+    const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx));
+}
+
+/* 16 rows, one token.  Four blocks a step: each row's 72 bytes come in as
+ * two overlapping 64-byte loads and one word permute puts the 4 blocks'
+ * quants in the four 128-bit lanes, so a row costs one AND/shift pair and
+ * two VPDPBUSD per 4 blocks; the 16 half-precision scales of 4 rows are
+ * picked out of the same loads with two permutes.  The products of 16 rows
+ * x 4 blocks are then transposed (128-bit lanes) to lanes-are-rows and
+ * added block by block: the reference's operations in its order.  Leftover
+ * blocks (cols not a multiple of 128) go one at a time. */
+T512 static void gemv_q4_0(const nm_mm_args *a, const q4_tabs *tb, int64_t r, int nr, int64_t t, const span *nx) {
     const int64_t nb = a->cols / 32;
     const q0_tok tk = q0_token(a, t, 0);
     const uint8_t *rp[16];
-    for (int i = 0; i < 16; i++) rp[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes + 2;
+    for (int i = 0; i < 16; i++) rp[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes;
     __m512 acc = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
         const size_t o = (size_t)b * 18;
+        const uint8_t *xq = tk.q - 2 + (size_t)b * 34;
+        const __m512i xl = _mm512_permutex2var_epi16(ld512(xq), tb->xl, ld512(xq + 64));
+        const __m512i xh = _mm512_permutex2var_epi16(ld512(xq + 16), tb->xh, ld512(xq + 72));
+        const __m512i sx8 = _mm512_slli_epi32(
+            _mm512_permutexvar_epi32(tb->rep, _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(tk.s + b)))), 3);
+        const __m512 dx = _mm512_permutexvar_ps(tb->rep, _mm512_castps128_ps512(_mm_loadu_ps(tk.d + b)));
+        prefetch_part(nx, b / 4, nb / 4);
+        const __m512 p0 = q4_group(rp + 0, o, tb, xl, xh, sx8, dx);
+        const __m512 p1 = q4_group(rp + 4, o, tb, xl, xh, sx8, dx);
+        const __m512 p2 = q4_group(rp + 8, o, tb, xl, xh, sx8, dx);
+        const __m512 p3 = q4_group(rp + 12, o, tb, xl, xh, sx8, dx);
+        const __m512 t0 = _mm512_shuffle_f32x4(p0, p1, 0x44), t1 = _mm512_shuffle_f32x4(p0, p1, 0xEE);
+        const __m512 t2 = _mm512_shuffle_f32x4(p2, p3, 0x44), t3 = _mm512_shuffle_f32x4(p2, p3, 0xEE);
+        acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t0, t2, 0x88));
+        acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t0, t2, 0xDD));
+        acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t1, t3, 0x88));
+        acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t1, t3, 0xDD));
+    }
+    for (; b < nb; b++) {
+        const size_t o = (size_t)b * 18 + 2;
         const uint8_t *xq = tk.q + (size_t)b * 34;
         const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)xq));
         const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xq + 16)));
-        /* 16 rows stream at 18 bytes an iteration each: the out-of-order
-         * window holds too few iterations to keep enough lines in flight,
-         * so each row's data 128 bytes ahead is requested every 4 blocks
-         * (measured +10-15% from memory on Zen 4; Q8_0, with twice the
-         * bytes an iteration, only lost by it) */
-        if ((b & 3) == 0)
-            for (int i = 0; i < 16; i++) _mm_prefetch((const char *)(rp[i] + o + 128), _MM_HINT_T0);
         const __m512i q0 = q4_quad(rp[0] + o, rp[4] + o, rp[8] + o, rp[12] + o, xl, xh);
         const __m512i q1 = q4_quad(rp[1] + o, rp[5] + o, rp[9] + o, rp[13] + o, xl, xh);
         const __m512i q2 = q4_quad(rp[2] + o, rp[6] + o, rp[10] + o, rp[14] + o, xl, xh);
@@ -308,8 +427,10 @@ T512 static void rows_q8_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
         q0_gemm(a, r0, r1, true);
         return;
     }
-    for (int64_t r = r0; r < r1; r += 16)
-        for (int64_t t = 0; t < a->n_tok; t++) gemv_q8_0(a, r, (int)imin64(16, r1 - r), t);
+    for (int64_t r = r0; r < r1; r += 16) {
+        const span nx = next_tile(a, r, 16, r1);
+        for (int64_t t = 0; t < a->n_tok; t++) gemv_q8_0(a, r, (int)imin64(16, r1 - r), t, t ? NULL : &nx);
+    }
 }
 
 T512 static void rows_q4_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
@@ -317,8 +438,11 @@ T512 static void rows_q4_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
         q0_gemm(a, r0, r1, false);
         return;
     }
-    for (int64_t r = r0; r < r1; r += 16)
-        for (int64_t t = 0; t < a->n_tok; t++) gemv_q4_0(a, r, (int)imin64(16, r1 - r), t);
+    const q4_tabs tb = q4_tables();
+    for (int64_t r = r0; r < r1; r += 16) {
+        const span nx = next_tile(a, r, 16, r1);
+        for (int64_t t = 0; t < a->n_tok; t++) gemv_q4_0(a, &tb, r, (int)imin64(16, r1 - r), t, t ? NULL : &nx);
+    }
 }
 
 /* ====================================================================== */
