@@ -711,18 +711,19 @@ nm_status nm_dataset_load(const char *path, const nm_data_opts *o, nm_dataset *d
     return st;
 }
 
-nm_status nm_dataset_split(nm_dataset *d, nm_dataset *val, double frac, uint64_t seed, nm_err *err) {
+nm_status nm_dataset_split_units(nm_dataset *d, nm_dataset *val, double frac, uint64_t seed, int64_t group,
+                                 const char *what, nm_err *err) {
     memset(val, 0, sizeof *val);
     val->format = d->format;
+    int64_t n = d->n_ex / group;
     if (!(frac > 0)) return NM_OK;
-    if (frac >= 1 || d->n_ex < 2)
-        return nm_err_set(err, NM_ERR_ARG, "cannot hold out %.3g of %lld examples for validation", frac,
-                          (long long)d->n_ex);
-    int64_t n_val = (int64_t)(frac * (double)d->n_ex + 0.5);
+    if (frac >= 1 || n < 2)
+        return nm_err_set(err, NM_ERR_ARG, "cannot hold out %.3g of %lld %s for validation", frac, (long long)n, what);
+    int64_t n_val = (int64_t)(frac * (double)n + 0.5);
     if (n_val < 1) n_val = 1;
-    if (n_val > d->n_ex - 1) n_val = d->n_ex - 1;
-    int64_t *perm = nm_calloc((size_t)d->n_ex, sizeof *perm);
-    uint8_t *is_val = nm_calloc((size_t)d->n_ex, 1);
+    if (n_val > n - 1) n_val = n - 1;
+    int64_t *perm = nm_calloc((size_t)n, sizeof *perm);
+    uint8_t *is_val = nm_calloc((size_t)n, 1);
     nm_dataset tr = {0};
     tr.format = d->format;
     nm_status st = NM_OK;
@@ -731,17 +732,17 @@ nm_status nm_dataset_split(nm_dataset *d, nm_dataset *val, double frac, uint64_t
         goto done;
     }
     nm_rng rng;
-    nm_rng_seed(&rng, seed ^ 0x76616c5f73706c74ULL);
-    for (int64_t i = 0; i < d->n_ex; i++) perm[i] = i;
-    for (int64_t i = d->n_ex - 1; i > 0; i--) {
+    nm_rng_seed(&rng, seed);
+    for (int64_t i = 0; i < n; i++) perm[i] = i;
+    for (int64_t i = n - 1; i > 0; i--) {
         int64_t j = (int64_t)(nm_rng_u64(&rng) % (uint64_t)(i + 1));
         int64_t t = perm[i];
         perm[i] = perm[j];
         perm[j] = t;
     }
     for (int64_t i = 0; i < n_val; i++) is_val[perm[i]] = 1;
-    for (int64_t i = 0; i < d->n_ex; i++) {
-        nm_dataset *dst = is_val[i] ? val : &tr;
+    for (int64_t i = 0; i < group * n; i++) {
+        nm_dataset *dst = is_val[i / group] ? val : &tr;
         if (!nm_dataset_push(dst, d->tok + d->ex_off[i], d->trn + d->ex_off[i], d->ex_len[i])) {
             st = nm_err_set(err, NM_ERR_NOMEM, "out of memory");
             goto done;
@@ -760,6 +761,10 @@ done:
     free(perm);
     free(is_val);
     return st;
+}
+
+nm_status nm_dataset_split(nm_dataset *d, nm_dataset *val, double frac, uint64_t seed, nm_err *err) {
+    return nm_dataset_split_units(d, val, frac, seed ^ 0x76616c5f73706c74ULL, 1, "examples", err);
 }
 
 /* ======================================================================== */

@@ -69,6 +69,11 @@ uint64_t nm_dataset_hash(const nm_dataset *d);
 /* Moves a seeded random fraction of the examples of d into val (at least
  * one when frac > 0; at least one stays).  The order of both is kept. */
 nm_status nm_dataset_split(nm_dataset *d, nm_dataset *val, double frac, uint64_t seed, nm_err *err);
+/* The same over units of `group` consecutive examples kept together (2: the
+ * chosen and rejected sides of a preference pair); seed is used as given,
+ * what names the units in the error message. */
+nm_status nm_dataset_split_units(nm_dataset *d, nm_dataset *val, double frac, uint64_t seed, int64_t group,
+                                 const char *what, nm_err *err);
 
 /* Rows for the model: n_rows x seq_len tokens with targets (-1: no loss),
  * positions (restarting at each packed example) and document ids. */

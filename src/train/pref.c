@@ -345,55 +345,7 @@ nm_status nm_pref_load(const char *path, const nm_data_opts *o, nm_dataset *d, n
 int64_t nm_pref_n_pairs(const nm_dataset *d) { return d->n_ex / 2; }
 
 nm_status nm_pref_split(nm_dataset *d, nm_dataset *val, double frac, uint64_t seed, nm_err *err) {
-    memset(val, 0, sizeof *val);
-    val->format = d->format;
-    int64_t n = nm_pref_n_pairs(d);
-    if (!(frac > 0)) return NM_OK;
-    if (frac >= 1 || n < 2)
-        return nm_err_set(err, NM_ERR_ARG, "cannot hold out %.3g of %lld preference pairs for validation", frac,
-                          (long long)n);
-    int64_t n_val = (int64_t)(frac * (double)n + 0.5);
-    if (n_val < 1) n_val = 1;
-    if (n_val > n - 1) n_val = n - 1;
-    int64_t *perm = nm_calloc((size_t)n, sizeof *perm);
-    uint8_t *is_val = nm_calloc((size_t)n, 1);
-    nm_dataset tr = {0};
-    tr.format = d->format;
-    nm_status st = NM_OK;
-    if (!perm || !is_val) {
-        st = nm_err_set(err, NM_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    nm_rng rng;
-    nm_rng_seed(&rng, seed ^ 0x7072656673706c74ULL);
-    for (int64_t i = 0; i < n; i++) perm[i] = i;
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)(nm_rng_u64(&rng) % (uint64_t)(i + 1));
-        int64_t t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
-    for (int64_t i = 0; i < n_val; i++) is_val[perm[i]] = 1;
-    for (int64_t i = 0; i < 2 * n; i++) {
-        nm_dataset *dst = is_val[i / 2] ? val : &tr;
-        if (!nm_dataset_push(dst, d->tok + d->ex_off[i], d->trn + d->ex_off[i], d->ex_len[i])) {
-            st = nm_err_set(err, NM_ERR_NOMEM, "out of memory");
-            goto done;
-        }
-    }
-    tr.n_records = d->n_records;
-    tr.n_bad = d->n_bad;
-    tr.n_truncated = d->n_truncated;
-    tr.n_empty = d->n_empty;
-    nm_dataset_deinit(d);
-    *d = tr;
-    memset(&tr, 0, sizeof tr);
-done:
-    nm_dataset_deinit(&tr);
-    if (st) nm_dataset_deinit(val);
-    free(perm);
-    free(is_val);
-    return st;
+    return nm_dataset_split_units(d, val, frac, seed ^ 0x7072656673706c74ULL, 2, "preference pairs", err);
 }
 
 nm_status nm_pref_rows(const nm_dataset *d, int64_t L, bool shuffle, uint64_t seed, nm_rows *out, int64_t **pair,
