@@ -78,6 +78,8 @@ void nm_rng_seed(nm_rng *r, uint64_t seed);
 uint64_t nm_rng_u64(nm_rng *r);
 double nm_rng_uniform(nm_rng *r);  /* [0, 1) */
 double nm_rng_normal(nm_rng *r);   /* standard normal (Box-Muller) */
+/* Fisher-Yates shuffle of v[0..n) with a generator seeded by seed. */
+void nm_shuffle_i64(int64_t *v, int64_t n, uint64_t seed);
 
 /* Little-endian loads from possibly unaligned bytes. */
 static inline uint32_t nm_rd_u32(const uint8_t *p) {

@@ -37,3 +37,14 @@ double nm_rng_normal(nm_rng *r) {
     if (u1 < 1e-300) u1 = 1e-300;
     return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
 }
+
+void nm_shuffle_i64(int64_t *v, int64_t n, uint64_t seed) {
+    nm_rng rng;
+    nm_rng_seed(&rng, seed);
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)(nm_rng_u64(&rng) % (uint64_t)(i + 1));
+        int64_t t = v[i];
+        v[i] = v[j];
+        v[j] = t;
+    }
+}

@@ -731,15 +731,8 @@ nm_status nm_dataset_split_units(nm_dataset *d, nm_dataset *val, double frac, ui
         st = nm_err_set(err, NM_ERR_NOMEM, "out of memory");
         goto done;
     }
-    nm_rng rng;
-    nm_rng_seed(&rng, seed);
     for (int64_t i = 0; i < n; i++) perm[i] = i;
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)(nm_rng_u64(&rng) % (uint64_t)(i + 1));
-        int64_t t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
+    nm_shuffle_i64(perm, n, seed);
     for (int64_t i = 0; i < n_val; i++) is_val[perm[i]] = 1;
     for (int64_t i = 0; i < group * n; i++) {
         nm_dataset *dst = is_val[i / group] ? val : &tr;
@@ -793,14 +786,7 @@ nm_status nm_rows_build(const nm_dataset *d, int64_t L, bool pack, bool shuffle,
     if (!order) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; i < d->n_ex; i++) order[i] = i;
     if (shuffle) {
-        nm_rng rng;
-        nm_rng_seed(&rng, seed);
-        for (int64_t i = d->n_ex - 1; i > 0; i--) {
-            int64_t j = (int64_t)(nm_rng_u64(&rng) % (uint64_t)(i + 1));
-            int64_t t = order[i];
-            order[i] = order[j];
-            order[j] = t;
-        }
+        nm_shuffle_i64(order, d->n_ex, seed);
     }
     /* count rows: greedy packing in order */
     int64_t n_rows = 0, used = L;

@@ -358,14 +358,7 @@ nm_status nm_pref_rows(const nm_dataset *d, int64_t L, bool shuffle, uint64_t se
     if (!order) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; i < n; i++) order[i] = i;
     if (shuffle) {
-        nm_rng rng;
-        nm_rng_seed(&rng, seed);
-        for (int64_t i = n - 1; i > 0; i--) {
-            int64_t j = (int64_t)(nm_rng_u64(&rng) % (uint64_t)(i + 1));
-            int64_t t = order[i];
-            order[i] = order[j];
-            order[j] = t;
-        }
+        nm_shuffle_i64(order, n, seed);
     }
     size_t cells = (size_t)(2 * n * L);
     out->seq_len = L;
