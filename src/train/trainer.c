@@ -820,6 +820,22 @@ static void write_metrics(trainer *t, const nm_train_stats *s) {
     fflush(f);
 }
 
+/* The end of every step, whatever its objective: clip the summed gradient,
+ * the optimiser update (skipped when the gradient is not finite), and the
+ * data position moved past the step's rows. */
+static void apply_step(trainer *t, int64_t take, int64_t ntok, double *gnorm, double *lr) {
+    *gnorm = nm_grad_clip(t->params, t->n_params, t->p.clip);
+    *lr = nm_sched_lr(&t->sched, t->step);
+    if (isfinite(*gnorm)) nm_adamw_step(&t->opt, &t->acfg, *lr);
+    t->row += take;
+    if (t->row >= t->rows.n_rows) {
+        t->epoch++;
+        t->row = 0;
+    }
+    t->step++;
+    t->tokens += ntok;
+}
+
 /* 1: stopped by should_stop before the step finished (nothing changed). */
 static int run_step_dpo(trainer *t, double *loss, double *gnorm, double *lr, int64_t *tok_step, nm_err *err,
                         nm_status *st);
@@ -875,18 +891,9 @@ static int run_step(trainer *t, double *loss, double *gnorm, double *lr, int64_t
     }
     if ((*st = nm_dist_sum_grads(&t->dist, t->params, t->n_params, err))) return 0;
     if ((*st = nm_dist_sum_f64(&t->dist, &sum, 1, err))) return 0;
-    *gnorm = nm_grad_clip(t->params, t->n_params, p->clip);
-    *lr = nm_sched_lr(&t->sched, t->step);
-    if (isfinite(*gnorm)) nm_adamw_step(&t->opt, &t->acfg, *lr);
+    apply_step(t, take, ntok, gnorm, lr);
     *loss = N > 0 ? sum / (double)N : NAN;
     *tok_step = ntok;
-    t->row += take;
-    if (t->row >= t->rows.n_rows) {
-        t->epoch++;
-        t->row = 0;
-    }
-    t->step++;
-    t->tokens += ntok;
     return 0;
 }
 
@@ -1073,19 +1080,10 @@ static int run_step_dpo(trainer *t, double *loss, double *gnorm, double *lr, int
     }
     if ((*st = nm_dist_sum_grads(&t->dist, t->params, t->n_params, err))) return 0;
     if ((*st = dpo_sums_reduce(t, &sums, err))) return 0;
-    *gnorm = nm_grad_clip(t->params, t->n_params, p->clip);
-    *lr = nm_sched_lr(&t->sched, t->step);
-    if (isfinite(*gnorm)) nm_adamw_step(&t->opt, &t->acfg, *lr);
+    apply_step(t, take, ntok, gnorm, lr);
     *loss = sums.n_pairs ? sums.loss / (double)sums.n_pairs : NAN;
     t->dsums = sums;
     *tok_step = ntok;
-    t->row += take;
-    if (t->row >= t->rows.n_rows) {
-        t->epoch++;
-        t->row = 0;
-    }
-    t->step++;
-    t->tokens += ntok;
     return 0;
 }
 
