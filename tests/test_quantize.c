@@ -301,6 +301,14 @@ static void test_cli(nm_test *t) {
     snprintf(cmd, sizeof cmd, "%s quantize %s/missing.gguf %s/x.gguf q8_0 2>&1", nm_test_bin(), dir, dir);
     CHECK(t, nm_test_sh(cmd, &out) == 1 && out && strstr(out, "nomoat: error:") && strstr(out, "missing.gguf"));
     free(out);
+    /* a corrupt (truncated) model: one error line naming it, no output left behind */
+    snprintf(cmd, sizeof cmd, "head -c 5000 %s > %s/trunc.gguf && %s quantize %s/trunc.gguf %s/t.gguf q4_0 2>&1",
+             nm_test_shared("models/stories260K.gguf"), dir, nm_test_bin(), dir, dir);
+    CHECK(t, nm_test_sh(cmd, &out) == 1 && out && strstr(out, "nomoat: error:") && strstr(out, "trunc.gguf") &&
+                 strstr(out, "truncated"));
+    free(out);
+    snprintf(cmd, sizeof cmd, "test ! -e %s/t.gguf", dir);
+    CHECK(t, nm_test_sh(cmd, NULL) == 0);
     snprintf(cmd, sizeof cmd, "%s quantize %s %s/s.gguf Q8_0 --threads 2", nm_test_bin(),
              nm_test_shared("models/stories260K.gguf"), dir);
     CHECK(t, nm_test_sh(cmd, &out) == 0 && out && strstr(out, "blk.0.attn_q.weight") && strstr(out, "rms error") &&
