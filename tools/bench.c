@@ -237,7 +237,9 @@ static int bench_model(int argc, char **argv) {
     nm_rng_seed(&rng, 1234);
     for (int64_t i = 0; i <= longest; i++) ids[i] = (int32_t)(nm_rng_u64(&rng) % (uint64_t)info.n_vocab);
     /* warm-up */
-    if (nm_decode(c, ids, (int32_t)(n_prompt > 0 && n_prompt < 16 ? n_prompt : 16), &err)) goto out;
+    /* warm-up: at most 16 tokens, never past ids' longest + 1 */
+    const int64_t warm = n_prompt > 0 && n_prompt < 16 ? n_prompt : longest + 1 < 16 ? longest + 1 : 16;
+    if (nm_decode(c, ids, (int32_t)warm, &err)) goto out;
     nm_machine_peaks peaks = {0};
     if (roofline) {
         if (nm_pool_new(nm_context_n_threads(c), &probe_pool, &err) ||
