@@ -1088,7 +1088,7 @@ static void test_cli_convert_then_run(nm_test *t) {
 /* `nomoat bench -m MODEL` (the inference mode) runs and reports speeds. */
 static void test_cli_bench(nm_test *t) {
     char cmd[1024], *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s bench -m %s -p 16 -n 8 --reps 2 -t 2 --json 2>/dev/null", nm_test_bin(),
+    snprintf(cmd, sizeof cmd, "%s bench -m %s -p 16 -n 8 --reps 2 -t 2 --bw-mb 16 --json 2>/dev/null", nm_test_bin(),
              nm_test_shared("models/stories260K.gguf"));
     CHECK(t, sh(cmd, &out) == 0);
     json_t *o = out ? json_loads(out, 0, NULL) : NULL;
@@ -1097,6 +1097,29 @@ static void test_cli_bench(nm_test *t) {
         CHECK(t, json_number_value(json_object_get(o, "tg_tokens_s")) > 0);
         CHECK(t, json_integer_value(json_object_get(o, "threads")) == 2);
         CHECK(t, json_integer_value(json_object_get(o, "params")) == 292800);
+        json_decref(o);
+    }
+    free(out);
+    /* generation only, fewer tokens than the 16 of the warm-up (which once
+     * decoded past the n + 1 ids it had), one thread: the fractions are the
+     * figures they are made of */
+    snprintf(cmd, sizeof cmd, "%s bench -m %s -p 0 -n 4 --reps 3 -t 1 --bw-mb 16 --json 2>/dev/null", nm_test_bin(),
+             nm_test_shared("models/stories260K.gguf"));
+    out = NULL;
+    CHECK(t, sh(cmd, &out) == 0);
+    o = out ? json_loads(out, 0, NULL) : NULL;
+    if (CHECKF(t, o != NULL, "output: %s", out ? out : "")) {
+        const double tg = json_number_value(json_object_get(o, "tg_tokens_s"));
+        const double bytes = json_number_value(json_object_get(o, "bytes_per_token"));
+        const double bw = json_number_value(json_object_get(o, "read_bytes_s"));
+        const double frac = json_number_value(json_object_get(o, "tg_roofline_fraction"));
+        const double beside = json_number_value(json_object_get(o, "tg_roofline_fraction_beside"));
+        CHECK(t, json_integer_value(json_object_get(o, "threads")) == 1);
+        CHECK(t, tg > 0 && bytes > 0 && bw > 0 && beside > 0);
+        CHECKF(t, fabs(frac - tg * bytes / bw) <= 1e-4 + 1e-3 * frac, "fraction %g vs %g", frac, tg * bytes / bw);
+        /* the best read of the whole run is at least each run's own */
+        CHECKF(t, frac <= beside * 1.001 + 1e-4, "fraction %g > beside %g", frac, beside);
+        CHECK(t, json_number_value(json_object_get(o, "pp_tokens_s")) == 0);
         json_decref(o);
     }
     free(out);

@@ -186,6 +186,11 @@ typedef struct nm_machine_peaks {
 } nm_machine_peaks;
 
 nm_status nm_measure_machine(nm_pool *pool, nm_isa isa, size_t read_bytes, nm_machine_peaks *out, nm_err *err);
+/* Only the memory read bandwidth (bytes per second, best of a few passes
+ * over read_bytes).  On a shared machine (a VM whose host serves other
+ * tenants) memory bandwidth moves by half between seconds, so `nomoat
+ * bench` measures it beside each timed generation run as well. */
+nm_status nm_measure_read(nm_pool *pool, nm_isa isa, size_t read_bytes, int passes, double *bytes_s, nm_err *err);
 
 /* Bytes of an activation row of n elements in act_type (0 if not a valid
  * activation type or n does not fit its blocks). */

@@ -112,6 +112,54 @@ static double time_peak(nm_pool *pool, peak_fn peak, uint64_t *done) {
     return best;
 }
 
+static uint64_t (*read_of(nm_isa isa))(const uint8_t *, size_t) {
+    return isa == NM_ISA_AVX512 ? nm_probe_read_avx512
+           : isa == NM_ISA_AVX2 ? nm_probe_read_avx2
+           : isa == NM_ISA_NEON ? nm_probe_read_neon
+                                : read_scalar;
+}
+
+/* Best of `passes` reads of buf on every thread; pages touched first, so
+ * the timed passes read memory, not fault. */
+static double time_read(nm_pool *pool, nm_isa isa, uint8_t *buf, size_t bytes, int passes, uint64_t *done) {
+    /* every byte written with pseudo-random data, as weights are: a
+     * repeating pattern leaves identical pages that a host may merge */
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i + 8 <= bytes; i += 8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        memcpy(buf + i, &x, 8);
+    }
+    probe_task rt = {.buf = buf, .bytes = bytes, .done = done, .read = read_of(isa)};
+    double best = 0;
+    for (int rep = 0; rep < passes; rep++) {
+        const double t0 = now_s();
+        nm_pool_run(pool, read_task, &rt);
+        const double dt = now_s() - t0;
+        if (dt > 0 && (double)bytes / dt > best) best = (double)bytes / dt;
+    }
+    sink = done[0];
+    return best;
+}
+
+nm_status nm_measure_read(nm_pool *pool, nm_isa isa, size_t read_bytes, int passes, double *bytes_s, nm_err *err) {
+    if (!nm_isa_available(isa))
+        return nm_err_set(err, NM_ERR_UNSUPPORTED, "instruction-set level %s is not available here", nm_isa_name(isa));
+    read_bytes = read_bytes / 256 * 256;
+    uint64_t *done = nm_calloc((size_t)nm_pool_size(pool), sizeof *done);
+    uint8_t *buf = read_bytes ? aligned_alloc(64, read_bytes) : NULL;
+    if (!done || !buf) {
+        free(done);
+        free(buf);
+        return nm_err_set(err, NM_ERR_NOMEM, "out of memory for a %zu-byte bandwidth buffer", read_bytes);
+    }
+    *bytes_s = time_read(pool, isa, buf, read_bytes, passes < 1 ? 1 : passes, done);
+    free(done);
+    free(buf);
+    return NM_OK;
+}
+
 nm_status nm_measure_machine(nm_pool *pool, nm_isa isa, size_t read_bytes, nm_machine_peaks *out, nm_err *err) {
     if (!nm_isa_available(isa))
         return nm_err_set(err, NM_ERR_UNSUPPORTED, "instruction-set level %s is not available here", nm_isa_name(isa));
@@ -128,21 +176,7 @@ nm_status nm_measure_machine(nm_pool *pool, nm_isa isa, size_t read_bytes, nm_ma
     out->threads = nth;
     out->fma_s = time_peak(pool, peak_of(isa, false), done);
     out->int8_s = time_peak(pool, peak_of(isa, true), done);
-    /* pages touched first, so the timed runs read memory, not fault */
-    for (size_t i = 0; i < read_bytes; i += 64) buf[i] = (uint8_t)i;
-    probe_task rt = {.buf = buf, .bytes = read_bytes, .done = done};
-    rt.read = isa == NM_ISA_AVX512 ? nm_probe_read_avx512
-              : isa == NM_ISA_AVX2 ? nm_probe_read_avx2
-              : isa == NM_ISA_NEON ? nm_probe_read_neon
-                                   : read_scalar;
-    double best = 0;
-    for (int rep = 0; rep < 4; rep++) {
-        const double t0 = now_s();
-        nm_pool_run(pool, read_task, &rt);
-        const double dt = now_s() - t0;
-        if (dt > 0 && (double)read_bytes / dt > best) best = (double)read_bytes / dt;
-    }
-    sink = done[0];
+    const double best = time_read(pool, isa, buf, read_bytes, 4, done);
     out->read_bytes_s = best;
     free(done);
     free(buf);
