@@ -54,6 +54,16 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) -Iinclude 
 ifeq ($(MPI),1)
 ALL_CFLAGS += -DNM_MPI
 endif
+# OpenBLAS, when pkg-config finds it (libopenblas-dev; not in the aarch64
+# cross build unless its arm64 package is there): full training's weight
+# gradient, where it measures faster (src/train/gemm.h).  BLAS=0: without.
+BLAS ?= auto
+ifneq ($(BLAS),0)
+ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
+PKGS += openblas
+ALL_CFLAGS += -DNM_OPENBLAS
+endif
+endif
 ifeq ($(SAN),1)
 ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SAN_LDFLAGS := -fsanitize=address,undefined

@@ -8,6 +8,7 @@ PKGS=(
   libjansson-dev                  # JSON (metadata, golden files, server)
   libpcre2-dev                    # Unicode regexes for BPE pre-tokenizers
   libmicrohttpd-dev               # HTTP server of nomoat serve
+  libopenblas-dev                 # sgemm for full training's weight gradient (optional: make BLAS=0)
   libopenmpi-dev openmpi-bin      # data-parallel training (make MPI=1, mpirun; tests/test_mpi.c)
   chromium                        # headless browser test of the serve chat page
   clang libclang-rt-14-dev        # libFuzzer and sanitizer runtimes

@@ -6,6 +6,7 @@
 #include "testlib.h"
 #include "train/gemm.h"
 #include "base/base.h"
+#include "base/threads.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -117,6 +118,53 @@ static void test_split_invariance(nm_test *t) {
     free(A), free(B), free(Bn), free(C1), free(C2);
 }
 
+/* Full training's weight gradient, dW += dy^T x (nm_gemm_nn_dw): against a
+ * float64 product, dy read transposed through its strides (as ops.c does)
+ * and as a plain matrix, on a product big enough for the OpenBLAS path when
+ * the build has it and on a small one that never takes it; the bits of an
+ * element do not depend on the rows the part has (threads cut M). */
+static void test_dw_product(nm_test *t) {
+    const int64_t shapes[][3] = {{256, 512, 128}, {96, 70, 33}}; /* m_total, N, K (tokens) */
+    for (size_t s = 0; s < 2; s++) {
+        const int64_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        float *dy = rnd(K * M), *x = rnd(K * N), *C0 = rnd(M * N);
+        for (int layout = 0; layout < 2; layout++) {
+            /* layout 0: dy stored K x M (A = dy^T: ars 1, acs M); 1: A is M x K */
+            float *A = layout ? rnd(M * K) : dy;
+            const int64_t ars = layout ? K : 1, acs = layout ? 1 : M;
+            double *ref = malloc((size_t)(M * N) * sizeof(double));
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t n = 0; n < N; n++) {
+                    double acc = C0[m * N + n];
+                    for (int64_t k = 0; k < K; k++) acc += (double)A[m * ars + k * acs] * x[k * N + n];
+                    ref[m * N + n] = acc;
+                }
+            float *C1 = malloc((size_t)(M * N) * 4), *C2 = malloc((size_t)(M * N) * 4);
+            memcpy(C1, C0, (size_t)(M * N) * 4);
+            nm_gemm_nn_dw(M, M, N, K, A, ars, acs, x, N, C1, N);
+            check_close(t, layout ? "dW product (plain A)" : "dW product (transposed A)", C1, ref, M * N, K + 1);
+            const int parts[] = {2, 3, 7, 40};
+            for (int p = 0; p < 4; p++) {
+                memcpy(C2, C0, (size_t)(M * N) * 4);
+                for (int i = 0; i < parts[p]; i++) {
+                    int64_t m0, m1;
+                    nm_split_range(M, i, parts[p], 1, &m0, &m1);
+                    nm_gemm_nn_dw(M, m1 - m0, N, K, A + m0 * ars, ars, acs, x, N, C2 + m0 * N, N);
+                }
+                CHECKF(t, memcmp(C1, C2, (size_t)(M * N) * 4) == 0, "%lld x %lld x %lld in %d parts: other bits",
+                       (long long)M, (long long)N, (long long)K, parts[p]);
+            }
+            if (s == 0 && layout == 0)
+                printf("# dW product %lldx%lldx%lld: %s\n", (long long)M, (long long)N, (long long)K,
+                       nm_gemm_dw_uses_blas(M, N, K, ars, acs) ? "OpenBLAS" : "nomoat's kernels");
+            CHECK(t, !nm_gemm_dw_uses_blas(96, 70, 33, ars, acs)); /* small: always ours */
+            free(ref), free(C1), free(C2);
+            if (layout) free(A);
+        }
+        free(dy), free(x), free(C0);
+    }
+}
+
 /* The vectorised exp against libm's, over the range softmax uses. */
 static void test_exp_row(nm_test *t) {
     int64_t n = 4099;
@@ -166,5 +214,6 @@ int main(void) {
     nm_test_run("nt_every_kernel", test_nt);
     nm_test_run("nn_every_kernel", test_nn);
     nm_test_run("split_invariance", test_split_invariance);
+    nm_test_run("dw_product", test_dw_product);
     return nm_test_finish();
 }

@@ -565,3 +565,43 @@ void nm_gemm_nn(int64_t M, int64_t N, int64_t K, const float *A, int64_t ars, in
                 int64_t ldb, float *C, int64_t ldc) {
     nm_gemm_nn_impl(NM_GEMM_AUTO, M, N, K, A, ars, acs, B, ldb, C, ldc);
 }
+
+/* ---- OpenBLAS for the weight gradient (see gemm.h) ---- */
+
+#ifdef NM_OPENBLAS
+#include <cblas.h>
+#include <pthread.h>
+
+/* Our pool already runs one part per core: OpenBLAS's own threads would
+ * only oversubscribe them.  (This sets it for the process.) */
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static void blas_one_thread(void) { openblas_set_num_threads(1); }
+#endif
+
+bool nm_gemm_dw_uses_blas(int64_t m_total, int64_t N, int64_t K, int64_t ars, int64_t acs) {
+#ifdef NM_OPENBLAS
+    return (ars == 1 || acs == 1) && m_total * N * K >= NM_GEMM_BLAS_MIN && N >= 64;
+#else
+    (void)m_total, (void)N, (void)K, (void)ars, (void)acs;
+    return false;
+#endif
+}
+
+void nm_gemm_nn_dw(int64_t m_total, int64_t M, int64_t N, int64_t K, const float *A, int64_t ars, int64_t acs,
+                   const float *B, int64_t ldb, float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+#ifdef NM_OPENBLAS
+    if (nm_gemm_dw_uses_blas(m_total, N, K, ars, acs) && M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX &&
+        ars <= INT32_MAX && acs <= INT32_MAX && ldb <= INT32_MAX && ldc <= INT32_MAX) {
+        pthread_once(&blas_once, blas_one_thread);
+        /* acs == 1: A is M x K row-major with row stride ars; else A^T is
+         * stored K x M with row stride acs */
+        const bool plain = acs == 1;
+        cblas_sgemm(CblasRowMajor, plain ? CblasNoTrans : CblasTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, A,
+                    (int)(plain ? ars : acs), B, (int)ldb, 1.0f, C, (int)ldc);
+        return;
+    }
+#endif
+    nm_gemm_nn(M, N, K, A, ars, acs, B, ldb, C, ldc);
+}
+

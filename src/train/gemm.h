@@ -42,6 +42,25 @@ void nm_q8_0_row_to_f32(const void *src, float *dst, int64_t n);
  * the summation order is fixed. */
 double nm_exp_row(float *x, int64_t n, float sub);
 
+/* The weight-gradient product of full training, dW = dy^T x: C += A B as
+ * nm_gemm_nn, for a part (M rows) of a product whose whole height is
+ * m_total.  Built with OpenBLAS (`make` finds it through pkg-config; BLAS=0
+ * leaves it out), products of at least NM_GEMM_BLAS_MIN multiply-adds over
+ * the whole height go to its sgemm, one thread each (measured on Zen 4, one
+ * core, K = 128 tokens: 97-103 vs 76-89 GFLOP/s for our nn kernel; at the
+ * other shapes training calls, the forward's 16-row tiles and dx's
+ * 128-row panels, our kernels are as fast or faster, so they stay ours).
+ * The path depends only on the whole product, so every part of a split
+ * takes the same one, and OpenBLAS gives an element the same bits whatever
+ * rows the part has (tests/test_train_gemm.c); unlike nm_gemm_nn, a split
+ * of K changes bits (training never splits K here).  A must be readable as
+ * a matrix (ars == 1 or acs == 1), else this is nm_gemm_nn. */
+#define NM_GEMM_BLAS_MIN (1ll << 24)
+void nm_gemm_nn_dw(int64_t m_total, int64_t M, int64_t N, int64_t K, const float *A, int64_t ars, int64_t acs,
+                   const float *B, int64_t ldb, float *C, int64_t ldc);
+/* Whether nm_gemm_nn_dw sends a product of this whole size to OpenBLAS. */
+bool nm_gemm_dw_uses_blas(int64_t m_total, int64_t N, int64_t K, int64_t ars, int64_t acs);
+
 /* Kernel families; AUTO picks the best this CPU runs. */
 typedef enum nm_gemm_impl { NM_GEMM_AUTO = 0, NM_GEMM_GENERIC, NM_GEMM_AVX2, NM_GEMM_AVX512 } nm_gemm_impl;
 /* The family AUTO picks on this CPU, and whether impl can run here. */

@@ -269,7 +269,8 @@ static void mm_bwd_task(void *arg, int ith, int nth) {
     if (a->dW) {
         int64_t r0, r1;
         nm_split_range(W->rows, ith, nth, 1, &r0, &r1);
-        nm_gemm_nn(r1 - r0, W->cols, a->T, a->dy + r0, 1, W->rows, a->x, W->cols, a->dW + r0 * W->cols, W->cols);
+        nm_gemm_nn_dw(W->rows, r1 - r0, W->cols, a->T, a->dy + r0, 1, W->rows, a->x, W->cols, a->dW + r0 * W->cols,
+                      W->cols);
     }
 }
 
