@@ -1097,6 +1097,17 @@ static void test_cli_bench(nm_test *t) {
         CHECK(t, json_number_value(json_object_get(o, "tg_tokens_s")) > 0);
         CHECK(t, json_integer_value(json_object_get(o, "threads")) == 2);
         CHECK(t, json_integer_value(json_object_get(o, "params")) == 292800);
+        /* the prompt computes logits for its last token only: stories260K's
+         * output matrix (512 x 64) is credited once for the 16 tokens */
+        const double macs = json_number_value(json_object_get(o, "macs_per_token"));
+        const double pp_macs = json_number_value(json_object_get(o, "pp_macs_per_token"));
+        CHECKF(t, fabs(pp_macs - (macs - 512.0 * 64 + 512.0 * 64 / 16)) < 1, "pp macs %g of %g", pp_macs, macs);
+        const double int8 = json_number_value(json_object_get(o, "int8_s"));
+        const double fma = json_number_value(json_object_get(o, "fma_s"));
+        const bool q = !strcmp(json_string_value(json_object_get(o, "pp_peak")), "int8");
+        const double frac = json_number_value(json_object_get(o, "pp_roofline_fraction"));
+        const double want = json_number_value(json_object_get(o, "pp_tokens_s")) * pp_macs / (q ? int8 : fma);
+        CHECKF(t, fabs(frac - want) <= 1e-4 + 1e-3 * want, "pp fraction %g vs %g", frac, want);
         json_decref(o);
     }
     free(out);

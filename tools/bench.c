@@ -143,14 +143,21 @@ static int bench_tokenize(int argc, char **argv) {
 /* What one token costs the weight matrices: the bytes generation reads
  * (every matrix once; the embedding table only when it is also the output)
  * and the multiply-adds of the products, with whether most of those are on
- * quantized weights (8-bit dot products) or float ones (F32 FMA). */
+ * quantized weights (8-bit dot products) or float ones (F32 FMA).  out_macs
+ * is the output matrix's share: a prompt computes logits for its last
+ * token only, so prompt processing is credited with it once a prompt, not
+ * once a token (pp_macs). */
 typedef struct token_cost {
-    double bytes, macs;
+    double bytes, macs, out_macs;
     bool int8;
 } token_cost;
 
+static double pp_macs(const token_cost *c, int64_t n_prompt) {
+    return n_prompt > 0 ? c->macs - c->out_macs + c->out_macs / (double)n_prompt : 0;
+}
+
 static token_cost model_cost(const nm_gguf *g) {
-    token_cost c = {0, 0, false};
+    token_cost c = {0, 0, 0, false};
     double quant_macs = 0;
     const bool tied = nm_gguf_find_tensor(g, "output.weight") == NULL;
     for (int64_t i = 0; i < nm_gguf_n_tensors(g); i++) {
@@ -161,6 +168,7 @@ static token_cost model_cost(const nm_gguf *g) {
         const double macs = (double)t->ne[0] * (double)t->ne[1];
         c.bytes += (double)t->nbytes;
         c.macs += macs;
+        if (!strcmp(t->name, tied ? "token_embd.weight" : "output.weight")) c.out_macs = macs;
         if (t->type != NM_TYPE_F32 && t->type != NM_TYPE_F16 && t->type != NM_TYPE_BF16) quant_macs += macs;
     }
     c.int8 = quant_macs > c.macs / 2;
@@ -292,7 +300,7 @@ static int bench_model(int argc, char **argv) {
     double pp_med = reps % 2 ? pp[reps / 2] : 0.5 * (pp[reps / 2 - 1] + pp[reps / 2]);
     double tg_med = reps % 2 ? tg[reps / 2] : 0.5 * (tg[reps / 2 - 1] + tg[reps / 2]);
     const double peak = cost.int8 ? peaks.int8_s : peaks.fma_s;
-    const double pp_frac = roofline && peak > 0 ? pp_med * cost.macs / peak : 0;
+    const double pp_frac = roofline && peak > 0 ? pp_med * pp_macs(&cost, n_prompt) / peak : 0;
     const double tg_frac = roofline && peaks.read_bytes_s > 0 ? tg_med * cost.bytes / peaks.read_bytes_s : 0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -305,11 +313,12 @@ static int bench_model(int argc, char **argv) {
                       ", \"params\": %llu, \"weight_bytes\": %llu, \"threads\": %d, \"isa\": \"%s\", \"reps\": %lld, "
                       "\"n_prompt\": %lld, \"n_gen\": %lld, \"pp_tokens_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, "
                       "\"tg_tokens_s\": %.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, \"peak_rss_bytes\": %lld, "
-                      "\"bytes_per_token\": %.0f, \"macs_per_token\": %.0f, \"pp_peak\": \"%s\"",
+                      "\"bytes_per_token\": %.0f, \"macs_per_token\": %.0f, \"pp_macs_per_token\": %.0f, "
+                      "\"pp_peak\": \"%s\"",
                       (unsigned long long)info.n_params, (unsigned long long)info.weight_bytes,
                       nm_context_n_threads(c), nm_isa_name(isa), (long long)reps, (long long)n_prompt, (long long)n_gen,
                       pp_med, pp[0], pp[reps - 1], tg_med, tg[0], tg[reps - 1], (long long)ru.ru_maxrss * 1024,
-                      cost.bytes, cost.macs, cost.int8 ? "int8" : "f32_fma");
+                      cost.bytes, cost.macs, pp_macs(&cost, n_prompt), cost.int8 ? "int8" : "f32_fma");
         if (roofline)
             nm_buf_printf(&b,
                           ", \"read_bytes_s\": %.0f, \"fma_s\": %.0f, \"int8_s\": %.0f, \"pp_roofline_fraction\": %.4f, "
@@ -326,7 +335,7 @@ static int bench_model(int argc, char **argv) {
             printf("  pp%-5lld %10.2f tokens/s (min %.2f, max %.2f)", (long long)n_prompt, pp_med, pp[0], pp[reps - 1]);
             if (roofline)
                 printf("   %5.1f%% of the %s peak (%.2f G multiply-adds a token)", 100 * pp_frac,
-                       cost.int8 ? "int8 dot-product" : "F32 FMA", cost.macs / 1e9);
+                       cost.int8 ? "int8 dot-product" : "F32 FMA", pp_macs(&cost, n_prompt) / 1e9);
             printf("\n");
         }
         if (n_gen > 0) {
