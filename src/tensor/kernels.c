@@ -535,30 +535,37 @@ nm_nn_fn nm_nn_kernel(nm_isa isa) {
     return f ? f : nn_scalar;
 }
 
-/* The scalar attention loops, the reference of every level.  Scores of
- * heads that are a multiple of 16 wide are summed in 16 double lanes (lane
- * j takes elements j, j + 16, ...), then the lanes pairwise by halves
- * (j + 8, then j + 4, j + 2, j + 1): the order one AVX-512 register pair,
- * four AVX2 or eight NEON registers of doubles give naturally, so every
- * level returns the same bits.  Other widths go element by element, on
- * every level. */
+/* The scalar attention loops, the reference of every level.  Products and
+ * sums are in float, each product added by one fused multiply-add (fmaf:
+ * the rounding of the exact a * b + c, which every level's FMA instruction
+ * gives too; the model's queries and attention weights are rounded to
+ * half precision, so its products are exact anyway, as in llama.cpp's F16
+ * KQ and KQV products, which also sum in float).  Scores of heads that are
+ * a multiple of 16 wide are summed in 16 float lanes (lane j takes elements
+ * j, j + 16, ...), then the lanes pairwise by halves (j + 8, then j + 4,
+ * j + 2, j + 1): the order one AVX-512 register, two AVX2 or four NEON
+ * registers give naturally, so every level returns the same bits.  Other
+ * widths go element by element, on every level.  Values are summed per
+ * element in key order.  (Until this was measured, both ran in double:
+ * exact products without FMA, but half the lanes; attention was 15% of a
+ * 512-token prompt on tl1b.) */
 static void attn_scores_scalar(const float *q, size_t q_stride, int nq, const uint16_t *k0, size_t stride, int64_t n,
                                int64_t hd, float scale, float *scores, size_t s_stride) {
     for (int j = 0; j < nq; j++, q += q_stride, scores += s_stride) {
         const uint16_t *k = k0;
         for (int64_t p = 0; p < n; p++, k += stride) {
-            double dot = 0.0;
+            float dot = 0.0f;
             if (hd % 16) {
-                for (int64_t i = 0; i < hd; i++) dot += (double)q[i] * nm_half_to_f32(k[i]);
+                for (int64_t i = 0; i < hd; i++) dot = fmaf(q[i], nm_half_to_f32(k[i]), dot);
             } else {
-                double a[16] = {0};
+                float a[16] = {0};
                 for (int64_t i = 0; i < hd; i += 16)
-                    for (int l = 0; l < 16; l++) a[l] += (double)q[i + l] * nm_half_to_f32(k[i + l]);
+                    for (int l = 0; l < 16; l++) a[l] = fmaf(q[i + l], nm_half_to_f32(k[i + l]), a[l]);
                 for (int w = 8; w >= 1; w /= 2)
                     for (int l = 0; l < w; l++) a[l] += a[l + w];
                 dot = a[0];
             }
-            scores[p] = (float)dot * scale;
+            scores[p] = dot * scale;
         }
     }
 }
@@ -567,12 +574,12 @@ static void attn_values_scalar(const float *w, size_t w_stride, int nq, const ui
                                int64_t hd, float *out, size_t o_stride) {
     for (int j = 0; j < nq; j++, w += w_stride, out += o_stride)
         for (int64_t i0 = 0; i0 < hd; i0 += 64) {
-            double acc[64] = {0};
+            float acc[64] = {0};
             const int64_t m = hd - i0 < 64 ? hd - i0 : 64;
             const uint16_t *vp = v + i0;
             for (int64_t p = 0; p < n; p++, vp += stride)
-                for (int64_t i = 0; i < m; i++) acc[i] += (double)w[p] * nm_half_to_f32(vp[i]);
-            for (int64_t i = 0; i < m; i++) out[i0 + i] = (float)acc[i];
+                for (int64_t i = 0; i < m; i++) acc[i] = fmaf(w[p], nm_half_to_f32(vp[i]), acc[i]);
+            for (int64_t i = 0; i < m; i++) out[i0 + i] = acc[i];
         }
 }
 

@@ -960,15 +960,9 @@ T2 static void convert_bf16(const float *x, uint8_t *act, uint8_t *extra, int64_
 /* ====================================================================== */
 /* attention over an F16 cache (see kernels.h)                            */
 /* ====================================================================== */
-/* Products in double (exact), added in the reference's 16 lanes (4
- * vectors); the query is converted to double once, each key row once per
- * query.  Fused multiply-adds give the separate operations' bits, the
- * products being exact. */
-
-T2_INLINE void fma_pd8(__m256d *a, __m256d x0, __m256d x1, __m256 k) {
-    a[0] = _mm256_fmadd_pd(x0, _mm256_cvtps_pd(_mm256_castps256_ps128(k)), a[0]);
-    a[1] = _mm256_fmadd_pd(x1, _mm256_cvtps_pd(_mm256_extractf128_ps(k, 1)), a[1]);
-}
+/* Float lanes with one fused multiply-add per product, in the reference's
+ * order (kernels.c): a head's 16 score lanes are two vectors, reduced by
+ * the reference's tree; values are summed per element in key order. */
 
 T2_INLINE __m256 ld_h8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p)); }
 
@@ -978,21 +972,18 @@ T2 static void attn_scores_2(const float *q, size_t q_stride, int nq, const uint
         nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k0, stride, n, hd, scale, scores, s_stride);
         return;
     }
-    double qd[256];
     for (int j = 0; j < nq; j++, q += q_stride, scores += s_stride) {
-        for (int64_t i = 0; i < hd; i++) qd[i] = q[i];
         const uint16_t *k = k0;
         for (int64_t p = 0; p < n; p++, k += stride) {
-            __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(); /* lanes 0-7, 8-15 */
             for (int64_t i = 0; i < hd; i += 16) {
-                fma_pd8(a, _mm256_loadu_pd(qd + i), _mm256_loadu_pd(qd + i + 4), ld_h8(k + i));
-                fma_pd8(a + 2, _mm256_loadu_pd(qd + i + 8), _mm256_loadu_pd(qd + i + 12), ld_h8(k + i + 8));
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ld_h8(k + i), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), ld_h8(k + i + 8), a1);
             }
-            const __m256d s0 = _mm256_add_pd(a[0], a[2]), s1 = _mm256_add_pd(a[1], a[3]); /* j + 8 */
-            const __m256d s4 = _mm256_add_pd(s0, s1);                                      /* j + 4 */
-            __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
-            h = _mm_add_sd(h, _mm_unpackhi_pd(h, h));
-            scores[p] = (float)_mm_cvtsd_f64(h) * scale;
+            const __m256 s8 = _mm256_add_ps(a0, a1);                                                   /* j + 8 */
+            const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1)); /* j + 4 */
+            const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                  /* j + 2 */
+            scores[p] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1))) * scale;
         }
     }
 }
@@ -1005,16 +996,14 @@ T2 static void attn_values_2(const float *w, size_t w_stride, int nq, const uint
     }
     const int nc = (int)(hd / 8);
     for (int j = 0; j < nq; j++, w += w_stride, out += o_stride) {
-        __m256d a[16];
-        for (int m = 0; m < 2 * nc; m++) a[m] = _mm256_setzero_pd();
+        __m256 a[8];
+        for (int m = 0; m < nc; m++) a[m] = _mm256_setzero_ps();
         const uint16_t *v = v0;
         for (int64_t p = 0; p < n; p++, v += stride) {
-            const __m256d s = _mm256_set1_pd(w[p]);
-            for (int m = 0; m < nc; m++) fma_pd8(a + 2 * m, s, s, ld_h8(v + 8 * m));
+            const __m256 s = _mm256_set1_ps(w[p]);
+            for (int m = 0; m < nc; m++) a[m] = _mm256_fmadd_ps(s, ld_h8(v + 8 * m), a[m]);
         }
-        for (int m = 0; m < nc; m++)
-            _mm256_storeu_ps(out + 8 * m, _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(a[2 * m])),
-                                                               _mm256_cvtpd_ps(a[2 * m + 1]), 1));
+        for (int m = 0; m < nc; m++) _mm256_storeu_ps(out + 8 * m, a[m]);
     }
 }
 

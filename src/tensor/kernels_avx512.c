@@ -1278,25 +1278,24 @@ T512 static void convert_bf16(const float *x, uint8_t *act, uint8_t *extra, int6
 /* ====================================================================== */
 /* attention over an F16 cache (see kernels.h)                            */
 /* ====================================================================== */
-/* Products in double (exact; fused multiply-adds therefore give the
- * separate operations' bits), added in the reference's 16 lanes: two
- * vectors of 8 doubles.  The queries sharing the keys (nq <= 8 heads) are
- * converted to double once, each key or value row once for all of them.
- * Head sizes that are not a multiple of 16, or above 128, take the scalar
- * loops. */
+/* Float lanes with one fused multiply-add per product, in the reference's
+ * order (kernels.c): a head's 16 score lanes are one vector, reduced by
+ * the reference's tree.  The queries sharing the keys (nq <= 8 heads) keep
+ * their rows in registers or L1, each key or value row is converted once
+ * for all of them.  Head sizes that are not a multiple of 16, or above
+ * 128, take the scalar loops. */
 
-T512_INLINE void h16_pd(const uint16_t *p, __m512d *d) {
-    const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p));
-    d[0] = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
-    d[1] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+T512_INLINE __m512 h16_ps(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p));
 }
 
 /* the reference's tree: lanes j + 8, j + 4, j + 2, j + 1 */
-T512_INLINE double tree16(__m512d a0, __m512d a1) {
-    const __m512d s8 = _mm512_add_pd(a0, a1);
-    const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(s8), _mm512_extractf64x4_pd(s8, 1));
-    const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(s2, _mm_unpackhi_pd(s2, s2)));
+T512_INLINE float tree16(__m512 a) {
+    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a),
+                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
 enum { ATT_MAXQ = 8, ATT_MAXD = 128 };
@@ -1311,22 +1310,23 @@ enum { ATT_MAXQ = 8, ATT_MAXD = 128 };
 #define NM_UNROLL8
 #endif
 
-/* Eight heads' 8-lane partial sums (v[j] = lanes j and j + 8 added) to
- * the eight totals, in head order, by the reference's tree done on all of
- * them at once: halves j + 4 of head pairs, then quarters j + 2 of four
- * heads, then neighbours j + 1.  (IEEE addition commutes exactly, so only
- * which lanes meet matters.) */
-T512_INLINE __m512d tree8x8(const __m512d *v) {
-    __m512d u[4], z[2];
-    for (int i = 0; i < 4; i++)
-        u[i] = _mm512_add_pd(_mm512_shuffle_f64x2(v[2 * i], v[2 * i + 1], 0x44),
-                             _mm512_shuffle_f64x2(v[2 * i], v[2 * i + 1], 0xEE));
-    for (int i = 0; i < 2; i++)
-        z[i] = _mm512_add_pd(_mm512_shuffle_f64x2(u[2 * i], u[2 * i + 1], 0x88),
-                             _mm512_shuffle_f64x2(u[2 * i], u[2 * i + 1], 0xDD));
-    /* lanes: heads 0, 4, 1, 5, 2, 6, 3, 7 */
-    const __m512d r = _mm512_add_pd(_mm512_unpacklo_pd(z[0], z[1]), _mm512_unpackhi_pd(z[0], z[1]));
-    return _mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), r);
+/* Eight heads' 8-lane partial sums (v[j] = lanes j and j + 8 added) to the
+ * eight totals, in head order, by the reference's tree done on all of them
+ * at once: halves j + 4 of head pairs, then quarters j + 2, then
+ * neighbours j + 1.  (IEEE addition commutes exactly, so only which lanes
+ * meet matters.) */
+T512_INLINE __m256 tree8x8(const __m256 *v) {
+    __m256 u[4], z[2];
+    for (int i = 0; i < 4; i++) /* heads 2i (low half), 2i + 1 (high): lanes l + (l + 4) */
+        u[i] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20),
+                             _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
+    for (int i = 0; i < 2; i++) /* per 128-bit half: heads 4i + {0, 2} | 4i + {1, 3}, lanes l + (l + 2) */
+        z[i] = _mm256_add_ps(_mm256_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lanes: heads 0, 2, 4, 6, 1, 3, 5, 7 */
+    const __m256 r = _mm256_add_ps(_mm256_shuffle_ps(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm256_shuffle_ps(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
 enum { ATT_KEYS = 64 }; /* keys whose scores wait in a small transposed buffer */
@@ -1340,21 +1340,18 @@ T512 static void attn_scores_512(const float *q, size_t q_stride, int nq, const 
     const int nc = (int)(hd / 16);
     for (int j0 = 0; j0 < nq; j0 += ATT_MAXQ) {
         const int mq = nq - j0 < ATT_MAXQ ? nq - j0 : ATT_MAXQ;
-        _Alignas(64) double qd[ATT_MAXQ][ATT_MAXD];
+        _Alignas(64) float qf[ATT_MAXQ][ATT_MAXD];
         for (int j = 0; j < ATT_MAXQ; j++)
-            for (int64_t i = 0; i < hd; i++) qd[j][i] = j < mq ? q[(size_t)(j0 + j) * q_stride + (size_t)i] : 0.0;
+            for (int64_t i = 0; i < hd; i++) qf[j][i] = j < mq ? q[(size_t)(j0 + j) * q_stride + (size_t)i] : 0.0f;
         if (mq <= 4) { /* too few heads to share the tree: one at a time */
             const uint16_t *kp = k;
             for (int64_t p = 0; p < n; p++, kp += stride) {
-                __m512d kd[2 * ATT_MAXD / 16];
-                for (int c = 0; c < nc; c++) h16_pd(kp + 16 * c, kd + 2 * c);
+                __m512 kf[ATT_MAXD / 16];
+                for (int c = 0; c < nc; c++) kf[c] = h16_ps(kp + 16 * c);
                 for (int j = 0; j < mq; j++) {
-                    __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
-                    for (int c = 0; c < nc; c++) {
-                        a0 = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c), kd[2 * c], a0);
-                        a1 = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c + 8), kd[2 * c + 1], a1);
-                    }
-                    scores[(size_t)(j0 + j) * s_stride + (size_t)p] = (float)tree16(a0, a1) * scale;
+                    __m512 a = _mm512_setzero_ps();
+                    for (int c = 0; c < nc; c++) a = _mm512_fmadd_ps(_mm512_load_ps(qf[j] + 16 * c), kf[c], a);
+                    scores[(size_t)(j0 + j) * s_stride + (size_t)p] = tree16(a) * scale;
                 }
             }
             continue;
@@ -1364,19 +1361,18 @@ T512 static void attn_scores_512(const float *q, size_t q_stride, int nq, const 
         for (int64_t p0 = 0; p0 < n; p0 += ATT_KEYS) {
             const int np = n - p0 < ATT_KEYS ? (int)(n - p0) : ATT_KEYS;
             for (int pp = 0; pp < np; pp++, kp += stride) {
-                /* 16 independent chains: the heads' lanes 0-7 and 8-15 */
-                __m512d a0[ATT_MAXQ], a1[ATT_MAXQ], v[ATT_MAXQ];
-                NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) a0[j] = a1[j] = _mm512_setzero_pd(); /* 0 + -0 is +0 */
+                /* 8 independent chains, one a head */
+                __m512 a[ATT_MAXQ];
+                __m256 v[ATT_MAXQ];
+                NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) a[j] = _mm512_setzero_ps();
                 for (int c = 0; c < nc; c++) {
-                    __m512d kd[2];
-                    h16_pd(kp + 16 * c, kd);
-                    NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) {
-                        a0[j] = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c), kd[0], a0[j]);
-                        a1[j] = _mm512_fmadd_pd(_mm512_load_pd(qd[j] + 16 * c + 8), kd[1], a1[j]);
-                    }
+                    const __m512 kf = h16_ps(kp + 16 * c);
+                    NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) a[j] = _mm512_fmadd_ps(_mm512_load_ps(qf[j] + 16 * c), kf, a[j]);
                 }
-                NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) v[j] = _mm512_add_pd(a0[j], a1[j]); /* j + 8 */
-                _mm256_store_ps(tmp[pp], _mm256_mul_ps(_mm512_cvtpd_ps(tree8x8(v)), _mm256_set1_ps(scale)));
+                NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) /* j + 8 */
+                    v[j] = _mm256_add_ps(_mm512_castps512_ps256(a[j]),
+                                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[j]), 1)));
+                _mm256_store_ps(tmp[pp], _mm256_mul_ps(tree8x8(v), _mm256_set1_ps(scale)));
             }
             for (int j = 0; j < mq; j++) {
                 float *sj = scores + (size_t)(j0 + j) * s_stride + (size_t)p0;
@@ -1386,23 +1382,23 @@ T512 static void attn_scores_512(const float *q, size_t q_stride, int nq, const 
     }
 }
 
+/* Up to 4 heads x 64 elements of the output in registers while the keys
+ * run (nv vectors of 16 elements). */
 T512_INLINE void values_tile(const float *w, size_t w_stride, const uint16_t *v, size_t stride, int64_t n, float *out,
                              size_t o_stride, const int mq, const int nv) {
-    __m512d a[4][4];
+    __m512 a[4][4];
     NM_UNROLL4 for (int j = 0; j < 4; j++)
-        NM_UNROLL4 for (int m = 0; m < 4; m++) a[j][m] = _mm512_setzero_pd();
+        NM_UNROLL4 for (int m = 0; m < 4; m++) a[j][m] = _mm512_setzero_ps();
     for (int64_t p = 0; p < n; p++, v += stride) {
-        __m512d vd[4];
-        h16_pd(v, vd);
-        if (nv == 4) h16_pd(v + 16, vd + 2);
-        else vd[2] = vd[3] = _mm512_setzero_pd();
+        __m512 vf[4];
+        NM_UNROLL4 for (int m = 0; m < 4; m++) vf[m] = m < nv ? h16_ps(v + 16 * m) : _mm512_setzero_ps();
         NM_UNROLL4 for (int j = 0; j < mq; j++) {
-            const __m512d s = _mm512_set1_pd(w[(size_t)j * w_stride + (size_t)p]);
-            NM_UNROLL4 for (int m = 0; m < nv; m++) a[j][m] = _mm512_fmadd_pd(s, vd[m], a[j][m]);
+            const __m512 s = _mm512_set1_ps(w[(size_t)j * w_stride + (size_t)p]);
+            NM_UNROLL4 for (int m = 0; m < nv; m++) a[j][m] = _mm512_fmadd_ps(s, vf[m], a[j][m]);
         }
     }
     NM_UNROLL4 for (int j = 0; j < mq; j++)
-        NM_UNROLL4 for (int m = 0; m < nv; m++) _mm256_storeu_ps(out + (size_t)j * o_stride + (size_t)(8 * m), _mm512_cvtpd_ps(a[j][m]));
+        NM_UNROLL4 for (int m = 0; m < nv; m++) _mm512_storeu_ps(out + (size_t)j * o_stride + (size_t)(16 * m), a[j][m]);
 }
 
 T512 static void attn_values_512(const float *w, size_t w_stride, int nq, const uint16_t *v, size_t stride, int64_t n,
@@ -1411,15 +1407,15 @@ T512 static void attn_values_512(const float *w, size_t w_stride, int nq, const 
         nm_attn_kernel_get(NM_ISA_SCALAR)->values(w, w_stride, nq, v, stride, n, hd, out, o_stride);
         return;
     }
-    for (int64_t i0 = 0; i0 < hd; i0 += 32)
+    for (int64_t i0 = 0; i0 < hd; i0 += 64)
         for (int j0 = 0; j0 < nq; j0 += 4) {
             const float *wj = w + (size_t)j0 * w_stride;
             float *oj = out + (size_t)j0 * o_stride + (size_t)i0;
             const int mq = nq - j0 < 4 ? nq - j0 : 4;
-            const bool full = hd - i0 >= 32;
-            if (mq == 4 && full) values_tile(wj, w_stride, v + i0, stride, n, oj, o_stride, 4, 4);
-            else if (full) values_tile(wj, w_stride, v + i0, stride, n, oj, o_stride, mq, 4);
-            else values_tile(wj, w_stride, v + i0, stride, n, oj, o_stride, mq, 2);
+            const int nv = hd - i0 >= 64 ? 4 : (int)((hd - i0) / 16);
+            if (mq == 4 && nv == 4) values_tile(wj, w_stride, v + i0, stride, n, oj, o_stride, 4, 4);
+            else if (nv == 4) values_tile(wj, w_stride, v + i0, stride, n, oj, o_stride, mq, 4);
+            else values_tile(wj, w_stride, v + i0, stride, n, oj, o_stride, mq, nv);
         }
 }
 

@@ -756,9 +756,9 @@ static void nn_neon(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
 /* ====================================================================== */
 /* attention over an F16 cache (see kernels.h)                            */
 /* ====================================================================== */
-/* Products in double (exact), added in the reference's 16 lanes (8
- * vectors of 2); fused multiply-adds give the separate operations' bits,
- * the products being exact. */
+/* Float lanes with one fused multiply-add per product, in the reference's
+ * order (kernels.c): a head's 16 score lanes are four vectors, reduced by
+ * the reference's tree; values are summed per element in key order. */
 
 static inline float32x4_t h4(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 
@@ -768,24 +768,19 @@ static void attn_scores_neon(const float *q, size_t q_stride, int nq, const uint
         nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k0, stride, n, hd, scale, scores, s_stride);
         return;
     }
-    double qd[256];
     for (int j = 0; j < nq; j++, q += q_stride, scores += s_stride) {
-        for (int64_t i = 0; i < hd; i++) qd[i] = q[i];
         const uint16_t *k = k0;
         for (int64_t p = 0; p < n; p++, k += stride) {
-            /* a[m] holds lanes 2m, 2m + 1 */
-            float64x2_t a[8];
-            for (int m = 0; m < 8; m++) a[m] = vdupq_n_f64(0.0);
+            /* a[m] holds lanes 4m .. 4m + 3 */
+            float32x4_t a[4];
+            for (int m = 0; m < 4; m++) a[m] = vdupq_n_f32(0.0f);
             for (int64_t i = 0; i < hd; i += 16)
-                for (int m = 0; m < 4; m++) {
-                    const float32x4_t kf = h4(k + i + 4 * m);
-                    a[2 * m] = vfmaq_f64(a[2 * m], vld1q_f64(qd + i + 4 * m), vcvt_f64_f32(vget_low_f32(kf)));
-                    a[2 * m + 1] = vfmaq_f64(a[2 * m + 1], vld1q_f64(qd + i + 4 * m + 2), vcvt_high_f64_f32(kf));
-                }
-            for (int m = 0; m < 4; m++) a[m] = vaddq_f64(a[m], a[m + 4]); /* j + 8 */
-            for (int m = 0; m < 2; m++) a[m] = vaddq_f64(a[m], a[m + 2]); /* j + 4 */
-            a[0] = vaddq_f64(a[0], a[1]);                                  /* j + 2 */
-            scores[p] = (float)(vgetq_lane_f64(a[0], 0) + vgetq_lane_f64(a[0], 1)) * scale;
+                for (int m = 0; m < 4; m++) a[m] = vfmaq_f32(a[m], vld1q_f32(q + i + 4 * m), h4(k + i + 4 * m));
+            a[0] = vaddq_f32(a[0], a[2]); /* j + 8 */
+            a[1] = vaddq_f32(a[1], a[3]);
+            a[0] = vaddq_f32(a[0], a[1]); /* j + 4 */
+            const float32x2_t s2 = vadd_f32(vget_low_f32(a[0]), vget_high_f32(a[0])); /* j + 2 */
+            scores[p] = (vget_lane_f32(s2, 0) + vget_lane_f32(s2, 1)) * scale;
         }
     }
 }
@@ -798,18 +793,14 @@ static void attn_values_neon(const float *w, size_t w_stride, int nq, const uint
     }
     const int nc = (int)(hd / 4);
     for (int j = 0; j < nq; j++, w += w_stride, out += o_stride) {
-        float64x2_t a[32];
-        for (int m = 0; m < 2 * nc; m++) a[m] = vdupq_n_f64(0.0);
+        float32x4_t a[16];
+        for (int m = 0; m < nc; m++) a[m] = vdupq_n_f32(0.0f);
         const uint16_t *v = v0;
         for (int64_t p = 0; p < n; p++, v += stride) {
-            const double s = w[p];
-            for (int m = 0; m < nc; m++) {
-                const float32x4_t vf = h4(v + 4 * m);
-                a[2 * m] = vfmaq_n_f64(a[2 * m], vcvt_f64_f32(vget_low_f32(vf)), s);
-                a[2 * m + 1] = vfmaq_n_f64(a[2 * m + 1], vcvt_high_f64_f32(vf), s);
-            }
+            const float s = w[p];
+            for (int m = 0; m < nc; m++) a[m] = vfmaq_n_f32(a[m], h4(v + 4 * m), s);
         }
-        for (int m = 0; m < nc; m++) vst1q_f32(out + 4 * m, vcombine_f32(vcvt_f32_f64(a[2 * m]), vcvt_f32_f64(a[2 * m + 1])));
+        for (int m = 0; m < nc; m++) vst1q_f32(out + 4 * m, a[m]);
     }
 }
 
