@@ -4,9 +4,16 @@
  * tokens from a shared counter, so every weight byte is read by one thread
  * only, and a thread that the system preempts (a shared machine, a phone's
  * slow cores) leaves its chunks to the others instead of holding up the
- * region.  Chunks are whole tiles of the kernel (row_align) and about 8 a
- * thread; which thread computes a row changes none of its bits.  Inside a
- * chunk the level's kernel walks its own tiles (kernels_*.c).
+ * region.  Chunks are whole tiles of the kernel (row_align); they start
+ * at a quarter of a thread's share at most and shrink with the work left
+ * (each a 1/(2 x threads) of it), down to one tile, so the threads finish
+ * within about a tile of each other (with fixed chunks of an eighth of a
+ * share, one waited half a chunk per product on average: 3-5% of
+ * generation).  A thread claims its next chunk before it computes the
+ * current one and tells the kernel (nm_mm_args pf_r0/pf_r1), which
+ * prefetches it while finishing the current one, as it does tile to tile
+ * inside a chunk.  Which thread computes a row changes none of its bits.
+ * Inside a chunk the level's kernel walks its own tiles (kernels_*.c).
  *
  * The activation rows are converted (quantized) before the split, in
  * parallel by token for large batches, so all threads share them; kernels
@@ -74,7 +81,8 @@ size_t nm_matmul_scratch_bytes(nm_type type, int64_t cols, int64_t n_tok) {
 typedef struct mm_task {
     const nm_mat *w;
     int64_t r0, r1;
-    int64_t chunk;       /* rows per chunk */
+    int64_t align, cap;  /* chunks: multiples of align rows, at most cap */
+    int nth;
     atomic_llong next;   /* first row of the next chunk, from r0 */
     const float *x;
     nm_mm_args args;
@@ -98,14 +106,39 @@ static void convert_task(void *arg, int ith, int nth) {
     }
 }
 
+/* The next chunk, rows [*lo, *hi); false when no rows are left. */
+static bool claim(mm_task *t, int64_t *lo, int64_t *hi) {
+    const int64_t n = t->r1 - t->r0;
+    long long at = atomic_load_explicit(&t->next, memory_order_relaxed);
+    for (;;) {
+        if (at >= n) return false;
+        int64_t size = (n - at) / (2 * (int64_t)t->nth) / t->align * t->align;
+        size = size > t->cap ? t->cap : size < t->align ? t->align : size;
+        if (atomic_compare_exchange_weak_explicit(&t->next, &at, at + size, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            *lo = t->r0 + at;
+            *hi = at + size < n ? t->r0 + at + size : t->r1;
+            return true;
+        }
+    }
+}
+
 static void dot_task(void *arg, int ith, int nth) {
     mm_task *t = arg;
     (void)ith;
     (void)nth;
-    for (;;) {
-        const int64_t lo = t->r0 + atomic_fetch_add_explicit(&t->next, t->chunk, memory_order_relaxed);
-        if (lo >= t->r1) break;
-        t->w->k->rows(&t->args, lo, lo + t->chunk < t->r1 ? lo + t->chunk : t->r1);
+    nm_mm_args a = t->args; /* this thread's copy: its prefetch hint */
+    int64_t lo = 0, hi = 0;
+    bool have = claim(t, &lo, &hi);
+    while (have) {
+        int64_t nlo = 0, nhi = 0;
+        const bool more = claim(t, &nlo, &nhi);
+        a.pf_r0 = more ? nlo : 0;
+        a.pf_r1 = more ? nhi : 0;
+        t->w->k->rows(&a, lo, hi);
+        lo = nlo;
+        hi = nhi;
+        have = more;
     }
 }
 
@@ -130,8 +163,12 @@ void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, cons
         if (n_tok >= 4 && pool) nm_pool_run(pool, convert_task, &t);
         else convert_task(&t, 0, 1);
     }
-    const int64_t align = k->row_align, n = r1 - r0, per = n / ((int64_t)nm_pool_size(pool) * 8);
-    t.chunk = per > align ? per / align * align : align;
+    t.nth = nm_pool_size(pool);
+    /* batches: at least two tiles a chunk (the AVX-512 batch kernels run
+     * tiles in pairs) */
+    t.align = n_tok >= 4 ? 2 * k->row_align : k->row_align;
+    const int64_t cap = (r1 - r0) / (4 * (int64_t)t.nth) / t.align * t.align;
+    t.cap = cap > t.align ? cap : t.align;
     atomic_init(&t.next, 0);
     nm_pool_run(pool, dot_task, &t);
 }
