@@ -869,7 +869,8 @@ T512_INLINE void gemv_q45_k(const nm_mm_args *a, const k4_tabs *tb, int64_t r, i
         __m512i x[4];
         k4_acts(xb + offsetof(nm_block_q8_k, qs), x);
         prefetch_part(nx, s, nsb);
-        /* h[j]: rows 4j .. 4j + 3, one per 128-bit lane */
+        /* h[j]: rows 4j .. 4j + 3, one per 128-bit lane; from here on lane
+         * 4k + j of a 16-row vector is row 4j + k */
         __m512i h[4], sc[4], mn[4];
         const __m512i bs = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(tk.bsum32 + 8 * s)));
         for (int j = 0; j < 4; j++) {
@@ -877,6 +878,12 @@ T512_INLINE void gemv_q45_k(const nm_mm_args *a, const k4_tabs *tb, int64_t r, i
             sc[j] = k4_scales4(h[j]);
             mn[j] = _mm512_madd_epi16(_mm512_shuffle_epi8(sc[j], tb->mw), bs); /* m x 32-element sums */
         }
+        /* the float operations of the mins and d * dx now, to free registers */
+        const __m512 dx = _mm512_set1_ps(q8k_d(xb));
+        const __m512i dd = _mm512_unpacklo_epi64(_mm512_unpacklo_epi32(h[0], h[1]), _mm512_unpacklo_epi32(h[2], h[3]));
+        const __m512 ddx = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)), dx);
+        const __m512 dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16)));
+        const __m512 mpart = _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(hsum4x4(mn[0], mn[1], mn[2], mn[3])));
         __m512i g[4];
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
@@ -892,14 +899,7 @@ T512_INLINE void gemv_q45_k(const nm_mm_args *a, const k4_tabs *tb, int64_t r, i
             }
             g[k] = hsum4x4(part[0], part[1], part[2], part[3]);
         }
-        /* lanes 4k + j = row 4j + k from here on */
-        const __m512i sumi = k_rows16(g), summ = hsum4x4(mn[0], mn[1], mn[2], mn[3]);
-        const __m512i dd = _mm512_unpacklo_epi64(_mm512_unpacklo_epi32(h[0], h[1]), _mm512_unpacklo_epi32(h[2], h[3]));
-        const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
-        const __m512 dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16)));
-        const __m512 dx = _mm512_set1_ps(q8k_d(xb));
-        acc = _mm512_add_ps(acc, _mm512_sub_ps(_mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(sumi)),
-                                               _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(summ))));
+        acc = _mm512_add_ps(acc, _mm512_sub_ps(_mm512_mul_ps(ddx, _mm512_cvtepi32_ps(k_rows16(g))), mpart));
     }
     _mm512_mask_storeu_ps(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), _mm512_permutexvar_ps(tb->out, acc));
 }
