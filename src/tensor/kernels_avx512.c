@@ -524,9 +524,10 @@ T512 static void rows_q4_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
  *   sum += d * dx * (float)sumi - dmin * dx * (float)summ     (Q4_K, Q5_K)
  *   sum += d * dx * (float)sumi                                (Q6_K)
  * Batches repack a tile like Q8_0 (32-element sub-blocks of unsigned
- * quants, lanes are rows) plus per-row integer scales; single tokens run a
- * row at a time with the integer sums vectorised and the few float
- * operations per super-block done as written above. */
+ * quants, lanes are rows) plus per-row integer scales; single tokens read
+ * 16 rows side by side (gemv_q45_k, gemv_q6_k below): integer work per
+ * row, one transposing reduction, and the float operations above once per
+ * super-block for the 16 rows, lanes are rows. */
 
 /* ggml's unpacking of the 12 bytes of 6-bit scales and mins: sc[8], m[8]. */
 static inline void k4_scales(const uint8_t *q, uint8_t *sc, uint8_t *m) {
