@@ -931,16 +931,18 @@ T512 static void gemv_q5_k(const nm_mm_args *a, const k4_tabs *tb, int64_t r, in
  * shifts and masked); the -32 of every quant is in the VPDPBUSD's starting
  * value, -32 x the sum of the 4 activations (the same for every row). */
 typedef struct q6_tabs {
-    __m512i s0, s1; /* 16 scales as words -> the words of S0 / S1 */
+    __m512i s0, s1; /* the 16 scale bytes (broadcast) -> the words of S0 / S1, x 256 */
 } q6_tabs;
 
 T512 static q6_tabs q6_tables(void) {
-    int16_t s0[32], s1[32];
+    int8_t s0[64], s1[64];
     for (int q = 0; q < 4; q++)
         for (int w = 0; w < 8; w++) {
-            /* lane q of packs(p0, p1): sub-block q (elements 16q..) then 4 + q */
-            s0[8 * q + w] = (int16_t)(w < 4 ? q : 4 + q);
-            s1[8 * q + w] = (int16_t)(w < 4 ? 8 + q : 12 + q);
+            /* lane q of packs(p0, p1): sub-block q (elements 16q..) then 4 + q;
+             * the signed scale goes to the high byte of its word */
+            s0[16 * q + 2 * w] = s1[16 * q + 2 * w] = (int8_t)0x80;
+            s0[16 * q + 2 * w + 1] = (int8_t)(w < 4 ? q : 4 + q);
+            s1[16 * q + 2 * w + 1] = (int8_t)(w < 4 ? 8 + q : 12 + q);
         }
     q6_tabs t = {_mm512_loadu_si512(s0), _mm512_loadu_si512(s1)};
     return t;
@@ -960,9 +962,14 @@ T512_INLINE __m512i q6_row(const uint8_t *blk, const __m512i *x, const __m512i *
     const __m512i q3 = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(h1, sr), m30, _mm512_and_si512(_mm512_srli_epi16(l1, 4), m4), 0xEA);
     const __m512i p0 = _mm512_dpbusd_epi32(c[0], q0, x[0]), p1 = _mm512_dpbusd_epi32(c[1], q1, x[1]);
     const __m512i p2 = _mm512_dpbusd_epi32(c[2], q2, x[2]), p3 = _mm512_dpbusd_epi32(c[3], q3, x[3]);
-    const __m512i sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(blk + offsetof(nm_block_q6_k, scales)))));
-    return _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_packs_epi32(p0, p1), _mm512_permutexvar_epi16(tb->s0, sc)),
-                               _mm512_packs_epi32(p2, p3), _mm512_permutexvar_epi16(tb->s1, sc));
+    /* The scales as 256 x sc words (one VPSHUFB each, no sign extension):
+     * a dword takes 4 products |(q - 32) x . 4| <= 16384 times 256 |sc| <=
+     * 32768, in [-2^31, 2^31 - 2^24], so it stays exact, and the arithmetic
+     * shift by 8 then takes the 256 back exactly. */
+    const __m512i sc = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(blk + offsetof(nm_block_q6_k, scales))));
+    const __m512i v = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_packs_epi32(p0, p1), _mm512_shuffle_epi8(sc, tb->s0)),
+                                          _mm512_packs_epi32(p2, p3), _mm512_shuffle_epi8(sc, tb->s1));
+    return _mm512_srai_epi32(v, 8);
 }
 
 T512 static void gemv_q6_k(const nm_mm_args *a, const q6_tabs *tb, int64_t r, int nr, int64_t t, const span *nx) {
