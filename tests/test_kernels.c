@@ -672,6 +672,100 @@ static void test_isa_extreme_blocks(nm_test *t) {
     free(w);
 }
 
+/* K-quant blocks at the edges of their ranges, which quantizers never
+ * write but files may hold: every 6-bit scale and min 63, every quant at
+ * its maximum (0xff bytes), Q6_K scales of -128 and 127 with quants 0 (a
+ * 6-bit quant of -32), random bytes; against activations whose Q8_K quants
+ * are all -128, alternate -128 / 127, or random.  The scalar kernel is
+ * checked against float64 sums of the dequantized values, every level
+ * against scalar bit for bit: 1, 2, 3 tokens (the single-token path) and 4
+ * (the batch path), 37 rows (two 16-row tiles and 5 more), 1 and 3 super-blocks. */
+static void test_isa_k_extreme(nm_test *t) {
+    static const nm_type types[] = {NM_TYPE_Q4_K, NM_TYPE_Q5_K, NM_TYPE_Q6_K};
+    const int64_t rows = 37, max_cols = 768, max_tok = 4;
+    nm_err err = {0};
+    nm_pool *pools[2] = {NULL};
+    CHECK_OK(t, nm_pool_new(1, &pools[0], &err), err);
+    CHECK_OK(t, nm_pool_new(3, &pools[1], &err), err);
+    nm_rng r;
+    nm_rng_seed(&r, 77);
+    float *x = malloc(sizeof(float) * (size_t)(max_tok * max_cols)), *xq = malloc(sizeof(float) * (size_t)max_cols);
+    float *wf = malloc(sizeof(float) * (size_t)max_cols);
+    float *ref = malloc(sizeof(float) * (size_t)(max_tok * rows)), *y = malloc(sizeof(float) * (size_t)(max_tok * rows));
+    uint8_t *act = malloc(nm_act_row_bytes(NM_TYPE_Q8_K, max_cols));
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (int64_t cols = 256; cols <= max_cols; cols += 512)
+            for (int wp = 0; wp < 4; wp++) {
+                const nm_type type = types[ti];
+                const size_t bb = nm_type_block_bytes(type), rb = nm_type_row_bytes(type, cols);
+                uint8_t *w = malloc(rb * (size_t)rows);
+                for (size_t i = 0; i < rb * (size_t)rows; i++)
+                    w[i] = wp == 0 ? 0xff : wp == 1 ? (uint8_t)nm_rng_u64(&r) : wp == 2 ? (i % 2 ? 0xff : 0x00) : 0x00;
+                for (size_t b = 0; b < rb * (size_t)rows / bb; b++) {
+                    uint8_t *blk = w + b * bb;
+                    const float d = (float)(0.001 + 0.01 * nm_rng_uniform(&r));
+                    if (type == NM_TYPE_Q6_K) {
+                        put_half(blk + offsetof(nm_block_q6_k, d), d);
+                        if (wp == 3) /* quants 0 (-32), scales -128 and 127 */
+                            for (int j = 0; j < 16; j++) blk[offsetof(nm_block_q6_k, scales) + j] = j % 3 ? 0x80 : 0x7f;
+                    } else {
+                        put_half(blk, d);
+                        put_half(blk + 2, wp == 3 ? 0.0f : d * 0.5f);
+                        if (wp == 3) memset(blk + 4, 0xff, 12); /* scales and mins 63, quants 0 */
+                    }
+                }
+                nm_mat ms;
+                if (!CHECK_OK(t, nm_mat_init_isa(&ms, "w", type, cols, rows, w, NM_ISA_SCALAR, &err), err)) {
+                    free(w);
+                    continue;
+                }
+                void *scratch = malloc(nm_matmul_scratch_bytes(type, cols, max_tok) + 64);
+                for (int xp = 0; xp < 3; xp++) {
+                    for (int64_t i = 0; i < max_tok * cols; i++)
+                        x[i] = xp == 0 ? 1.0f : xp == 1 ? (i % 2 ? -2.0f : 2.0f) : (float)(nm_rng_uniform(&r) * 2 - 1);
+                    nm_matmul(pools[0], &ms, x, max_tok, ref, scratch);
+                    /* the reference against float64 (token 0) */
+                    nm_act_from_float(NM_TYPE_Q8_K, x, act, cols);
+                    CHECK_OK(t, nm_dequantize(NM_TYPE_Q8_K, act, xq, cols, &err), err);
+                    int bad = 0;
+                    for (int64_t i = 0; i < rows; i++) {
+                        CHECK_OK(t, nm_dequantize(type, w + (size_t)i * rb, wf, cols, &err), err);
+                        double exact = 0, mag = 0;
+                        for (int64_t j = 0; j < cols; j++) {
+                            exact += (double)wf[j] * xq[j];
+                            mag += fabs((double)wf[j] * xq[j]);
+                        }
+                        if (fabs(ref[i] - exact) > 1e-5 * mag + 1e-6 && bad++ < 2)
+                            CHECKF(t, false, "scalar %s pattern %d/%d cols %lld row %lld: %.9g vs float64 %.9g", nm_type_name(type),
+                                   wp, xp, (long long)cols, (long long)i, ref[i], exact);
+                    }
+                    for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
+                        nm_mat ml;
+                        if (!nm_isa_available((nm_isa)isa)) continue;
+                        CHECK_OK(t, nm_mat_init_isa(&ml, "w", type, cols, rows, w, (nm_isa)isa, &err), err);
+                        for (int p = 0; p < 2; p++)
+                            for (int64_t nt = 1; nt <= max_tok; nt++) {
+                                memset(y, 0xff, sizeof(float) * (size_t)(nt * rows));
+                                nm_matmul(pools[p], &ml, x, nt, y, scratch);
+                                CHECKF(t, memcmp(ref, y, sizeof(float) * (size_t)(nt * rows)) == 0,
+                                       "%s %s pattern %d/%d cols %lld: %lld tokens, %d threads differ from scalar",
+                                       nm_isa_name((nm_isa)isa), nm_type_name(type), wp, xp, (long long)cols, (long long)nt,
+                                       nm_pool_size(pools[p]));
+                            }
+                    }
+                }
+                free(scratch);
+                free(w);
+            }
+    free(x);
+    free(xq);
+    free(wf);
+    free(ref);
+    free(y);
+    free(act);
+    for (int p = 0; p < 2; p++) nm_pool_free(pools[p]);
+}
+
 /* dx = dy W against a float64 reference, and bit-identical across thread
  * counts; accumulate adds to what dx holds. */
 static void test_matmul_t(nm_test *t) {
@@ -1184,6 +1278,7 @@ int main(void) {
     run("isa_conversion", test_isa_conversion);
     run("isa_vs_scalar", test_isa_vs_scalar);
     run("isa_extreme_blocks", test_isa_extreme_blocks);
+    run("isa_k_extreme", test_isa_k_extreme);
     run("matmul_t", test_matmul_t);
     run("attention", test_attention);
     run("attn_f16", test_attn_f16);

@@ -527,9 +527,10 @@ T512 static void rows_q4_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
  *   sum += d * dx * (float)sumi - dmin * dx * (float)summ     (Q4_K, Q5_K)
  *   sum += d * dx * (float)sumi                                (Q6_K)
  * Batches repack a tile like Q8_0 (32-element sub-blocks of unsigned
- * quants, lanes are rows) plus per-row integer scales; single tokens run a
- * row at a time with the integer sums vectorised and the few float
- * operations per super-block done as written above. */
+ * quants, lanes are rows) plus per-row integer scales; single tokens read
+ * 16 rows side by side (gemv_q45_k, gemv_q6_k below): integer work per
+ * row, one transposing reduction, and the float operations above once per
+ * super-block for the 16 rows, lanes are rows. */
 
 /* ggml's unpacking of the 12 bytes of 6-bit scales and mins: sc[8], m[8]. */
 static inline void k4_scales(const uint8_t *q, uint8_t *sc, uint8_t *m) {
@@ -740,115 +741,304 @@ T512 static void k_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type typ
     }
 }
 
-/* ---- one row x one token ---- */
+/* ---- single tokens: 16 rows side by side ----
+ *
+ * Like gemv_q4_0: the 16 rows of a tile are read super-block by
+ * super-block while the next tile is prefetched into L2 (prefetch_part),
+ * the activation vectors are arranged once per super-block for the 16 rows,
+ * each row does only integer work into one vector of partial sums, one
+ * transposing reduction (k_rows16) turns 16 such vectors into lanes-are-rows,
+ * and the reference's float operations run once per super-block for the 16
+ * rows as vector operations, in its order.
+ *
+ * A row's quants (unsigned, Q6_K's -32 included below) meet the activations
+ * in VPDPBUSD: dword lane i of each product covers 4 consecutive elements,
+ * at most 4 x 63 x 128 in magnitude, so VPACKSSDW narrows two products to
+ * 16-bit words exactly, and one VPMADDWD / VPDPWSSD applies the sub-block
+ * scales (words, the same in a dword pair) to both at once. */
 
-/* Scales of a Q4_K/Q5_K super-block as 16 int32 lanes: sub-block 2g in the
- * low 8 lanes and 2g+1 in the high 8 (vector g). */
-T512_INLINE __m512i k_scale_pair(__m512i sc16, int g) {
-    const __m512i idx = _mm512_set_epi32(2 * g + 1, 2 * g + 1, 2 * g + 1, 2 * g + 1, 2 * g + 1, 2 * g + 1, 2 * g + 1,
-                                         2 * g + 1, 2 * g, 2 * g, 2 * g, 2 * g, 2 * g, 2 * g, 2 * g, 2 * g);
-    return _mm512_permutexvar_epi32(idx, sc16);
+/* prefetch_part for the K-quant tiles without its divisions: part i of the
+ * next tile is bytes [i * step, (i + 1) * step) (a shorter last tile ends
+ * sooner).  The kernels request a quarter of 16 super-blocks' bytes before
+ * each group of 4 rows: the whole next tile over the current one, in
+ * smaller bursts than one per super-block (Q6_K from memory, one thread:
+ * 19 -> 28 GB/s; one per row was no better). */
+T512_INLINE void prefetch_k(const span *s, int64_t i, size_t step) {
+    if (!s || !s->p) return;
+    const size_t lo = (size_t)i * step & ~(size_t)63, hi = (size_t)(i + 1) * step < s->n ? (size_t)(i + 1) * step : s->n;
+    for (size_t o = lo; o < hi; o += 64) _mm_prefetch((const char *)(s->p + o), _MM_HINT_T1);
 }
 
-T512 static float dot_q45_k(const uint8_t *row, const k_tok *tk, int64_t nsb, bool q5) {
+/* The end of the transposing reduction of 16 rows: g[k] = hsum4x4 of 4
+ * rows' partial-sum vectors (lane 4p + j: part p of its row j); lane 4k + j
+ * of the result = the sum over p of g[k]'s lanes 4p + j, the total of g[k]'s
+ * row j.  Together ~3 operations a row instead of a full reduce_add. */
+T512_INLINE __m512i k_rows16(const __m512i *g) {
+    const __m512i u0 = _mm512_add_epi32(_mm512_shuffle_i32x4(g[0], g[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                        _mm512_shuffle_i32x4(g[0], g[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512i u1 = _mm512_add_epi32(_mm512_shuffle_i32x4(g[2], g[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                        _mm512_shuffle_i32x4(g[2], g[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* The first 16 bytes of 4 Q4_K/Q5_K super-blocks (d, dmin, 12 bytes of
+ * scales), one per 128-bit lane. */
+T512_INLINE __m512i k_heads(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2, const uint8_t *p3) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)p0));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(const void *)p1), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(const void *)p2), 2);
+    return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(const void *)p3), 3);
+}
+
+/* k4_scales for 4 super-blocks at once: per 128-bit lane the dwords
+ * [dd, u0, u1, u2] of k_heads become [sc0..3, sc4..7, m0..3, m4..7]:
+ *   sc0..3 = u0 & 0x3f..,  sc4..7 = (u2 & 0x0f..) | ((u0 >> 6) & 0x03..) << 4,
+ *   m0..3  = u1 & 0x3f..,  m4..7  = ((u2 >> 4) & 0x0f..) | ((u1 >> 6) & 0x03..) << 4. */
+T512_INLINE __m512i k4_scales4(__m512i h) {
+    const __m512i a = _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi32(h, (_MM_PERM_ENUM)_MM_SHUFFLE(3, 2, 3, 1)),
+                                                         _mm512_set4_epi32(4, 0, 0, 0)),
+                                       _mm512_set4_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+    const __m512i b = _mm512_srli_epi32(_mm512_shuffle_epi32(h, (_MM_PERM_ENUM)_MM_SHUFFLE(2, 0, 1, 0)), 2);
+    return _mm512_ternarylogic_epi32(a, b, _mm512_set4_epi32(0x30303030, 0, 0x30303030, 0), 0xF8); /* a | (b & c) */
+}
+
+/* Byte-shuffle controls of the Q4_K/Q5_K row (constant data, built once per
+ * call). */
+typedef struct k4_tabs {
+    __m512i s0, s1; /* scale bytes of a row (broadcast) -> the words of S0 / S1 */
+    __m512i mw;     /* [sc, m] lane -> m0..m7 as words                         */
+    __m512i out;    /* lane 4k + j <- row 4j + k, an involution                */
+} k4_tabs;
+
+T512 static k4_tabs k4_tables(void) {
+    int8_t s0[64], s1[64], mw[64];
+    int32_t out[16];
+    for (int q = 0; q < 4; q++)
+        for (int w = 0; w < 8; w++) {
+            /* 128-bit lanes 0, 1 hold sub-blocks (0, 1) and (4, 5), lanes 2, 3 (2, 3) and (6, 7) */
+            const int sb = (q < 2 ? 0 : 2) + (w >= 4);
+            s0[16 * q + 2 * w] = (int8_t)sb;
+            s1[16 * q + 2 * w] = (int8_t)(4 + sb);
+            mw[16 * q + 2 * w] = (int8_t)(8 + w);
+            s0[16 * q + 2 * w + 1] = s1[16 * q + 2 * w + 1] = mw[16 * q + 2 * w + 1] = (int8_t)0x80;
+        }
+    for (int i = 0; i < 16; i++) out[i] = 4 * (i % 4) + i / 4;
+    k4_tabs t = {_mm512_loadu_si512(s0), _mm512_loadu_si512(s1), _mm512_loadu_si512(mw), _mm512_loadu_si512(out)};
+    return t;
+}
+
+/* The activation quants of a super-block arranged for the 4 nibble vectors
+ * of a row: x[0] = elements [0..31 | 64..95] (low nibbles of qs 0..63),
+ * x[1] = [32..63 | 96..127] (their high nibbles), x[2], x[3] the same + 128. */
+T512_INLINE void k4_acts(const uint8_t *xq, __m512i *x) {
+    for (int i = 0; i < 4; i++) {
+        const uint8_t *p = xq + 128 * (i / 2) + 32 * (i % 2);
+        x[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)p)),
+                                  _mm256_loadu_si256((const __m256i *)(const void *)(p + 64)), 1);
+    }
+}
+
+/* One Q4_K/Q5_K row's super-block: sum over sub-blocks of scale x quants .
+ * activations, as 16 dword partials.  sc: the row's [sc, m] bytes in every
+ * 128-bit lane. */
+T512_INLINE __m512i k4_row(const uint8_t *blk, bool q5, const __m512i *x, __m512i sc, const k4_tabs *tb) {
+    const uint8_t *qs = blk + (q5 ? offsetof(nm_block_q5_k, qs) : offsetof(nm_block_q4_k, qs));
+    const __m512i m4 = _mm512_set1_epi8(15);
+    const __m512i v0 = _mm512_loadu_si512(qs), v1 = _mm512_loadu_si512(qs + 64);
+    __m512i q[4] = {_mm512_and_si512(v0, m4), _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4), _mm512_and_si512(v1, m4),
+                    _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4)};
+    if (q5) {
+        /* the fifth bit: qh[l] bit 2g for the low nibbles of group g (byte
+         * l), 2g + 1 for the high ones; moved to bit 4 by word shifts
+         * (bits crossing from the neighbour byte are masked off) */
+        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(blk + offsetof(nm_block_q5_k, qh))));
+        const __m512i b4 = _mm512_set1_epi8(16);
+        const __m512i h0 = _mm512_sllv_epi16(qh, _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1));
+        const __m512i h1 = _mm512_sllv_epi16(qh, _mm512_inserti64x4(_mm512_set1_epi16(3), _mm256_set1_epi16(1), 1));
+        const __m512i h2 = _mm512_srlv_epi16(qh, _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1));
+        const __m512i h3 = _mm512_srlv_epi16(qh, _mm512_inserti64x4(_mm512_set1_epi16(1), _mm256_set1_epi16(3), 1));
+        q[0] = _mm512_ternarylogic_epi32(h0, b4, q[0], 0xEA); /* (a & b) | c */
+        q[1] = _mm512_ternarylogic_epi32(h1, b4, q[1], 0xEA);
+        q[2] = _mm512_ternarylogic_epi32(h2, b4, q[2], 0xEA);
+        q[3] = _mm512_ternarylogic_epi32(h3, b4, q[3], 0xEA);
+    }
+    const __m512i z = _mm512_setzero_si512();
+    const __m512i p0 = _mm512_dpbusd_epi32(z, q[0], x[0]), p1 = _mm512_dpbusd_epi32(z, q[1], x[1]);
+    const __m512i p2 = _mm512_dpbusd_epi32(z, q[2], x[2]), p3 = _mm512_dpbusd_epi32(z, q[3], x[3]);
+    /* words: lanes 0, 1 sub-blocks (0, 1) / (4, 5), lanes 2, 3 (2, 3) / (6, 7), 4 words each */
+    const __m512i w01 = _mm512_packs_epi32(p0, p1), w23 = _mm512_packs_epi32(p2, p3);
+    return _mm512_dpwssd_epi32(_mm512_madd_epi16(w01, _mm512_shuffle_epi8(sc, tb->s0)), w23, _mm512_shuffle_epi8(sc, tb->s1));
+}
+
+/* 16 Q4_K/Q5_K rows x one token. */
+T512_INLINE void gemv_q45_k(const nm_mm_args *a, const k4_tabs *tb, int64_t r, int nr, int64_t t, const span *nx, bool q5) {
+    const int64_t nsb = a->cols / NM_QK_K;
     const size_t bb = q5 ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k);
-    const size_t qs_off = q5 ? offsetof(nm_block_q5_k, qs) : offsetof(nm_block_q4_k, qs);
-    const __m256i m4 = _mm256_set1_epi8(15);
-    const __m512i one = _mm512_set1_epi8(1);
-    float sum = 0.0f;
-    for (int64_t s = 0; s < nsb; s++, row += bb) {
-        const uint8_t *x = tk->blk + (size_t)s * sizeof(nm_block_q8_k);
-        uint8_t sc[8], m[8];
-        k4_scales(row + 4, sc, m);
-        uint64_t sc64;
-        memcpy(&sc64, sc, 8);
-        const __m512i sc16 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc64));
-        const __m512i qh = q5 ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(row + 16)))
-                              : _mm512_setzero_si512();
-        __m512i acc = _mm512_setzero_si512();
-        for (int g = 0; g < 4; g++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(row + qs_off + 32 * g));
-            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(q, m4)),
-                                           _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), 1);
-            if (q5) {
-                /* bit 2g of qh[l] for the low half, 2g+1 for the high half */
-                const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * g)), _mm256_set1_epi16((short)(2 * g + 1)), 1);
-                v = _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, sh), one), 4));
+    const k_tok tk = k_token(a, t, 0);
+    const uint8_t *rp[16];
+    for (int i = 0; i < 16; i++) rp[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < nsb; s++) {
+        const size_t o = (size_t)s * bb;
+        const uint8_t *xb = tk.blk + (size_t)s * sizeof(nm_block_q8_k);
+        __m512i x[4];
+        k4_acts(xb + offsetof(nm_block_q8_k, qs), x);
+        /* h[j]: rows 4j .. 4j + 3, one per 128-bit lane; from here on lane
+         * 4k + j of a 16-row vector is row 4j + k */
+        __m512i h[4], sc[4], mn[4];
+        const __m512i bs = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(tk.bsum32 + 8 * s)));
+        for (int j = 0; j < 4; j++) {
+            h[j] = k_heads(rp[4 * j] + o, rp[4 * j + 1] + o, rp[4 * j + 2] + o, rp[4 * j + 3] + o);
+            sc[j] = k4_scales4(h[j]);
+            mn[j] = _mm512_madd_epi16(_mm512_shuffle_epi8(sc[j], tb->mw), bs); /* m x 32-element sums */
+        }
+        /* the float operations of the mins and d * dx now, to free registers */
+        const __m512 dx = _mm512_set1_ps(q8k_d(xb));
+        const __m512i dd = _mm512_unpacklo_epi64(_mm512_unpacklo_epi32(h[0], h[1]), _mm512_unpacklo_epi32(h[2], h[3]));
+        const __m512 ddx = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)), dx);
+        const __m512 dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16)));
+        const __m512 mpart = _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(hsum4x4(mn[0], mn[1], mn[2], mn[3])));
+        __m512i g[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            prefetch_k(nx, 4 * s + k, 4 * bb);
+            /* rows k, k + 4, k + 8, k + 12: lane k of h[0..3] */
+            __m512i part[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m512i sck = k == 0   ? _mm512_shuffle_i32x4(sc[j], sc[j], 0x00)
+                                    : k == 1 ? _mm512_shuffle_i32x4(sc[j], sc[j], 0x55)
+                                    : k == 2 ? _mm512_shuffle_i32x4(sc[j], sc[j], 0xAA)
+                                             : _mm512_shuffle_i32x4(sc[j], sc[j], 0xFF);
+                part[j] = k4_row(rp[4 * j + k] + o, q5, x, sck, tb);
             }
-            const __m512i xv = _mm512_loadu_si512(x + 4 + 64 * g);
-            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), v, xv),
-                                                           k_scale_pair(sc16, g)));
+            g[k] = hsum4x4(part[0], part[1], part[2], part[3]);
         }
-        const int32_t sumi = _mm512_reduce_add_epi32(acc);
-        uint64_t m64;
-        memcpy(&m64, m, 8);
-        const __m128i mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m64));
-        const __m128i bs = _mm_loadu_si128((const __m128i *)(const void *)(tk->bsum32 + 8 * s));
-        const __m128i pm = _mm_madd_epi16(mins, bs);
-        const __m128i pm2 = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, _MM_SHUFFLE(1, 0, 3, 2)));
-        const int32_t summ = _mm_cvtsi128_si32(_mm_add_epi32(pm2, _mm_shuffle_epi32(pm2, _MM_SHUFFLE(2, 3, 0, 1))));
-        const float dx = q8k_d(x);
-        sum += _cvtsh_ss(nm_ld16(row)) * dx * (float)sumi - _cvtsh_ss(nm_ld16(row + 2)) * dx * (float)summ;
+        acc = _mm512_add_ps(acc, _mm512_sub_ps(_mm512_mul_ps(ddx, _mm512_cvtepi32_ps(k_rows16(g))), mpart));
     }
-    return sum;
+    _mm512_mask_storeu_ps(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), _mm512_permutexvar_ps(tb->out, acc));
 }
 
-T512 static float dot_q6_k(const uint8_t *row, const k_tok *tk, int64_t nsb) {
-    const __m512i m4 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3);
-    float sum = 0.0f;
-    for (int64_t s = 0; s < nsb; s++, row += sizeof(nm_block_q6_k)) {
-        const uint8_t *x = tk->blk + (size_t)s * sizeof(nm_block_q8_k);
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)(const void *)(row + offsetof(nm_block_q6_k, scales)));
-        const __m512i sc16 = _mm512_cvtepi8_epi32(sc8);
-        __m512i acc = _mm512_setzero_si512();
-        for (int h = 0; h < 2; h++) {
-            const __m512i l = _mm512_loadu_si512(row + 64 * h);
-            const __m512i qh = _mm512_broadcast_i64x4(
-                _mm256_loadu_si256((const __m256i *)(const void *)(row + offsetof(nm_block_q6_k, qh) + 32 * h)));
-            /* elements 128h + [0, 64): low nibbles, qh bits 0-1 | 2-3 */
-            const __m512i sh0 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-            const __m512i sh1 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
-            const __m512i hb0 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, sh0), m3), 4);
-            const __m512i hb1 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, sh1), m3), 4);
-            const __m512i v0 = _mm512_or_si512(_mm512_and_si512(l, m4), hb0);
-            const __m512i v1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), hb1);
-            const __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v0, _mm512_loadu_si512(x + 4 + 128 * h));
-            const __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v1, _mm512_loadu_si512(x + 4 + 128 * h + 64));
-            /* lane i of p covers elements 4i..4i+3: sub-block i / 4 of the 64 */
-            const __m512i i0 = _mm512_set_epi32(8 * h + 3, 8 * h + 3, 8 * h + 3, 8 * h + 3, 8 * h + 2, 8 * h + 2, 8 * h + 2,
-                                                8 * h + 2, 8 * h + 1, 8 * h + 1, 8 * h + 1, 8 * h + 1, 8 * h, 8 * h, 8 * h, 8 * h);
-            const __m512i i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(4));
-            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(p0, _mm512_permutexvar_epi32(i0, sc16)));
-            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(p1, _mm512_permutexvar_epi32(i1, sc16)));
-        }
-        /* the -32 of every quant: sum over sub-blocks of scale x 32 x sum(x) */
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)(const void *)(x + offsetof(nm_block_q8_k, bsums)));
-        const __m256i off = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bs);
-        const int32_t sumi = _mm512_reduce_add_epi32(acc) - 32 * _mm512_reduce_add_epi32(_mm512_inserti64x4(_mm512_setzero_si512(), off, 0));
-        sum += _cvtsh_ss(nm_ld16(row + offsetof(nm_block_q6_k, d))) * q8k_d(x) * (float)sumi;
-    }
-    return sum;
+T512 static void gemv_q4_k(const nm_mm_args *a, const k4_tabs *tb, int64_t r, int nr, int64_t t, const span *nx) {
+    gemv_q45_k(a, tb, r, nr, t, nx, false);
 }
 
-T512 static void rows_k(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type) {
+T512 static void gemv_q5_k(const nm_mm_args *a, const k4_tabs *tb, int64_t r, int nr, int64_t t, const span *nx) {
+    gemv_q45_k(a, tb, r, nr, t, nx, true);
+}
+
+/* Q6_K: the 4 vectors of 6-bit quants of a row are elements 0..63,
+ * 64..127, 128..191, 192..255 in order (so the activations are read as
+ * stored), from ql (nibbles) and qh (2 bits, moved to bits 4-5 by word
+ * shifts and masked); the -32 of every quant is in the VPDPBUSD's starting
+ * value, -32 x the sum of the 4 activations (the same for every row). */
+typedef struct q6_tabs {
+    __m512i s0, s1; /* the 16 scale bytes (broadcast) -> the words of S0 / S1, x 256 */
+} q6_tabs;
+
+T512 static q6_tabs q6_tables(void) {
+    int8_t s0[64], s1[64];
+    for (int q = 0; q < 4; q++)
+        for (int w = 0; w < 8; w++) {
+            /* lane q of packs(p0, p1): sub-block q (elements 16q..) then 4 + q;
+             * the signed scale goes to the high byte of its word */
+            s0[16 * q + 2 * w] = s1[16 * q + 2 * w] = (int8_t)0x80;
+            s0[16 * q + 2 * w + 1] = (int8_t)(w < 4 ? q : 4 + q);
+            s1[16 * q + 2 * w + 1] = (int8_t)(w < 4 ? 8 + q : 12 + q);
+        }
+    q6_tabs t = {_mm512_loadu_si512(s0), _mm512_loadu_si512(s1)};
+    return t;
+}
+
+T512_INLINE __m512i q6_row(const uint8_t *blk, const __m512i *x, const __m512i *c, const q6_tabs *tb) {
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const __m512i l0 = _mm512_loadu_si512(blk), l1 = _mm512_loadu_si512(blk + 64);
+    const __m512i h0 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(blk + offsetof(nm_block_q6_k, qh))));
+    const __m512i h1 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(blk + offsetof(nm_block_q6_k, qh) + 32)));
+    /* qh[32h + l] bits 0-1 / 2-3 / 4-5 / 6-7: elements l, 32 + l, 64 + l, 96 + l of half h */
+    const __m512i sl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i sr = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+    const __m512i q0 = _mm512_ternarylogic_epi32(_mm512_sllv_epi16(h0, sl), m30, _mm512_and_si512(l0, m4), 0xEA);
+    const __m512i q1 = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(h0, sr), m30, _mm512_and_si512(_mm512_srli_epi16(l0, 4), m4), 0xEA);
+    const __m512i q2 = _mm512_ternarylogic_epi32(_mm512_sllv_epi16(h1, sl), m30, _mm512_and_si512(l1, m4), 0xEA);
+    const __m512i q3 = _mm512_ternarylogic_epi32(_mm512_srlv_epi16(h1, sr), m30, _mm512_and_si512(_mm512_srli_epi16(l1, 4), m4), 0xEA);
+    const __m512i p0 = _mm512_dpbusd_epi32(c[0], q0, x[0]), p1 = _mm512_dpbusd_epi32(c[1], q1, x[1]);
+    const __m512i p2 = _mm512_dpbusd_epi32(c[2], q2, x[2]), p3 = _mm512_dpbusd_epi32(c[3], q3, x[3]);
+    /* The scales as 256 x sc words (one VPSHUFB each, no sign extension):
+     * a dword takes 4 products |(q - 32) x . 4| <= 16384 times 256 |sc| <=
+     * 32768, in [-2^31, 2^31 - 2^24], so it stays exact, and the arithmetic
+     * shift by 8 then takes the 256 back exactly. */
+    const __m512i sc = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(blk + offsetof(nm_block_q6_k, scales))));
+    const __m512i v = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_packs_epi32(p0, p1), _mm512_shuffle_epi8(sc, tb->s0)),
+                                          _mm512_packs_epi32(p2, p3), _mm512_shuffle_epi8(sc, tb->s1));
+    return _mm512_srai_epi32(v, 8);
+}
+
+T512 static void gemv_q6_k(const nm_mm_args *a, const q6_tabs *tb, int64_t r, int nr, int64_t t, const span *nx) {
+    const int64_t nsb = a->cols / NM_QK_K;
+    const k_tok tk = k_token(a, t, 0);
+    const uint8_t *rp[16];
+    for (int i = 0; i < 16; i++) rp[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < nsb; s++) {
+        const size_t o = (size_t)s * sizeof(nm_block_q6_k);
+        const uint8_t *xb = tk.blk + (size_t)s * sizeof(nm_block_q8_k);
+        __m512i x[4], c[4];
+        for (int i = 0; i < 4; i++) {
+            x[i] = _mm512_loadu_si512(xb + offsetof(nm_block_q8_k, qs) + 64 * i);
+            c[i] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(32), x[i]));
+        }
+        __m512i g[4];
+        for (int k = 0; k < 4; k++) {
+            prefetch_k(nx, 4 * s + k, 4 * sizeof(nm_block_q6_k));
+            /* rows 4k .. 4k + 3: k_rows16 then puts row i in lane i */
+            const __m512i p0 = q6_row(rp[4 * k] + o, x, c, tb), p1 = q6_row(rp[4 * k + 1] + o, x, c, tb);
+            const __m512i p2 = q6_row(rp[4 * k + 2] + o, x, c, tb), p3 = q6_row(rp[4 * k + 3] + o, x, c, tb);
+            g[k] = hsum4x4(p0, p1, p2, p3);
+        }
+        const __m512 d = load_halves(rp, o + offsetof(nm_block_q6_k, d));
+        const __m512 dx = _mm512_set1_ps(q8k_d(xb));
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(k_rows16(g))));
+    }
+    _mm512_mask_storeu_ps(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), acc);
+}
+
+T512 static void rows_q4_k(const nm_mm_args *a, int64_t r0, int64_t r1) {
     if (a->n_tok >= GEMM_MIN_TOK) {
-        k_gemm(a, r0, r1, type);
+        k_gemm(a, r0, r1, NM_TYPE_Q4_K);
         return;
     }
-    const int64_t nsb = a->cols / NM_QK_K;
-    for (int64_t t = 0; t < a->n_tok; t++) {
-        const k_tok tk = k_token(a, t, 0);
-        float *y = a->y + t * a->ldy - a->y_r0;
-        for (int64_t r = r0; r < r1; r++) {
-            const uint8_t *row = a->w + (size_t)r * a->row_bytes;
-            y[r] = type == NM_TYPE_Q6_K ? dot_q6_k(row, &tk, nsb) : dot_q45_k(row, &tk, nsb, type == NM_TYPE_Q5_K);
-        }
+    const k4_tabs tb = k4_tables();
+    for (int64_t r = r0; r < r1; r += 16) {
+        const span nx = next_tile(a, r, 16, r1);
+        for (int64_t t = 0; t < a->n_tok; t++) gemv_q4_k(a, &tb, r, (int)imin64(16, r1 - r), t, t ? NULL : &nx);
     }
 }
 
-T512 static void rows_q4_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_k(a, r0, r1, NM_TYPE_Q4_K); }
-T512 static void rows_q5_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_k(a, r0, r1, NM_TYPE_Q5_K); }
-T512 static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_k(a, r0, r1, NM_TYPE_Q6_K); }
+T512 static void rows_q5_k(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    if (a->n_tok >= GEMM_MIN_TOK) {
+        k_gemm(a, r0, r1, NM_TYPE_Q5_K);
+        return;
+    }
+    const k4_tabs tb = k4_tables();
+    for (int64_t r = r0; r < r1; r += 16) {
+        const span nx = next_tile(a, r, 16, r1);
+        for (int64_t t = 0; t < a->n_tok; t++) gemv_q5_k(a, &tb, r, (int)imin64(16, r1 - r), t, t ? NULL : &nx);
+    }
+}
+
+T512 static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    if (a->n_tok >= GEMM_MIN_TOK) {
+        k_gemm(a, r0, r1, NM_TYPE_Q6_K);
+        return;
+    }
+    const q6_tabs tb = q6_tables();
+    for (int64_t r = r0; r < r1; r += 16) {
+        const span nx = next_tile(a, r, 16, r1);
+        for (int64_t t = 0; t < a->n_tok; t++) gemv_q6_k(a, &tb, r, (int)imin64(16, r1 - r), t, t ? NULL : &nx);
+    }
+}
 
 /* ====================================================================== */
 /* F32, F16, BF16 weights                                                 */
