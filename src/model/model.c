@@ -547,10 +547,13 @@ static void rmsnorm_rows(float *y, const float *x, const float *w, int64_t n, in
     for (int64_t t = 0; t < n; t++) nm_rmsnorm(y + t * dim, x + t * dim, w, dim, eps);
 }
 
-void nm_model_proj(const nm_fwd *f, int64_t l, nm_proj which, const float *x, float *y) {
+/* `after`: the projection just done on the same x (its conversion in the
+ * host's act scratch is reused when the layouts agree), or -1. */
+static void proj_after(const nm_fwd *f, int64_t l, nm_proj which, int after, const float *x, float *y) {
     const nm_layer *L = &f->m->layers[l];
     const nm_mat *w = &L->w[which];
-    nm_matmul(f->pool, w, x, f->n, y, f->host->act);
+    const bool converted = after >= 0 && nm_matmul_act_shared(&L->w[after], w);
+    nm_matmul_rows_ex(f->pool, w, 0, w->rows, x, f->n, y, w->rows, f->host->act, converted);
     if (L->bias[which])
         for (int64_t t = 0; t < f->n; t++) nm_add(y + t * w->rows, L->bias[which], w->rows);
     /* The contexts of one pass may carry different adapter stacks, so
@@ -560,6 +563,10 @@ void nm_model_proj(const nm_fwd *f, int64_t l, nm_proj which, const float *x, fl
         if (q->c->loras)
             nm_lora_apply(q->c->loras, l, which, x + q->row0 * w->cols, y + q->row0 * w->rows, q->n);
     }
+}
+
+void nm_model_proj(const nm_fwd *f, int64_t l, nm_proj which, const float *x, float *y) {
+    proj_after(f, l, which, -1, x, y);
 }
 
 /* Angles of every row's position, shared by every layer and head. */
@@ -671,9 +678,9 @@ static void attention_block(const nm_fwd *f, int64_t l) {
     const nm_layer *L = &f->m->layers[l];
     nm_context *h = f->host;
     rmsnorm_rows(h->xb, h->x, L->attn_norm, f->n, hp->n_embd, hp->norm_eps);
-    nm_model_proj(f, l, NM_PROJ_Q, h->xb, h->q);
-    nm_model_proj(f, l, NM_PROJ_K, h->xb, h->k);
-    nm_model_proj(f, l, NM_PROJ_V, h->xb, h->v);
+    proj_after(f, l, NM_PROJ_Q, -1, h->xb, h->q);
+    proj_after(f, l, NM_PROJ_K, NM_PROJ_Q, h->xb, h->k);
+    proj_after(f, l, NM_PROJ_V, NM_PROJ_K, h->xb, h->v);
     rope_rows(f, h->q, hp->n_head);
     rope_rows(f, h->k, hp->n_head_kv);
 
@@ -700,8 +707,8 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
     const nm_layer *L = &f->m->layers[l];
     nm_context *h = f->host;
     rmsnorm_rows(h->xb, h->x, L->ffn_norm, f->n, hp->n_embd, hp->norm_eps);
-    nm_model_proj(f, l, NM_PROJ_GATE, h->xb, h->hb);
-    nm_model_proj(f, l, NM_PROJ_UP, h->xb, h->hb2);
+    proj_after(f, l, NM_PROJ_GATE, -1, h->xb, h->hb);
+    proj_after(f, l, NM_PROJ_UP, NM_PROJ_GATE, h->xb, h->hb2);
     nm_attn_kernel_get(L->w[NM_PROJ_GATE].k->isa)->swiglu(h->hb, h->hb, h->hb2, f->n * hp->n_ff);
     nm_model_proj(f, l, NM_PROJ_DOWN, h->hb, h->xb);
     for (int64_t t = 0; t < f->n * hp->n_embd; t++) h->x[t] += h->xb[t];

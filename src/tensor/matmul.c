@@ -142,8 +142,18 @@ static void dot_task(void *arg, int ith, int nth) {
     }
 }
 
+bool nm_matmul_act_shared(const nm_mat *a, const nm_mat *b) {
+    return a->k->act_type == b->k->act_type && a->cols == b->cols && a->k->wants_extra == b->k->wants_extra &&
+           a->k->convert == b->k->convert;
+}
+
 void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
                     float *y, int64_t ldy, void *scratch) {
+    nm_matmul_rows_ex(pool, w, r0, r1, x, n_tok, y, ldy, scratch, false);
+}
+
+void nm_matmul_rows_ex(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
+                       float *y, int64_t ldy, void *scratch, bool converted) {
     const nm_mm_kernel *k = w->k;
     mm_task t = {.w = w, .r0 = r0, .r1 = r1, .x = x};
     t.args = (nm_mm_args){.w = w->data, .row_bytes = w->row_bytes, .cols = w->cols, .n_tok = n_tok, .y = y,
@@ -160,8 +170,13 @@ void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, cons
         t.args.extra = k->wants_extra ? t.extra_out : NULL;
         /* A region costs a few microseconds: below a handful of rows the
          * conversion is cheaper done right here. */
-        if (n_tok >= 4 && pool) nm_pool_run(pool, convert_task, &t);
-        else convert_task(&t, 0, 1);
+        if (converted) {
+            /* done by the previous call */
+        } else if (n_tok >= 4 && pool) {
+            nm_pool_run(pool, convert_task, &t);
+        } else {
+            convert_task(&t, 0, 1);
+        }
     }
     t.nth = nm_pool_size(pool);
     /* batches: at least two tiles a chunk (the AVX-512 batch kernels run

@@ -54,6 +54,16 @@ void nm_matmul(nm_pool *pool, const nm_mat *w, const float *x, int64_t n_tok, fl
 void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
                     float *y, int64_t ldy, void *scratch);
 
+/* Whether a and b convert activations alike (activation type, row length,
+ * side data): one conversion of x then serves both products. */
+bool nm_matmul_act_shared(const nm_mat *a, const nm_mat *b);
+/* nm_matmul_rows; with `converted`, scratch already holds x as converted
+ * by the previous call (same x, same n_tok, a matrix for which
+ * nm_matmul_act_shared holds), and the conversion is skipped: projections
+ * of one input (Q, K, V; gate, up) convert it once. */
+void nm_matmul_rows_ex(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
+                       float *y, int64_t ldy, void *scratch, bool converted);
+
 /* The transposed product of a backward pass: dx[t * w->cols + c] =
  * sum over rows r of dy[t * w->rows + r] * W[r][c], for t < n_tok, with W
  * dequantized (exactly) to float.  accumulate: add to dx instead of
