@@ -547,6 +547,38 @@ static void rmsnorm_rows(float *y, const float *x, const float *w, int64_t n, in
     for (int64_t t = 0; t < n; t++) nm_rmsnorm(y + t * dim, x + t * dim, w, dim, eps);
 }
 
+/* Row operations of a batch over the pool, rows split between threads (a
+ * row's result does not depend on who computes it): on one thread they
+ * were ~2% of a 512-token prompt while the other thread waited. */
+typedef struct row_op {
+    float *y;
+    const float *x, *w, *up; /* swiglu when up is set: y = silu(x) * up */
+    int64_t n, dim;
+    float eps;
+    const nm_attn_kernel *ak;
+} row_op;
+
+static void row_op_task(void *arg, int ith, int nth) {
+    const row_op *o = arg;
+    int64_t lo, hi;
+    nm_split_range(o->n, ith, nth, 1, &lo, &hi);
+    if (lo >= hi) return;
+    if (o->up)
+        o->ak->swiglu(o->y + lo * o->dim, o->x + lo * o->dim, o->up + lo * o->dim, (hi - lo) * o->dim);
+    else
+        rmsnorm_rows(o->y + lo * o->dim, o->x + lo * o->dim, o->w, hi - lo, o->dim, o->eps);
+}
+
+static void row_op_run(const nm_fwd *f, row_op *o) {
+    if (o->n >= 8 && f->pool) nm_pool_run(f->pool, row_op_task, o);
+    else row_op_task(o, 0, 1);
+}
+
+static void rmsnorm_batch(const nm_fwd *f, float *y, const float *x, const float *w, int64_t dim, float eps) {
+    row_op o = {.y = y, .x = x, .w = w, .n = f->n, .dim = dim, .eps = eps};
+    row_op_run(f, &o);
+}
+
 /* `after`: the projection just done on the same x (its conversion in the
  * host's act scratch is reused when the layouts agree), or -1. */
 static void proj_after(const nm_fwd *f, int64_t l, nm_proj which, int after, const float *x, float *y) {
@@ -677,7 +709,7 @@ static void attention_block(const nm_fwd *f, int64_t l) {
     const nm_hparams *hp = &f->m->hp;
     const nm_layer *L = &f->m->layers[l];
     nm_context *h = f->host;
-    rmsnorm_rows(h->xb, h->x, L->attn_norm, f->n, hp->n_embd, hp->norm_eps);
+    rmsnorm_batch(f, h->xb, h->x, L->attn_norm, hp->n_embd, hp->norm_eps);
     proj_after(f, l, NM_PROJ_Q, -1, h->xb, h->q);
     proj_after(f, l, NM_PROJ_K, NM_PROJ_Q, h->xb, h->k);
     proj_after(f, l, NM_PROJ_V, NM_PROJ_K, h->xb, h->v);
@@ -706,10 +738,12 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
     const nm_hparams *hp = &f->m->hp;
     const nm_layer *L = &f->m->layers[l];
     nm_context *h = f->host;
-    rmsnorm_rows(h->xb, h->x, L->ffn_norm, f->n, hp->n_embd, hp->norm_eps);
+    rmsnorm_batch(f, h->xb, h->x, L->ffn_norm, hp->n_embd, hp->norm_eps);
     proj_after(f, l, NM_PROJ_GATE, -1, h->xb, h->hb);
     proj_after(f, l, NM_PROJ_UP, NM_PROJ_GATE, h->xb, h->hb2);
-    nm_attn_kernel_get(L->w[NM_PROJ_GATE].k->isa)->swiglu(h->hb, h->hb, h->hb2, f->n * hp->n_ff);
+    row_op sw = {.y = h->hb, .x = h->hb, .up = h->hb2, .n = f->n, .dim = hp->n_ff,
+                 .ak = nm_attn_kernel_get(L->w[NM_PROJ_GATE].k->isa)};
+    row_op_run(f, &sw);
     nm_model_proj(f, l, NM_PROJ_DOWN, h->hb, h->xb);
     for (int64_t t = 0; t < f->n * hp->n_embd; t++) h->x[t] += h->xb[t];
 }
