@@ -379,10 +379,15 @@ T512_INLINE __m512i q4_quad(const uint8_t *p0, const uint8_t *p1, const uint8_t 
 
 /* Word-permute tables of the 4-block loop of gemv_q4_0 (built by
  * q4_tables; constant data).  Four Q4_0 blocks of a row are 72 bytes
- * (scale, 16 quant bytes; all 16-bit aligned): A = bytes 0..63, B = bytes
- * 8..71 (B so that nothing past the 4 blocks is read). */
+ * (scale, 16 quant bytes; all 16-bit aligned), read as A = bytes 0..63 and
+ * A8 = bytes 8..71 (so that nothing past the 4 blocks is read).  Rows go in
+ * pairs (a, b): one permute of (a's A, b's A8) puts in 128-bit lane k
+ * block k's quant bytes 0..7 of row a and 8..15 of row b, the same permute
+ * of (a's A8, b's A) bytes 8..15 of a and 0..7 of b; four VPDPBUSD (low
+ * and high nibbles of both) into one accumulator then leave two partial
+ * sums per row and block: [a, a, b, b] in lane k. */
 typedef struct q4_tabs {
-    __m512i wq;         /* A,B -> block k's 16 quant bytes in 128-bit lane k          */
+    __m512i wq;         /* (A of a, A8 of b) -> lane k: a's quants 0..7, b's 8..15     */
     __m512i xl, xh;     /* activations (4 blocks of 34 bytes): elements 0..15 / 16..31 */
     __m512i sa, sb;     /* A0,A1 / A2,A3 -> the scales of rows 4g+j, block k, at 4k+j */
     __m512i rep;        /* dword lane l <- lane l / 4                                  */
@@ -399,8 +404,8 @@ T512 static q4_tabs q4_tables(void) {
     int32_t rep[16];
     for (int k = 0; k < 4; k++)
         for (int w = 0; w < 8; w++) {
-            /* block k's quants at 18k + 2 (A: k < 3; B holds k = 3) */
-            wq[8 * k + w] = (int16_t)(k < 3 ? 9 * k + 1 + w : 32 + (18 * k + 2 + 2 * w - 8) / 2);
+            /* block k's quants at 18k + 2 of A and (bytes 8..15) at 18k + 2 of A8 */
+            wq[8 * k + w] = (int16_t)((w < 4 ? 0 : 32) + 9 * k + 1 + (w & 3));
             xl[8 * k + w] = q4_word(34 * k + 2 + 2 * w, 0, 64);   /* X0 = 0..63, X1 = 64..127 */
             xh[8 * k + w] = q4_word(34 * k + 18 + 2 * w, 16, 72); /* Y0 = 16..79, Y1 = 72..135 */
         }
@@ -417,79 +422,170 @@ T512 static q4_tabs q4_tables(void) {
 
 T512_INLINE __m512i ld512(const uint8_t *p) { return _mm512_loadu_si512((const void *)p); }
 
-/* One row's 4 blocks against the activations: 128-bit lane k = block k's
- * 4 partial integer sums (unsigned nibbles). */
-T512_INLINE __m512i q4_row4(const uint8_t *p, const q4_tabs *tb, __m512i xl, __m512i xh, __m512i *A) {
-    *A = ld512(p);
-    const __m512i q = _mm512_permutex2var_epi16(*A, tb->wq, ld512(p + 8));
+/* What the 16 rows of a 4-block step share: the activations picked for
+ * both halves of a pair (xs, ys: xl, xh with their 64-bit halves swapped),
+ * the accumulator start (-8 x the block's activation sum, once a row:
+ * dwords 0 and 2 of each lane), the activation scales. */
+typedef struct q4_step {
+    __m512i wq, xl, xh, xs, ys, init, sa, sb;
+    __m512 dx;
+} q4_step;
+
+/* Rows a, b: lane k = [a, a, b, b] partial sums of block k. */
+T512_INLINE __m512i q4_pair(__m512i a0, __m512i a8, __m512i b0, __m512i b8, const q4_step *st) {
     const __m512i m4 = _mm512_set1_epi8(15);
-    const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
+    const __m512i p = _mm512_permutex2var_epi16(a0, st->wq, b8), q = _mm512_permutex2var_epi16(a8, st->wq, b0);
+    __m512i s = _mm512_dpbusd_epi32(st->init, _mm512_and_si512(p, m4), st->xl);
+    s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(p, 4), m4), st->xh);
+    s = _mm512_dpbusd_epi32(s, _mm512_and_si512(q, m4), st->xs);
+    return _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(q, 4), m4), st->ys);
 }
 
-/* Rows 4g .. 4g + 3, 4 blocks: the products (float)isum * (dw * dx) with
- * row 4g + j, block k in lane 4k + j. */
-T512_INLINE __m512 q4_group(const uint8_t *const *rp, size_t o, const q4_tabs *tb, __m512i xl, __m512i xh,
-                            __m512i sx8, __m512 dx) {
-    __m512i A0, A1, A2, A3;
-    const __m512i r0 = q4_row4(rp[0] + o, tb, xl, xh, &A0), r1 = q4_row4(rp[1] + o, tb, xl, xh, &A1);
-    const __m512i r2 = q4_row4(rp[2] + o, tb, xl, xh, &A2), r3 = q4_row4(rp[3] + o, tb, xl, xh, &A3);
-    const __m512i s = _mm512_sub_epi32(hsum4x4(r0, r1, r2, r3), sx8);
-    const __m512i h = _mm512_mask_blend_epi16(0xCCCCCCCCu, _mm512_permutex2var_epi16(A0, tb->sa, A1),
-                                              _mm512_permutex2var_epi16(A2, tb->sb, A3));
+/* Rows 0..3 at p0..p3, 4 blocks: the products (float)isum * (dw * dx) with
+ * row j, block k in lane 4k + j. */
+T512_INLINE __m512 q4_group(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2, const uint8_t *p3,
+                            const q4_step *st) {
+    const __m512i A0 = ld512(p0), A1 = ld512(p1), A2 = ld512(p2), A3 = ld512(p3);
+    const __m512i u = q4_pair(A0, ld512(p0 + 8), A1, ld512(p1 + 8), st);
+    const __m512i v = q4_pair(A2, ld512(p2 + 8), A3, ld512(p3 + 8), st);
+    const __m512 uf = _mm512_castsi512_ps(u), vf = _mm512_castsi512_ps(v);
+    const __m512i s = _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(uf, vf, 0x88)),
+                                       _mm512_castps_si512(_mm512_shuffle_ps(uf, vf, 0xDD)));
+    const __m512i h = _mm512_mask_blend_epi16(0xCCCCCCCCu, _mm512_permutex2var_epi16(A0, st->sa, A1),
+                                              _mm512_permutex2var_epi16(A2, st->sb, A3));
     const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-    return _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, st->dx));
 }
 
-/* 16 rows, one token.  Four blocks a step: each row's 72 bytes come in as
- * two overlapping 64-byte loads and one word permute puts the 4 blocks'
- * quants in the four 128-bit lanes, so a row costs one AND/shift pair and
- * two VPDPBUSD per 4 blocks; the 16 half-precision scales of 4 rows are
- * picked out of the same loads with two permutes.  The products of 16 rows
- * x 4 blocks are then transposed (128-bit lanes) to lanes-are-rows and
- * added block by block: the reference's operations in its order.  Leftover
- * blocks (cols not a multiple of 128) go one at a time. */
-T512 static void gemv_q4_0(const nm_mm_args *a, const q4_tabs *tb, int64_t r, int nr, int64_t t, const span *nx) {
-    const int64_t nb = a->cols / 32;
-    const q0_tok tk = q0_token(a, t, 0);
-    const uint8_t *rp[16];
-    for (int i = 0; i < 16; i++) rp[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes;
-    __m512 acc = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        const size_t o = (size_t)b * 18;
-        const uint8_t *xq = tk.q - 2 + (size_t)b * 34;
-        const __m512i xl = _mm512_permutex2var_epi16(ld512(xq), tb->xl, ld512(xq + 64));
-        const __m512i xh = _mm512_permutex2var_epi16(ld512(xq + 16), tb->xh, ld512(xq + 72));
-        const __m512i sx8 = _mm512_slli_epi32(
-            _mm512_permutexvar_epi32(tb->rep, _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(tk.s + b)))), 3);
-        const __m512 dx = _mm512_permutexvar_ps(tb->rep, _mm512_castps128_ps512(_mm_loadu_ps(tk.d + b)));
-        prefetch_part(nx, b / 4, nb / 4);
-        const __m512 p0 = q4_group(rp + 0, o, tb, xl, xh, sx8, dx);
-        const __m512 p1 = q4_group(rp + 4, o, tb, xl, xh, sx8, dx);
-        const __m512 p2 = q4_group(rp + 8, o, tb, xl, xh, sx8, dx);
-        const __m512 p3 = q4_group(rp + 12, o, tb, xl, xh, sx8, dx);
-        const __m512 t0 = _mm512_shuffle_f32x4(p0, p1, 0x44), t1 = _mm512_shuffle_f32x4(p0, p1, 0xEE);
-        const __m512 t2 = _mm512_shuffle_f32x4(p2, p3, 0x44), t3 = _mm512_shuffle_f32x4(p2, p3, 0xEE);
-        acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t0, t2, 0x88));
-        acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t0, t2, 0xDD));
-        acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t1, t3, 0x88));
-        acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t1, t3, 0xDD));
-    }
+/* acc += the 16 rows x 4 blocks of products p0..p3 (group g = rows 4g..4g+3,
+ * lanes 4k + j), block by block. */
+T512_INLINE __m512 q4_add4(__m512 acc, __m512 p0, __m512 p1, __m512 p2, __m512 p3) {
+    const __m512 t0 = _mm512_shuffle_f32x4(p0, p1, 0x44), t1 = _mm512_shuffle_f32x4(p0, p1, 0xEE);
+    const __m512 t2 = _mm512_shuffle_f32x4(p2, p3, 0x44), t3 = _mm512_shuffle_f32x4(p2, p3, 0xEE);
+    acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t0, t2, 0x88));
+    acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t0, t2, 0xDD));
+    acc = _mm512_add_ps(acc, _mm512_shuffle_f32x4(t1, t3, 0x88));
+    return _mm512_add_ps(acc, _mm512_shuffle_f32x4(t1, t3, 0xDD));
+}
+
+T512_INLINE void q4_step_init(q4_step *st, const q4_tabs *tb, const q0_tok *tk, int64_t b) {
+    const uint8_t *xq = tk->q - 2 + (size_t)b * 34;
+    st->wq = tb->wq;
+    st->sa = tb->sa;
+    st->sb = tb->sb;
+    st->xl = _mm512_permutex2var_epi16(ld512(xq), tb->xl, ld512(xq + 64));
+    st->xh = _mm512_permutex2var_epi16(ld512(xq + 16), tb->xh, ld512(xq + 72));
+    st->xs = _mm512_shuffle_epi32(st->xl, _MM_PERM_BADC);
+    st->ys = _mm512_shuffle_epi32(st->xh, _MM_PERM_BADC);
+    const __m512i sx = _mm512_maskz_permutexvar_epi32(
+        0x5555, tb->rep, _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(tk->s + b))));
+    st->init = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sx, 3));
+    st->dx = _mm512_permutexvar_ps(tb->rep, _mm512_castps128_ps512(_mm_loadu_ps(tk->d + b)));
+}
+
+/* Blocks b.. of 16 rows one at a time (cols not a multiple of 128). */
+T512_INLINE __m512 q4_tail(const uint8_t *const *rp, const q0_tok *tk, int64_t b, int64_t nb, __m512 acc) {
     for (; b < nb; b++) {
         const size_t o = (size_t)b * 18 + 2;
-        const uint8_t *xq = tk.q + (size_t)b * 34;
+        const uint8_t *xq = tk->q + (size_t)b * 34;
         const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)xq));
         const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xq + 16)));
         const __m512i q0 = q4_quad(rp[0] + o, rp[4] + o, rp[8] + o, rp[12] + o, xl, xh);
         const __m512i q1 = q4_quad(rp[1] + o, rp[5] + o, rp[9] + o, rp[13] + o, xl, xh);
         const __m512i q2 = q4_quad(rp[2] + o, rp[6] + o, rp[10] + o, rp[14] + o, xl, xh);
         const __m512i q3 = q4_quad(rp[3] + o, rp[7] + o, rp[11] + o, rp[15] + o, xl, xh);
-        const __m512i s = _mm512_add_epi32(hsum4x4(q0, q1, q2, q3), _mm512_set1_epi32(-8 * tk.s[b]));
-        const __m512 scale = _mm512_mul_ps(load_halves(rp, o - 2), _mm512_set1_ps(tk.d[b]));
+        const __m512i s = _mm512_add_epi32(hsum4x4(q0, q1, q2, q3), _mm512_set1_epi32(-8 * tk->s[b]));
+        const __m512 scale = _mm512_mul_ps(load_halves(rp, o - 2), _mm512_set1_ps(tk->d[b]));
         acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale));
     }
+    return acc;
+}
+
+/* The next tile's span requested a fixed number of lines a step: the same
+ * lines as prefetch_part, without its two divisions a step. */
+typedef struct pf_run {
+    const uint8_t *p, *end; /* next line to request, end of the span */
+    size_t step;            /* bytes a step                          */
+} pf_run;
+
+T512_INLINE pf_run pf_start(const span *s, int64_t ni) {
+    pf_run f = {NULL, NULL, 0};
+    if (s && s->p) {
+        f.p = (const uint8_t *)((uintptr_t)s->p & ~(uintptr_t)63);
+        f.end = s->p + s->n;
+        f.step = ((size_t)(f.end - f.p) / (size_t)ni + 63) & ~(size_t)63;
+    }
+    return f;
+}
+
+T512_INLINE void pf_next(pf_run *f) {
+    const uint8_t *e = f->end - f->p > (ptrdiff_t)f->step ? f->p + f->step : f->end;
+    for (; f->p < e; f->p += 64) _mm_prefetch((const char *)f->p, _MM_HINT_T1);
+}
+
+/* 16 rows, one token.  Four blocks a step: each row's 72 bytes come in as
+ * two overlapping 64-byte loads; rows go in pairs (q4_tabs) so that a row
+ * costs one word permute, one AND/shift/AND and two VPDPBUSD per 4 blocks
+ * and four rows' sums need only two in-lane shuffles; the 16
+ * half-precision scales of 4 rows are picked out of the same loads with
+ * two permutes.  The products of 16 rows x 4 blocks are then transposed
+ * (128-bit lanes) to lanes-are-rows and added block by block: the
+ * reference's operations in its order.  A full tile addresses its rows as
+ * base + {1,2,4,8} x row_bytes from six moving pointers (x86 scaled
+ * indexing), hidden from the compiler's strength reduction, which
+ * otherwise keeps 16 row pointers in vector registers and spills; a
+ * partial tile (rows past the last repeat the last) goes through a pointer
+ * array.  Leftover blocks (cols not a multiple of 128) go one at a time. */
+T512_INLINE void gemv_q4_0_tile(const nm_mm_args *a, const q4_tabs *tb, int64_t r, int nr, int64_t t, const span *nx,
+                                bool full) {
+    const int64_t nb = a->cols / 32;
+    const q0_tok tk = q0_token(a, t, 0);
+    const size_t rb = a->row_bytes;
+    const uint8_t *w = a->w + (size_t)r * rb;
+    __m512 acc = _mm512_setzero_ps();
+    pf_run pf = pf_start(nx, nb / 4 > 0 ? nb / 4 : 1);
+    int64_t b = 0;
+    if (full) {
+        const uint8_t *q0 = w, *q3 = w + 3 * rb, *q6 = w + 6 * rb, *q9 = w + 9 * rb, *q12 = w + 12 * rb,
+                      *q15 = w + 15 * rb;
+        for (; b + 4 <= nb; b += 4) {
+            __asm__("" : "+r"(q0), "+r"(q3), "+r"(q6), "+r"(q9), "+r"(q12), "+r"(q15));
+            q4_step st;
+            q4_step_init(&st, tb, &tk, b);
+            pf_next(&pf);
+            const __m512 p0 = q4_group(q0, q0 + rb, q0 + 2 * rb, q3, &st);
+            const __m512 p1 = q4_group(q0 + 4 * rb, q3 + 2 * rb, q6, q3 + 4 * rb, &st);
+            const __m512 p2 = q4_group(q0 + 8 * rb, q9, q6 + 4 * rb, q3 + 8 * rb, &st);
+            const __m512 p3 = q4_group(q12, q9 + 4 * rb, q6 + 8 * rb, q15, &st);
+            acc = q4_add4(acc, p0, p1, p2, p3);
+            q0 += 72, q3 += 72, q6 += 72, q9 += 72, q12 += 72, q15 += 72;
+        }
+    } else {
+        const uint8_t *rp[16];
+        for (int i = 0; i < 16; i++) rp[i] = w + (size_t)(i < nr ? i : nr - 1) * rb;
+        for (; b + 4 <= nb; b += 4) {
+            const size_t o = (size_t)b * 18;
+            q4_step st;
+            q4_step_init(&st, tb, &tk, b);
+            pf_next(&pf);
+            const __m512 p0 = q4_group(rp[0] + o, rp[1] + o, rp[2] + o, rp[3] + o, &st);
+            const __m512 p1 = q4_group(rp[4] + o, rp[5] + o, rp[6] + o, rp[7] + o, &st);
+            const __m512 p2 = q4_group(rp[8] + o, rp[9] + o, rp[10] + o, rp[11] + o, &st);
+            const __m512 p3 = q4_group(rp[12] + o, rp[13] + o, rp[14] + o, rp[15] + o, &st);
+            acc = q4_add4(acc, p0, p1, p2, p3);
+        }
+    }
+    if (b < nb) {
+        const uint8_t *rp[16];
+        for (int i = 0; i < 16; i++) rp[i] = w + (size_t)(i < nr ? i : nr - 1) * rb;
+        acc = q4_tail(rp, &tk, b, nb, acc);
+    }
     _mm512_mask_storeu_ps(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), acc);
+}
+
+T512 static void gemv_q4_0(const nm_mm_args *a, const q4_tabs *tb, int64_t r, int nr, int64_t t, const span *nx) {
+    if (nr == 16) gemv_q4_0_tile(a, tb, r, 16, t, nx, true);
+    else gemv_q4_0_tile(a, tb, r, nr, t, nx, false);
 }
 
 T512 static void rows_q8_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
