@@ -332,10 +332,11 @@ T512_INLINE void prefetch_part(const span *s, int64_t i, int64_t ni) {
 /* One token x 16 rows as stored.  (Measured on Zen 4: reading 16 rows side
  * by side streams from memory faster than 4 rows x 4 blocks or one row at a
  * time with per-block reductions; prefetching each row a fixed distance
- * ahead slowed it down, the next tile's span (prefetch_part) sped it up.)
- * Q8_0: rows travel in pairs, one per
- * 256-bit half (pair i = 2j + e holds rows j + 8e and j + 4 + 8e, so that
- * fold_pairs then hsum4x4 put row n in lane n). */
+ * ahead slowed it down, the next tile's span sped it up.)  Both kernels
+ * take four blocks a step (gemv_q8_0, gemv_q4_0); the blocks past a
+ * multiple of 4 go one at a time.  For those, Q8_0 rows travel in pairs,
+ * one per 256-bit half (pair i = 2j + e holds rows j + 8e and j + 4 + 8e,
+ * so that fold_pairs then hsum4x4 put row n in lane n). */
 T512_INLINE __m512i q8_pair(const uint8_t *lo, const uint8_t *hi, __m512i xb) {
     const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)lo)),
                                          _mm256_loadu_si256((const __m256i *)(const void *)hi), 1);
