@@ -471,18 +471,21 @@ static void test_act_extra(nm_test *t) {
 /* Each level's activation conversion gives the reference's bytes (rows and
  * side data) for finite input: random rows, rows with exact .5 ties after
  * scaling, zeros, a negative largest element, equal magnitudes of both
- * signs, tiny and huge values. */
+ * signs, tiny and huge values; rows of 16 blocks and of 24 and 32 (the
+ * AVX-512 Q8_0 conversion takes 16 blocks at a time, the rest one by one). */
 static void test_isa_conversion(nm_test *t) {
     static const nm_type types[] = {NM_TYPE_Q8_0, NM_TYPE_Q4_K, NM_TYPE_F16, NM_TYPE_BF16};
-    const int64_t n = 512;
+    static const int64_t lengths[] = {512, 768, 1024};
+    enum { CAP = 8192 };
     nm_rng r;
     nm_rng_seed(&r, 21);
-    float *x = malloc(sizeof(float) * (size_t)n);
-    uint8_t *a0 = malloc(4096), *a1 = malloc(4096), *e0 = malloc(4096), *e1 = malloc(4096);
+    float *x = malloc(sizeof(float) * 1024);
+    uint8_t *a0 = malloc(CAP), *a1 = malloc(CAP), *e0 = malloc(CAP), *e1 = malloc(CAP);
     for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
         if (!nm_isa_available((nm_isa)isa)) continue;
-        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
-            const nm_mm_kernel *k = nm_mm_kernel_get(types[ti], (nm_isa)isa);
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0] * 3; ti++) {
+            const int64_t n = lengths[ti % 3];
+            const nm_mm_kernel *k = nm_mm_kernel_get(types[ti / 3], (nm_isa)isa);
             if (!k->convert) continue;
             const size_t ab = nm_act_row_bytes(k->act_type, n), eb = nm_act_extra_bytes(k->act_type, n);
             int bad = 0;
@@ -495,18 +498,18 @@ static void test_isa_conversion(nm_test *t) {
                     for (int64_t i = 0; i < n; i++) x[i] = (i % 3 == 0 ? -2.5f : 2.5f) * (float)(1 + i % 2);
                 if (c == 11)
                     for (int64_t i = 0; i < n; i++) x[i] = i % 32 == 5 ? -100.0f : (float)(i % 7) - 3.0f;
-                memset(a0, 0, 4096);
-                memset(a1, 0, 4096);
-                memset(e0, 0, 4096);
-                memset(e1, 0, 4096);
+                memset(a0, 0, CAP);
+                memset(a1, 0, CAP);
+                memset(e0, 0, CAP);
+                memset(e1, 0, CAP);
                 nm_act_from_float(k->act_type, x, a0, n);
                 nm_act_extra(k->act_type, a0, e0, n);
                 k->convert(x, a1, e1, n);
                 if ((memcmp(a0, a1, ab) != 0 || memcmp(e0, e1, eb) != 0) && bad++ < 2)
-                    CHECKF(t, false, "%s conversion to %s differs from the reference (case %d)", nm_isa_name((nm_isa)isa),
-                           nm_type_name(k->act_type), c);
+                    CHECKF(t, false, "%s conversion to %s differs from the reference (case %d, %lld elements)",
+                           nm_isa_name((nm_isa)isa), nm_type_name(k->act_type), c, (long long)n);
                 /* without side data: the same row */
-                memset(a1, 0, 4096);
+                memset(a1, 0, CAP);
                 k->convert(x, a1, NULL, n);
                 if (memcmp(a0, a1, ab) != 0 && bad++ < 2)
                     CHECKF(t, false, "%s conversion to %s without side data differs", nm_isa_name((nm_isa)isa),

@@ -1423,10 +1423,72 @@ T512_INLINE __m512i round_away(__m512 v) {
     return _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, one));
 }
 
+/* Sixteen vectors to one: lane i = the maximum (hmax16) or the sum
+ * (hsum16) of vector i's lanes, by a transposing tree (30 shuffles for the
+ * 16 reductions instead of 64).  Maxima of non-NaN floats and sums of
+ * integers are exact in any order. */
+T512_INLINE __m512 hmax16(const __m512 *m) {
+    __m512 t[8], u[4], w[2];
+    for (int j = 0; j < 8; j++)
+        t[j] = _mm512_max_ps(_mm512_unpacklo_ps(m[2 * j], m[2 * j + 1]), _mm512_unpackhi_ps(m[2 * j], m[2 * j + 1]));
+    for (int j = 0; j < 4; j++) {
+        const __m512d c = _mm512_castps_pd(t[2 * j]), d = _mm512_castps_pd(t[2 * j + 1]);
+        u[j] = _mm512_max_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)), _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
+    }
+    for (int j = 0; j < 2; j++)
+        w[j] = _mm512_max_ps(_mm512_shuffle_f32x4(u[2 * j], u[2 * j + 1], 0x44), _mm512_shuffle_f32x4(u[2 * j], u[2 * j + 1], 0xEE));
+    return _mm512_max_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
+}
+
+T512_INLINE __m512i hsum16(const __m512i *m) {
+    __m512i t[8], u[4], w[2];
+    for (int j = 0; j < 8; j++)
+        t[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(m[2 * j], m[2 * j + 1]), _mm512_unpackhi_epi32(m[2 * j], m[2 * j + 1]));
+    for (int j = 0; j < 4; j++)
+        u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * j], t[2 * j + 1]), _mm512_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
+    for (int j = 0; j < 2; j++)
+        w[j] = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2 * j], u[2 * j + 1], 0x44), _mm512_shuffle_i32x4(u[2 * j], u[2 * j + 1], 0xEE));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(w[0], w[1], 0x88), _mm512_shuffle_i32x4(w[0], w[1], 0xDD));
+}
+
+/* The reference quantizer's bytes (roundf of x / d, d = amax / 127 rounded
+ * to half precision with ties to even) and its side data.  Sixteen blocks
+ * at a time share the maximum and sum reductions, the scale divisions and
+ * the half-precision rounding (VCVTPS2PH, the reference's rounding for
+ * finite scales): a single token's conversion runs before the thread
+ * split, and one block at a time it was 4% of a 512 x 2048 Q4_0 product. */
 T512 static void convert_q8_0(const float *x, uint8_t *act, uint8_t *extra, int64_t n) {
     const int64_t nb = n / 32;
     float *ed = (float *)(void *)extra;
-    for (int64_t b = 0; b < nb; b++, x += 32, act += 34) {
+    int64_t b = 0;
+    for (; b + 16 <= nb; b += 16) {
+        const float *xb = x + 32 * b;
+        __m512 m[16];
+        for (int i = 0; i < 16; i++)
+            m[i] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb + 32 * i)), _mm512_abs_ps(_mm512_loadu_ps(xb + 32 * i + 16)));
+        const __m512 d = _mm512_div_ps(hmax16(m), _mm512_set1_ps(127.0f));
+        const __m512 id =
+            _mm512_maskz_div_ps(_mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_NEQ_UQ), _mm512_set1_ps(1.0f), d);
+        const __m256i dh = _mm512_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _Alignas(64) float idv[16];
+        _Alignas(32) uint16_t dhv[16];
+        _mm512_store_ps(idv, id);
+        _mm256_store_si256((__m256i *)(void *)dhv, dh);
+        if (ed) _mm512_storeu_ps(ed + b, _mm512_cvtph_ps(dh));
+        __m512i s[16];
+        for (int i = 0; i < 16; i++) {
+            uint8_t *a = act + 34 * (b + i);
+            memcpy(a, &dhv[i], 2);
+            const __m512 vid = _mm512_set1_ps(idv[i]);
+            const __m512i q0 = round_away(_mm512_mul_ps(_mm512_loadu_ps(xb + 32 * i), vid));
+            const __m512i q1 = round_away(_mm512_mul_ps(_mm512_loadu_ps(xb + 32 * i + 16), vid));
+            _mm_storeu_si128((__m128i *)(void *)(a + 2), _mm512_cvtsepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(void *)(a + 18), _mm512_cvtsepi32_epi8(q1));
+            s[i] = _mm512_add_epi32(q0, q1);
+        }
+        if (ed) _mm512_storeu_si512((void *)(extra + 4 * (nb + b)), hsum16(s));
+    }
+    for (x += 32 * b, act += 34 * b; b < nb; b++, x += 32, act += 34) {
         const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
         const float d = amax / 127.0f;
