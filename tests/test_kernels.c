@@ -471,18 +471,21 @@ static void test_act_extra(nm_test *t) {
 /* Each level's activation conversion gives the reference's bytes (rows and
  * side data) for finite input: random rows, rows with exact .5 ties after
  * scaling, zeros, a negative largest element, equal magnitudes of both
- * signs, tiny and huge values. */
+ * signs, tiny and huge values; rows of 16 blocks and of 24 and 32 (the
+ * AVX-512 Q8_0 conversion takes 16 blocks at a time, the rest one by one). */
 static void test_isa_conversion(nm_test *t) {
     static const nm_type types[] = {NM_TYPE_Q8_0, NM_TYPE_Q4_K, NM_TYPE_F16, NM_TYPE_BF16};
-    const int64_t n = 512;
+    static const int64_t lengths[] = {512, 768, 1024};
+    enum { CAP = 8192 };
     nm_rng r;
     nm_rng_seed(&r, 21);
-    float *x = malloc(sizeof(float) * (size_t)n);
-    uint8_t *a0 = malloc(4096), *a1 = malloc(4096), *e0 = malloc(4096), *e1 = malloc(4096);
+    float *x = malloc(sizeof(float) * 1024);
+    uint8_t *a0 = malloc(CAP), *a1 = malloc(CAP), *e0 = malloc(CAP), *e1 = malloc(CAP);
     for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
         if (!nm_isa_available((nm_isa)isa)) continue;
-        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
-            const nm_mm_kernel *k = nm_mm_kernel_get(types[ti], (nm_isa)isa);
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0] * 3; ti++) {
+            const int64_t n = lengths[ti % 3];
+            const nm_mm_kernel *k = nm_mm_kernel_get(types[ti / 3], (nm_isa)isa);
             if (!k->convert) continue;
             const size_t ab = nm_act_row_bytes(k->act_type, n), eb = nm_act_extra_bytes(k->act_type, n);
             int bad = 0;
@@ -495,18 +498,18 @@ static void test_isa_conversion(nm_test *t) {
                     for (int64_t i = 0; i < n; i++) x[i] = (i % 3 == 0 ? -2.5f : 2.5f) * (float)(1 + i % 2);
                 if (c == 11)
                     for (int64_t i = 0; i < n; i++) x[i] = i % 32 == 5 ? -100.0f : (float)(i % 7) - 3.0f;
-                memset(a0, 0, 4096);
-                memset(a1, 0, 4096);
-                memset(e0, 0, 4096);
-                memset(e1, 0, 4096);
+                memset(a0, 0, CAP);
+                memset(a1, 0, CAP);
+                memset(e0, 0, CAP);
+                memset(e1, 0, CAP);
                 nm_act_from_float(k->act_type, x, a0, n);
                 nm_act_extra(k->act_type, a0, e0, n);
                 k->convert(x, a1, e1, n);
                 if ((memcmp(a0, a1, ab) != 0 || memcmp(e0, e1, eb) != 0) && bad++ < 2)
-                    CHECKF(t, false, "%s conversion to %s differs from the reference (case %d)", nm_isa_name((nm_isa)isa),
-                           nm_type_name(k->act_type), c);
+                    CHECKF(t, false, "%s conversion to %s differs from the reference (case %d, %lld elements)",
+                           nm_isa_name((nm_isa)isa), nm_type_name(k->act_type), c, (long long)n);
                 /* without side data: the same row */
-                memset(a1, 0, 4096);
+                memset(a1, 0, CAP);
                 k->convert(x, a1, NULL, n);
                 if (memcmp(a0, a1, ab) != 0 && bad++ < 2)
                     CHECKF(t, false, "%s conversion to %s without side data differs", nm_isa_name((nm_isa)isa),
@@ -764,6 +767,81 @@ static void test_isa_k_extreme(nm_test *t) {
     free(y);
     free(act);
     for (int p = 0; p < 2; p++) nm_pool_free(pools[p]);
+}
+
+/* Single tokens (generation) on Q8_0/Q4_0 at every level against the scalar
+ * level, bit for bit, on shapes the SIMD kernels take apart: 1000 rows (62
+ * full 16-row tiles and one of 8; thread shares of several tiles, so the
+ * next tile's prefetch and the full-tile row addressing run), rows not
+ * starting at a tile boundary, row lengths of 4-block steps plus 0..3
+ * leftover blocks, 1..3 tokens, 1..3 threads.  Weights: the reference
+ * quantizer's, and random bytes with random finite scales from subnormal
+ * to 2^15 (products that underflow or round far from 1). */
+static void test_gemv_shapes(nm_test *t) {
+    static const int64_t cols_list[] = {512, 544, 576, 608};
+    static const nm_type types[] = {NM_TYPE_Q8_0, NM_TYPE_Q4_0};
+    const int64_t rows = 1000, r0 = 7, r1 = 990, max_tok = 3;
+    nm_err err = {0};
+    nm_pool *pools[3] = {NULL};
+    for (int p = 0; p < 3; p++) CHECK_OK(t, nm_pool_new(p + 1, &pools[p], &err), err);
+    nm_rng r;
+    nm_rng_seed(&r, 77);
+    for (size_t ti = 0; ti < 2; ti++)
+        for (size_t ci = 0; ci < sizeof cols_list / sizeof cols_list[0]; ci++)
+            for (int raw = 0; raw < 2; raw++) {
+                const nm_type type = types[ti];
+                const int64_t cols = cols_list[ci];
+                const size_t rb = nm_type_row_bytes(type, cols), bb = nm_type_block_bytes(type);
+                uint8_t *w = make_weights(&r, type, rows, cols);
+                if (raw) {
+                    for (size_t i = 0; i < rb * (size_t)rows; i++) w[i] = (uint8_t)nm_rng_u64(&r);
+                    for (size_t b = 0; b < rb * (size_t)rows / bb; b++) {
+                        uint16_t h = (uint16_t)(nm_rng_u64(&r) & 0xfbff); /* exponent below 31: finite */
+                        w[b * bb] = (uint8_t)h;
+                        w[b * bb + 1] = (uint8_t)(h >> 8);
+                    }
+                }
+                float *x = malloc(sizeof(float) * (size_t)(max_tok * cols));
+                float *ref = malloc(sizeof(float) * (size_t)(max_tok * rows)), *y = malloc(sizeof(float) * (size_t)(max_tok * rows));
+                void *scratch = malloc(nm_matmul_scratch_bytes(type, cols, max_tok));
+                random_floats(&r, x, max_tok * cols, 1.0);
+                nm_mat ms;
+                CHECK_OK(t, nm_mat_init_isa(&ms, "w", type, cols, rows, w, NM_ISA_SCALAR, &err), err);
+                for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
+                    nm_mat ml;
+                    if (!nm_isa_available((nm_isa)isa)) continue;
+                    CHECK_OK(t, nm_mat_init_isa(&ml, "w", type, cols, rows, w, (nm_isa)isa, &err), err);
+                    for (int64_t nt = 1; nt <= max_tok; nt++) {
+                        nm_matmul(pools[0], &ms, x, nt, ref, scratch);
+                        for (int p = 0; p < 3; p++) {
+                            memset(y, 0xff, sizeof(float) * (size_t)(nt * rows));
+                            nm_matmul(pools[p], &ml, x, nt, y, scratch);
+                            int64_t bad = -1;
+                            for (int64_t i = 0; i < nt * rows && bad < 0; i++)
+                                if (memcmp(&y[i], &ref[i], sizeof(float)) != 0) bad = i;
+                            if (bad >= 0)
+                                CHECKF(t, false, "%s %s cols %lld (%s weights), %lld tokens, %d threads: token %lld row %lld %.9g, scalar %.9g",
+                                       nm_isa_name((nm_isa)isa), nm_type_name(type), (long long)cols, raw ? "raw" : "quantized",
+                                       (long long)nt, p + 1, (long long)(bad / rows), (long long)(bad % rows), y[bad], ref[bad]);
+                        }
+                        /* a slice whose tiles start off the 16-row grid and end in a partial one */
+                        memset(y, 0xff, sizeof(float) * (size_t)(nt * rows));
+                        nm_matmul_rows(pools[1], &ml, r0, r1, x, nt, y, rows, scratch);
+                        bool same = true;
+                        for (int64_t k = 0; k < nt; k++)
+                            same &= memcmp(y + k * rows, ref + k * rows + r0, sizeof(float) * (size_t)(r1 - r0)) == 0;
+                        CHECKF(t, same, "%s %s cols %lld: rows %lld..%lld of %lld tokens differ from scalar",
+                               nm_isa_name((nm_isa)isa), nm_type_name(type), (long long)cols, (long long)r0, (long long)r1,
+                               (long long)nt);
+                    }
+                }
+                free(w);
+                free(x);
+                free(ref);
+                free(y);
+                free(scratch);
+            }
+    for (int p = 0; p < 3; p++) nm_pool_free(pools[p]);
 }
 
 /* dx = dy W against a float64 reference, and bit-identical across thread
@@ -1279,6 +1357,7 @@ int main(void) {
     run("isa_vs_scalar", test_isa_vs_scalar);
     run("isa_extreme_blocks", test_isa_extreme_blocks);
     run("isa_k_extreme", test_isa_k_extreme);
+    run("gemv_shapes", test_gemv_shapes);
     run("matmul_t", test_matmul_t);
     run("attention", test_attention);
     run("attn_f16", test_attn_f16);
