@@ -335,34 +335,38 @@ T512_INLINE void prefetch_part(const span *s, int64_t i, int64_t ni) {
 /* One token x 16 rows as stored.  (Measured on Zen 4: reading 16 rows side
  * by side streams from memory faster than 4 rows x 4 blocks or one row at a
  * time with per-block reductions; prefetching each row a fixed distance
- * ahead slowed it down, the next tile's span sped it up.)  Both kernels
- * take four blocks a step (gemv_q8_0, gemv_q4_0); the blocks past a
- * multiple of 4 go one at a time.  For those, Q8_0 rows travel in pairs,
- * one per 256-bit half (pair i = 2j + e holds rows j + 8e and j + 4 + 8e,
- * so that fold_pairs then hsum4x4 put row n in lane n). */
+ * ahead slowed it down, the next tile's span (prefetch_part) sped it up.)
+ * Q8_0: rows travel in pairs, one per
+ * 256-bit half (pair i = 2j + e holds rows j + 8e and j + 4 + 8e, so that
+ * fold_pairs then hsum4x4 put row n in lane n).  One block a step: a four
+ * block step like Q4_0's (two word permutes a row, hsum4x4 for 4 rows x 4
+ * blocks, scales by blend and permute) read 10-13% faster from L2/L3 but
+ * 4-7% slower from memory, where Q8_0 generation runs (KERNELS.md). */
 T512_INLINE __m512i q8_pair(const uint8_t *lo, const uint8_t *hi, __m512i xb) {
     const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)lo)),
                                          _mm256_loadu_si256((const __m256i *)(const void *)hi), 1);
     return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(z, _mm512_set1_epi8((char)0x80)), xb);
 }
 
-/* Q8_0 blocks b.. of 16 rows (row starts rp) one at a time: the blocks
- * past a multiple of 4 (gemv_q8_0 takes four a step). */
-T512_INLINE __m512 q8_tail(const uint8_t *const *row, const q0_tok *tk, int64_t b, int64_t nb, __m512 acc) {
+T512 static void gemv_q8_0(const nm_mm_args *a, int64_t r, int nr, int64_t t, const span *nx) {
+    const int64_t nb = a->cols / 32;
+    const q0_tok tk = q0_token(a, t, 0);
     const uint8_t *rp[16];
-    for (int i = 0; i < 16; i++) rp[i] = row[i] + 2;
-    for (; b < nb; b++) {
+    for (int i = 0; i < 16; i++) rp[i] = a->w + (size_t)(r + (i < nr ? i : nr - 1)) * a->row_bytes + 2;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
         const size_t o = (size_t)b * 34;
-        const __m512i xb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(tk->q + o)));
+        prefetch_part(nx, b, nb);
+        const __m512i xb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(tk.q + o)));
         const __m512i q0 = fold_pairs(q8_pair(rp[0] + o, rp[4] + o, xb), q8_pair(rp[8] + o, rp[12] + o, xb));
         const __m512i q1 = fold_pairs(q8_pair(rp[1] + o, rp[5] + o, xb), q8_pair(rp[9] + o, rp[13] + o, xb));
         const __m512i q2 = fold_pairs(q8_pair(rp[2] + o, rp[6] + o, xb), q8_pair(rp[10] + o, rp[14] + o, xb));
         const __m512i q3 = fold_pairs(q8_pair(rp[3] + o, rp[7] + o, xb), q8_pair(rp[11] + o, rp[15] + o, xb));
-        const __m512i s = _mm512_add_epi32(hsum4x4(q0, q1, q2, q3), _mm512_set1_epi32(-128 * tk->s[b]));
-        const __m512 scale = _mm512_mul_ps(load_halves(rp, o - 2), _mm512_set1_ps(tk->d[b]));
+        const __m512i s = _mm512_add_epi32(hsum4x4(q0, q1, q2, q3), _mm512_set1_epi32(-128 * tk.s[b]));
+        const __m512 scale = _mm512_mul_ps(load_halves(rp, o - 2), _mm512_set1_ps(tk.d[b]));
         acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale));
     }
-    return acc;
+    _mm512_mask_storeu_ps(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), acc);
 }
 
 /* Q4_0: four rows' 16 packed bytes per vector, one per 128-bit lane (vector
@@ -602,151 +606,14 @@ T512 static void gemv_q4_0(const nm_mm_args *a, const q4_tabs *tb, int64_t r, in
     else gemv_q4_0_tile(a, tb, r, nr, t, nx, false);
 }
 
-/* Q8_0, four blocks a step.  A row's 4 blocks are 136 bytes (scale, 32
- * quants; all 16-bit aligned), read as bytes 0..63, 64..127, 8..71 and
- * 72..135: one word permute of the first two puts block k's quants 0..15
- * in 128-bit lane k, one of the last two quants 16..31 (the activations'
- * blocks have the same layout and go through the same tables), so a row
- * costs two permutes, two XORs (q + 128) and two VPDPBUSD per 4 blocks,
- * and hsum4x4 turns 4 rows' 4 partial sums a block into lane 4k + j.  The
- * -128 x activation sum starts each row's sums (dword 0 of lane k).  A
- * row's scales sit at words 0 and 17 of its first load and 2 and 19 of its
- * second: one blend a row gathers them, two permutes and a blend the 16
- * of a group. */
-typedef struct q8_tabs {
-    __m512i lo, hi; /* (0..63, 64..127) -> quants 0..15 of block k in lane k; (8..71, 72..135) -> 16..31 */
-    __m512i sa, sb; /* blended first loads of rows 4g..4g+3 -> scale of row 4g + j, block k at 4k + j   */
-    __m512i rep;    /* dword lane l <- lane l / 4                                                       */
-} q8_tabs;
-
-T512 static q8_tabs q8_tables(void) {
-    static const int W[4] = {0, 17, 2, 19}; /* word of block k's scale in a row's blend */
-    int16_t lo[32], hi[32], sa[32], sb[32];
-    int32_t rep[16];
-    for (int k = 0; k < 4; k++)
-        for (int w = 0; w < 8; w++) {
-            lo[8 * k + w] = q4_word(34 * k + 2 + 2 * w, 0, 64);
-            hi[8 * k + w] = q4_word(34 * k + 18 + 2 * w, 8, 72);
-        }
-    for (int i = 0; i < 32; i++) {
-        const int k = (i / 4) & 3, j = i & 3;
-        sa[i] = (int16_t)((j == 1 ? 32 : 0) + W[k]);
-        sb[i] = (int16_t)((j == 3 ? 32 : 0) + W[k]);
-    }
-    for (int i = 0; i < 16; i++) rep[i] = i / 4;
-    q8_tabs t = {_mm512_loadu_si512(lo), _mm512_loadu_si512(hi), _mm512_loadu_si512(sa), _mm512_loadu_si512(sb),
-                 _mm512_loadu_si512(rep)};
-    return t;
-}
-
-typedef struct q8_step {
-    __m512i lo, hi, xa, xb, init, sa, sb;
-    __m512 dx;
-} q8_step;
-
-T512_INLINE void q8_step_init(q8_step *st, const q8_tabs *tb, const q0_tok *tk, int64_t b) {
-    const uint8_t *xq = tk->q - 2 + (size_t)b * 34;
-    st->lo = tb->lo;
-    st->hi = tb->hi;
-    st->sa = tb->sa;
-    st->sb = tb->sb;
-    st->xa = _mm512_permutex2var_epi16(ld512(xq), tb->lo, ld512(xq + 64));
-    st->xb = _mm512_permutex2var_epi16(ld512(xq + 8), tb->hi, ld512(xq + 72));
-    const __m512i sx = _mm512_maskz_permutexvar_epi32(
-        0x1111, tb->rep, _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(tk->s + b))));
-    st->init = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sx, 7));
-    st->dx = _mm512_permutexvar_ps(tb->rep, _mm512_castps128_ps512(_mm_loadu_ps(tk->d + b)));
-}
-
-/* One row's 4 blocks: lane k = block k's 4 partial sums; *sc = the row's
- * scales at words 0, 17, 2, 19. */
-T512_INLINE __m512i q8_row4(const uint8_t *p, const q8_step *st, __m512i *sc) {
-    const __m512i a0 = ld512_reg(p), a64 = ld512_reg(p + 64), s80 = _mm512_set1_epi8((char)0x80);
-    const __m512i v1 = _mm512_permutex2var_epi16(a0, st->lo, a64);
-    const __m512i v2 = _mm512_permutex2var_epi16(ld512(p + 8), st->hi, ld512(p + 72));
-    *sc = _mm512_mask_blend_epi16(0x80004u, a0, a64);
-    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(st->init, _mm512_xor_si512(v1, s80), st->xa),
-                               _mm512_xor_si512(v2, s80), st->xb);
-}
-
-/* Rows 0..3 at p0..p3, 4 blocks: (float)isum * (dw * dx), row j and block
- * k in lane 4k + j. */
-T512_INLINE __m512 q8_group(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2, const uint8_t *p3,
-                            const q8_step *st) {
-    __m512i c0, c1, c2, c3;
-    const __m512i r0 = q8_row4(p0, st, &c0), r1 = q8_row4(p1, st, &c1);
-    const __m512i r2 = q8_row4(p2, st, &c2), r3 = q8_row4(p3, st, &c3);
-    const __m512i h = _mm512_mask_blend_epi16(0xCCCCCCCCu, _mm512_permutex2var_epi16(c0, st->sa, c1),
-                                              _mm512_permutex2var_epi16(c2, st->sb, c3));
-    const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-    return _mm512_mul_ps(_mm512_cvtepi32_ps(hsum4x4(r0, r1, r2, r3)), _mm512_mul_ps(dw, st->dx));
-}
-
-/* 16 rows, one token (see q8_tabs; rows addressed as gemv_q4_0_tile). */
-T512_INLINE void gemv_q8_0_tile(const nm_mm_args *a, const q8_tabs *tb, int64_t r, int nr, int64_t t, const span *nx,
-                                bool full) {
-    const int64_t nb = a->cols / 32;
-    const q0_tok tk = q0_token(a, t, 0);
-    const size_t rb = a->row_bytes;
-    const uint8_t *w = a->w + (size_t)r * rb;
-    __m512 acc = _mm512_setzero_ps(), r0 = acc, r1 = acc, r2 = acc, r3 = acc;
-    pf_run pf = pf_start(nx, nb / 4 > 0 ? nb / 4 : 1);
-    int64_t b = 0;
-    if (full) {
-        const uint8_t *q0 = w, *q3 = w + 3 * rb, *q6 = w + 6 * rb, *q9 = w + 9 * rb, *q12 = w + 12 * rb,
-                      *q15 = w + 15 * rb;
-        for (; b + 4 <= nb; b += 4) {
-            __asm__("" : "+r"(q0), "+r"(q3), "+r"(q6), "+r"(q9), "+r"(q12), "+r"(q15));
-            q8_step st;
-            q8_step_init(&st, tb, &tk, b);
-            pf_next(&pf);
-            const __m512 p0 = q8_group(q0, q0 + rb, q0 + 2 * rb, q3, &st);
-            if (b) acc = q4_add4(acc, r0, r1, r2, r3);
-            r1 = q8_group(q0 + 4 * rb, q3 + 2 * rb, q6, q3 + 4 * rb, &st);
-            r2 = q8_group(q0 + 8 * rb, q9, q6 + 4 * rb, q3 + 8 * rb, &st);
-            r3 = q8_group(q12, q9 + 4 * rb, q6 + 8 * rb, q15, &st);
-            r0 = p0;
-            q0 += 136, q3 += 136, q6 += 136, q9 += 136, q12 += 136, q15 += 136;
-        }
-    } else {
-        const uint8_t *rp[16];
-        for (int i = 0; i < 16; i++) rp[i] = w + (size_t)(i < nr ? i : nr - 1) * rb;
-        for (; b + 4 <= nb; b += 4) {
-            const size_t o = (size_t)b * 34;
-            q8_step st;
-            q8_step_init(&st, tb, &tk, b);
-            pf_next(&pf);
-            const __m512 p0 = q8_group(rp[0] + o, rp[1] + o, rp[2] + o, rp[3] + o, &st);
-            if (b) acc = q4_add4(acc, r0, r1, r2, r3);
-            r1 = q8_group(rp[4] + o, rp[5] + o, rp[6] + o, rp[7] + o, &st);
-            r2 = q8_group(rp[8] + o, rp[9] + o, rp[10] + o, rp[11] + o, &st);
-            r3 = q8_group(rp[12] + o, rp[13] + o, rp[14] + o, rp[15] + o, &st);
-            r0 = p0;
-        }
-    }
-    if (b) acc = q4_add4(acc, r0, r1, r2, r3);
-    if (b < nb) {
-        const uint8_t *rp[16];
-        for (int i = 0; i < 16; i++) rp[i] = w + (size_t)(i < nr ? i : nr - 1) * rb;
-        acc = q8_tail(rp, &tk, b, nb, acc);
-    }
-    _mm512_mask_storeu_ps(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), acc);
-}
-
-T512 static void gemv_q8_0(const nm_mm_args *a, const q8_tabs *tb, int64_t r, int nr, int64_t t, const span *nx) {
-    if (nr == 16) gemv_q8_0_tile(a, tb, r, 16, t, nx, true);
-    else gemv_q8_0_tile(a, tb, r, nr, t, nx, false);
-}
-
 T512 static void rows_q8_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
     if (a->n_tok >= GEMM_MIN_TOK) {
         q0_gemm(a, r0, r1, true);
         return;
     }
-    const q8_tabs tb = q8_tables();
     for (int64_t r = r0; r < r1; r += 16) {
         const span nx = next_tile(a, r, 16, r1);
-        for (int64_t t = 0; t < a->n_tok; t++) gemv_q8_0(a, &tb, r, (int)imin64(16, r1 - r), t, t ? NULL : &nx);
+        for (int64_t t = 0; t < a->n_tok; t++) gemv_q8_0(a, r, (int)imin64(16, r1 - r), t, t ? NULL : &nx);
     }
 }
 
