@@ -226,7 +226,7 @@ static int bench_model(int argc, char **argv) {
     nm_context *c = NULL;
     nm_pool *probe_pool = NULL;
     int32_t *ids = NULL;
-    double *pp = NULL, *tg = NULL, *tg_beside = NULL, best_read = 0;
+    double *pp = NULL, *tg = NULL, *tg_beside = NULL, *tg_bw = NULL, *tg_run = NULL, best_read = 0;
     int rc = 1;
     nm_isa isa;
     if (nm_isa_select(&isa, &err)) goto out;
@@ -244,7 +244,9 @@ static int bench_model(int argc, char **argv) {
     pp = nm_calloc((size_t)reps, sizeof *pp);
     tg = nm_calloc((size_t)reps, sizeof *tg);
     tg_beside = nm_calloc((size_t)reps, sizeof *tg_beside);
-    if (!ids || !pp || !tg || !tg_beside) {
+    tg_bw = nm_calloc((size_t)reps, sizeof *tg_bw);
+    tg_run = nm_calloc((size_t)reps, sizeof *tg_run);
+    if (!ids || !pp || !tg || !tg_beside || !tg_bw || !tg_run) {
         nm_err_set(&err, NM_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -282,6 +284,8 @@ static int bench_model(int argc, char **argv) {
             if (roofline && nm_measure_read(probe_pool, isa, (size_t)bw_mb << 20, 2, &bw1, &err)) goto out;
             const double bw = bw0 > bw1 ? bw0 : bw1;
             tg_beside[r] = bw > 0 ? tg[r] * cost.bytes / bw : 0;
+            tg_bw[r] = bw;
+            tg_run[r] = tg[r];
             if (bw > best_read) best_read = bw;
         }
     }
@@ -324,6 +328,12 @@ static int bench_model(int argc, char **argv) {
                           ", \"read_bytes_s\": %.0f, \"fma_s\": %.0f, \"int8_s\": %.0f, \"pp_roofline_fraction\": %.4f, "
                           "\"tg_roofline_fraction\": %.4f, \"tg_roofline_fraction_beside\": %.4f",
                           peaks.read_bytes_s, peaks.fma_s, peaks.int8_s, pp_frac, tg_frac, n_gen > 0 ? beside_med : 0);
+        if (roofline && n_gen > 0) { /* each generation run in order: tokens/s and the bandwidth beside it */
+            nm_buf_printf(&b, ", \"tg_runs\": [");
+            for (int64_t r = 0; r < reps; r++)
+                nm_buf_printf(&b, "%s{\"tokens_s\": %.3f, \"read_bytes_s\": %.0f}", r ? ", " : "", tg_run[r], tg_bw[r]);
+            nm_buf_printf(&b, "]");
+        }
         nm_buf_printf(&b, "}\n");
         if (!b.oom) fwrite(b.data, 1, b.len, stdout);
         nm_buf_deinit(&b);
@@ -359,6 +369,8 @@ out:
     free(pp);
     free(tg);
     free(tg_beside);
+    free(tg_bw);
+    free(tg_run);
     nm_pool_free(probe_pool);
     nm_context_free(c);
     nm_model_free(m);
