@@ -191,6 +191,10 @@ typedef struct nm_gguf_tensor {
 /* Opens and validates a GGUF file (v2 or v3) through mmap.  Every count,
  * length, type id, dimension and offset is checked before use. */
 nm_status nm_gguf_open(const char *path, nm_gguf **out, nm_err *err);
+/* Same, the whole file read into memory instead of mapped (anonymous memory
+ * advised for transparent huge pages, which the kernels stream faster);
+ * nm_model_load uses it for models that fit in the memory available. */
+nm_status nm_gguf_open_read(const char *path, nm_gguf **out, nm_err *err);
 /* Same, on a caller-owned buffer that must outlive the nm_gguf (used by the
  * fuzzer and tests).  name is used in error messages. */
 nm_status nm_gguf_open_buffer(const void *buf, size_t size, const char *name,
@@ -563,13 +567,17 @@ typedef struct nm_model_info {
     float norm_eps, rope_freq_base, rope_freq_scale;
     bool tied_output;         /* no output.weight: the embedding is reused */
     uint64_t n_params;        /* elements of all tensors                  */
-    uint64_t weight_bytes;    /* bytes of tensor data (mapped, not copied) */
+    uint64_t weight_bytes;    /* bytes of tensor data                     */
+    bool in_memory;           /* the file was read into memory, not mapped */
 } nm_model_info;
 
-/* Maps a GGUF model and checks every tensor the architecture needs (name,
+/* Loads a GGUF model and checks every tensor the architecture needs (name,
  * shape, type) before returning: an unsupported architecture, a missing
  * tensor or a type without a kernel fails with a message naming it.  When
- * the file has tokenizer.ggml.* keys the vocabulary is built too. */
+ * the file has tokenizer.ggml.* keys the vocabulary is built too.  The file
+ * is read into memory (huge pages) when it takes at most half of the memory
+ * available, else mapped; NOMOAT_MMAP=1 in the environment always maps it
+ * (pages shared between processes).  nm_model_info says which. */
 nm_status nm_model_load(const char *path, const nm_log *log, nm_model **out, nm_err *err);
 void nm_model_free(nm_model *m);
 void nm_model_get_info(const nm_model *m, nm_model_info *info);

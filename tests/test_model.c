@@ -8,6 +8,7 @@
  *  - consistency properties that must hold whatever the arithmetic: batch
  *    vs token-by-token, thread counts, context limits, bad files. */
 #include "testlib.h"
+#include "base/base.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -642,6 +643,41 @@ static void test_model_info(nm_test *t) {
     nm_model_free(m);
 }
 
+/* A model that fits is read into memory, NOMOAT_MMAP=1 maps it; both give
+ * the same logits bit for bit (t256-q4_k_m: K-quant and Q6_K kernels). */
+static void test_load_modes(nm_test *t) {
+    float *logits[2] = {NULL, NULL};
+    bool in_mem[2] = {false, false};
+    const int32_t toks[] = {1, 15, 200, 33, 7, 99};
+    int64_t nv = 0;
+    for (int mode = 0; mode < 2; mode++) {
+        if (mode) setenv("NOMOAT_MMAP", "1", 1);
+        nm_model *m = load(t, "t256-q4_k_m.gguf");
+        if (mode) unsetenv("NOMOAT_MMAP");
+        if (!m) return;
+        nm_model_info i;
+        nm_model_get_info(m, &i);
+        in_mem[mode] = i.in_memory;
+        nv = i.n_vocab;
+        nm_err err = {0};
+        nm_context *c = NULL;
+        nm_context_params cp = nm_context_default_params();
+        cp.n_ctx = 32;
+        if (CHECK_OK(t, nm_context_new(m, &cp, &c, &err), err) &&
+            CHECK_OK(t, nm_decode(c, toks, 6, &err), err)) {
+            logits[mode] = malloc(sizeof(float) * (size_t)nv);
+            memcpy(logits[mode], nm_get_logits(c), sizeof(float) * (size_t)nv);
+        }
+        nm_context_free(c);
+        nm_model_free(m);
+    }
+    CHECKF(t, in_mem[0] || nm_mem_available() < 64u << 20, "a 13 MB model was not read into memory");
+    CHECK(t, !in_mem[1]);
+    CHECK(t, logits[0] && logits[1] && memcmp(logits[0], logits[1], sizeof(float) * (size_t)nv) == 0);
+    free(logits[0]);
+    free(logits[1]);
+}
+
 /* ---- hostile and unsupported files, written with the GGUF writer ---- */
 
 typedef enum edit_kind {
@@ -1165,6 +1201,7 @@ int main(void) {
     nm_test_run("batching_and_threads", test_batching_and_threads);
     nm_test_run("context_limits", test_context_limits);
     nm_test_run("model_info", test_model_info);
+    nm_test_run("load_modes", test_load_modes);
     nm_test_run("bad_models", test_bad_models);
     nm_test_run("tied_embeddings", test_tied_embeddings);
     nm_test_run("qwen2", test_qwen2);

@@ -45,9 +45,20 @@ void nm_buf_json_str(nm_buf *b, const char *s, size_t n);
 typedef struct nm_map {
     void *data;
     size_t size;
+    void *base;       /* nm_map_read: the whole anonymous mapping (data is */
+    size_t base_size; /* inside it, 2 MiB aligned); NULL for a file map   */
 } nm_map;
+/* Maps a file read-only (pages come from the page cache on first touch). */
 nm_status nm_map_open(nm_map *m, const char *path, nm_err *err);
+/* Reads a whole file into read-only anonymous memory, 2 MiB aligned and
+ * advised for transparent huge pages (MADV_HUGEPAGE): model weights read
+ * this way stream faster through the kernels than from 4 KiB pages of a
+ * file map (docs/KERNELS.md "Huge pages").  Same nm_map, nm_map_close. */
+nm_status nm_map_read(nm_map *m, const char *path, nm_err *err);
 void nm_map_close(nm_map *m);
+/* Bytes of memory the system can give without swapping (MemAvailable of
+ * /proc/meminfo), 0 if unknown. */
+uint64_t nm_mem_available(void);
 
 /* Reads a whole file into a malloc()ed, NUL-terminated buffer. */
 nm_status nm_read_file(const char *path, char **out, size_t *len, nm_err *err);

@@ -17,8 +17,7 @@
 #include <unistd.h>
 
 nm_status nm_map_open(nm_map *m, const char *path, nm_err *err) {
-    m->data = NULL;
-    m->size = 0;
+    memset(m, 0, sizeof *m);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return nm_err_set(err, NM_ERR_IO, "%s: %s", path, strerror(errno));
     struct stat st;
@@ -44,10 +43,68 @@ nm_status nm_map_open(nm_map *m, const char *path, nm_err *err) {
     return NM_OK;
 }
 
+nm_status nm_map_read(nm_map *m, const char *path, nm_err *err) {
+    memset(m, 0, sizeof *m);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return nm_err_set(err, NM_ERR_IO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        const int e = errno;
+        close(fd);
+        return nm_err_set(err, NM_ERR_IO, "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size == 0) {
+        close(fd);
+        return S_ISREG(st.st_mode) ? nm_err_set(err, NM_ERR_FORMAT, "%s: empty file", path)
+                                   : nm_err_set(err, NM_ERR_IO, "%s: not a regular file", path);
+    }
+    /* huge pages need 2 MiB-aligned virtual addresses, which mmap does not
+     * promise (Linux aligns large anonymous maps itself only since 6.7) */
+    const size_t huge = (size_t)2 << 20, n = (size_t)st.st_size, total = n + huge;
+    uint8_t *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        close(fd);
+        return nm_err_set(err, NM_ERR_NOMEM, "%s: no memory for its %zu bytes", path, n);
+    }
+    uint8_t *p = base + ((huge - (uintptr_t)base % huge) % huge);
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, n, MADV_HUGEPAGE); /* advice: fine if refused */
+#endif
+    for (size_t done = 0; done < n;) {
+        const ssize_t r = read(fd, p + done, n - done > ((size_t)1 << 30) ? (size_t)1 << 30 : n - done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            const int e = r < 0 ? errno : 0;
+            close(fd);
+            munmap(base, total);
+            return nm_err_set(err, NM_ERR_IO, "%s: %s", path, e ? strerror(e) : "file shrank while being read");
+        }
+        done += (size_t)r;
+    }
+    close(fd);
+    (void)mprotect(base, total, PROT_READ); /* as read-only as a file map */
+    m->data = p;
+    m->size = n;
+    m->base = base;
+    m->base_size = total;
+    return NM_OK;
+}
+
 void nm_map_close(nm_map *m) {
-    if (m->data) munmap(m->data, m->size);
-    m->data = NULL;
-    m->size = 0;
+    if (m->base) munmap(m->base, m->base_size);
+    else if (m->data) munmap(m->data, m->size);
+    memset(m, 0, sizeof *m);
+}
+
+uint64_t nm_mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (uint64_t)kb * 1024;
 }
 
 nm_status nm_read_file(const char *path, char **out, size_t *len, nm_err *err) {

@@ -116,7 +116,7 @@ void nm_dcache_free(nm_dcache *c) {
     free(c->entry_of);
     nm_dataset_deinit(&c->data);
     if (c->map_data) {
-        nm_map m = {c->map_data, c->map_size};
+        nm_map m = {.data = c->map_data, .size = c->map_size};
         nm_map_close(&m);
     }
     free(c);

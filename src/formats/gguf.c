@@ -398,10 +398,10 @@ nm_status nm_gguf_open_buffer(const void *buf, size_t size, const char *name, nm
     return NM_OK;
 }
 
-nm_status nm_gguf_open(const char *path, nm_gguf **out, nm_err *err) {
+static nm_status gguf_open(const char *path, bool read_all, nm_gguf **out, nm_err *err) {
     *out = NULL;
     nm_map m;
-    nm_status st = nm_map_open(&m, path, err);
+    nm_status st = read_all ? nm_map_read(&m, path, err) : nm_map_open(&m, path, err);
     if (st) return st;
     nm_gguf *g;
     st = nm_gguf_open_buffer(m.data, m.size, path, &g, err);
@@ -413,6 +413,10 @@ nm_status nm_gguf_open(const char *path, nm_gguf **out, nm_err *err) {
     *out = g;
     return NM_OK;
 }
+
+nm_status nm_gguf_open(const char *path, nm_gguf **out, nm_err *err) { return gguf_open(path, false, out, err); }
+
+nm_status nm_gguf_open_read(const char *path, nm_gguf **out, nm_err *err) { return gguf_open(path, true, out, err); }
 
 /* ---- accessors ---- */
 

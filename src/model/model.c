@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ---- architectures ---- */
 
@@ -261,6 +262,7 @@ static void fill_info(nm_model *m) {
     in->rope_freq_base = hp->rope_base;
     in->rope_freq_scale = hp->rope_freq_scale;
     in->tied_output = m->tied;
+    in->in_memory = m->in_memory;
     for (int64_t i = 0; i < nm_gguf_n_tensors(m->gguf); i++) {
         const nm_gguf_tensor *t = nm_gguf_tensor_at(m->gguf, i);
         in->n_params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
@@ -268,11 +270,29 @@ static void fill_info(nm_model *m) {
     }
 }
 
+/* Whether to read the model file into memory rather than map it.  The
+ * single-token kernels read 16 rows side by side and prefetch the next
+ * tile in software; on the 4 KiB pages of a file map that streamed ~22
+ * GB/s a core against ~27 on transparent huge pages (tl1b Q4_0, one
+ * thread, the core's read probe 28: docs/KERNELS.md "Huge pages").  Only
+ * when the file takes at most half the memory available, so a model that
+ * barely fits (or does not) is still mapped and paged by the kernel; and
+ * never with NOMOAT_MMAP=1 (several processes sharing one model's pages). */
+static bool read_into_memory(const char *path) {
+    const char *env = getenv("NOMOAT_MMAP");
+    if (env && *env && strcmp(env, "0") != 0) return false;
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return false;
+    const uint64_t avail = nm_mem_available();
+    return avail > 0 && (uint64_t)st.st_size <= avail / 2;
+}
+
 nm_status nm_model_load(const char *path, const nm_log *log, nm_model **out, nm_err *err) {
     *out = NULL;
     nm_model *m = nm_calloc(1, sizeof *m);
     if (!m) return nm_err_set(err, NM_ERR_NOMEM, "out of memory for a model");
-    nm_status st = nm_gguf_open(path, &m->gguf, err);
+    m->in_memory = read_into_memory(path);
+    nm_status st = m->in_memory ? nm_gguf_open_read(path, &m->gguf, err) : nm_gguf_open(path, &m->gguf, err);
     if (st) goto fail;
     nm_str arch;
     if (nm_gguf_get_str(m->gguf, "general.architecture", &arch, NULL)) {

@@ -57,6 +57,7 @@ struct nm_model {
     float *rope_freqs;             /* owned, n_rot/2 factors, or NULL */
     nm_layer *layers;
     nm_model_info info;
+    bool in_memory;                /* read into memory, not mapped */
 };
 
 struct nm_context {
