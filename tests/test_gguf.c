@@ -267,6 +267,36 @@ static void test_open_errors(nm_test *t) {
     FILE *f = fopen(path, "wb");
     fclose(f);
     CHECK(t, nm_gguf_open(path, &g, &err) == NM_ERR_FORMAT && strstr(err.msg, "empty"));
+    /* the same through the read-into-memory path (nm_model_load's for models that fit) */
+    CHECK(t, nm_gguf_open_read("/nonexistent/x.gguf", &g, &err) == NM_ERR_IO && g == NULL);
+    CHECK(t, strstr(err.msg, "/nonexistent/x.gguf") != NULL);
+    CHECK(t, nm_gguf_open_read("/tmp", &g, &err) == NM_ERR_IO && g == NULL);
+    CHECK(t, nm_gguf_open_read(path, &g, &err) == NM_ERR_FORMAT && strstr(err.msg, "empty") && g == NULL);
+    /* a truncated model read into memory is refused like a mapped one */
+    size_t n = 0;
+    char *model = nm_test_read(nm_test_shared("models/t256-q4_0.gguf"), &n);
+    if (CHECK(t, model && n > 4096)) {
+        snprintf(path, sizeof path, "%s/cut.gguf", nm_test_tmpdir());
+        f = fopen(path, "wb");
+        fwrite(model, 1, n - 1000, f);
+        fclose(f);
+        nm_status a = nm_gguf_open(path, &g, &err), b = nm_gguf_open_read(path, &g, &err);
+        CHECK(t, a != NM_OK && b == a && g == NULL);
+    }
+    free(model);
+    /* a valid file: the same tensors, the same bytes */
+    nm_gguf *gm = NULL, *gr = NULL;
+    const char *ok = nm_test_shared("models/t256-q4_0.gguf");
+    if (CHECK_OK(t, nm_gguf_open(ok, &gm, &err), err) && CHECK_OK(t, nm_gguf_open_read(ok, &gr, &err), err)) {
+        CHECK(t, nm_gguf_n_tensors(gm) == nm_gguf_n_tensors(gr) && nm_gguf_n_tensors(gr) > 0);
+        for (int64_t i = 0; i < nm_gguf_n_tensors(gr); i++) {
+            const nm_gguf_tensor *x = nm_gguf_tensor_at(gm, i), *y = nm_gguf_tensor_at(gr, i);
+            CHECKF(t, x->nbytes == y->nbytes && memcmp(x->data, y->data, (size_t)x->nbytes) == 0, "tensor %lld differs",
+                   (long long)i);
+        }
+    }
+    nm_gguf_free(gm);
+    nm_gguf_free(gr);
 }
 
 /* Re-writing every shared GGUF through the public writer gives the same bytes. */
