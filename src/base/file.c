@@ -16,51 +16,48 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Opens a non-empty regular file for reading: *fd and its *size. */
+static nm_status open_nonempty(const char *path, int *fd, size_t *size, nm_err *err) {
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0) return nm_err_set(err, NM_ERR_IO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    nm_status bad = NM_OK;
+    if (fstat(*fd, &st) != 0) bad = nm_err_set(err, NM_ERR_IO, "%s: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode)) bad = nm_err_set(err, NM_ERR_IO, "%s: not a regular file", path);
+    else if (st.st_size == 0) bad = nm_err_set(err, NM_ERR_FORMAT, "%s: empty file", path);
+    if (bad) {
+        close(*fd);
+        *fd = -1;
+        return bad;
+    }
+    *size = (size_t)st.st_size;
+    return NM_OK;
+}
+
 nm_status nm_map_open(nm_map *m, const char *path, nm_err *err) {
     memset(m, 0, sizeof *m);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return nm_err_set(err, NM_ERR_IO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return nm_err_set(err, NM_ERR_IO, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return nm_err_set(err, NM_ERR_IO, "%s: not a regular file", path);
-    }
-    if (st.st_size == 0) {
-        close(fd);
-        return nm_err_set(err, NM_ERR_FORMAT, "%s: empty file", path);
-    }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int fd;
+    size_t n;
+    nm_status st = open_nonempty(path, &fd, &n, err);
+    if (st) return st;
+    void *p = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
     if (p == MAP_FAILED) return nm_err_set(err, NM_ERR_IO, "%s: mmap: %s", path, strerror(e));
     m->data = p;
-    m->size = (size_t)st.st_size;
+    m->size = n;
     return NM_OK;
 }
 
 nm_status nm_map_read(nm_map *m, const char *path, nm_err *err) {
     memset(m, 0, sizeof *m);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return nm_err_set(err, NM_ERR_IO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        const int e = errno;
-        close(fd);
-        return nm_err_set(err, NM_ERR_IO, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode) || st.st_size == 0) {
-        close(fd);
-        return S_ISREG(st.st_mode) ? nm_err_set(err, NM_ERR_FORMAT, "%s: empty file", path)
-                                   : nm_err_set(err, NM_ERR_IO, "%s: not a regular file", path);
-    }
+    int fd;
+    size_t n;
+    nm_status st = open_nonempty(path, &fd, &n, err);
+    if (st) return st;
     /* huge pages need 2 MiB-aligned virtual addresses, which mmap does not
      * promise (Linux aligns large anonymous maps itself only since 6.7) */
-    const size_t huge = (size_t)2 << 20, n = (size_t)st.st_size, total = n + huge;
+    const size_t huge = (size_t)2 << 20, total = n + huge;
     uint8_t *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
         close(fd);
