@@ -225,6 +225,7 @@ static int bench_model(int argc, char **argv) {
     nm_model *m = NULL;
     nm_context *c = NULL;
     nm_pool *probe_pool = NULL;
+    nm_read_probe *probe = NULL;
     int32_t *ids = NULL;
     double *pp = NULL, *tg = NULL, *tg_beside = NULL, *tg_bw = NULL, *tg_run = NULL, best_read = 0;
     int rc = 1;
@@ -260,7 +261,8 @@ static int bench_model(int argc, char **argv) {
     nm_machine_peaks peaks = {0};
     if (roofline) {
         if (nm_pool_new(nm_context_n_threads(c), &probe_pool, &err) ||
-            nm_measure_machine(probe_pool, isa, (size_t)bw_mb << 20, &peaks, &err))
+            nm_read_probe_new((size_t)bw_mb << 20, &probe, &err) ||
+            nm_measure_machine(probe_pool, isa, probe, &peaks, &err))
             goto out;
     }
     for (int64_t r = 0; r < reps; r++) {
@@ -275,13 +277,13 @@ static int bench_model(int argc, char **argv) {
              * the better of the two: generation's roofline as it was during
              * the run (on a shared host it moves by half between seconds) */
             double bw0 = 0, bw1 = 0;
-            if (roofline && nm_measure_read(probe_pool, isa, (size_t)bw_mb << 20, 2, &bw0, &err)) goto out;
+            if (roofline && nm_measure_read(probe_pool, isa, probe, 2, &bw0, &err)) goto out;
             nm_context_truncate(c, 0, NULL);
             double t = now_s();
             for (int64_t i = 0; i < n_gen; i++)
                 if (nm_decode(c, ids + i, 1, &err)) goto out;
             tg[r] = (double)n_gen / (now_s() - t);
-            if (roofline && nm_measure_read(probe_pool, isa, (size_t)bw_mb << 20, 2, &bw1, &err)) goto out;
+            if (roofline && nm_measure_read(probe_pool, isa, probe, 2, &bw1, &err)) goto out;
             const double bw = bw0 > bw1 ? bw0 : bw1;
             tg_beside[r] = bw > 0 ? tg[r] * cost.bytes / bw : 0;
             tg_bw[r] = bw;
@@ -291,7 +293,7 @@ static int bench_model(int argc, char **argv) {
     }
     if (roofline) { /* again, the best of both: a conservative fraction */
         nm_machine_peaks again;
-        if (nm_measure_machine(probe_pool, isa, (size_t)bw_mb << 20, &again, &err)) goto out;
+        if (nm_measure_machine(probe_pool, isa, probe, &again, &err)) goto out;
         if (again.read_bytes_s > peaks.read_bytes_s) peaks.read_bytes_s = again.read_bytes_s;
         if (best_read > peaks.read_bytes_s) peaks.read_bytes_s = best_read;
         if (again.fma_s > peaks.fma_s) peaks.fma_s = again.fma_s;
@@ -373,6 +375,7 @@ out:
     free(tg_beside);
     free(tg_bw);
     free(tg_run);
+    nm_read_probe_free(probe);
     nm_pool_free(probe_pool);
     nm_context_free(c);
     nm_model_free(m);

@@ -188,12 +188,22 @@ typedef struct nm_machine_peaks {
     double int8_s;        /* 8-bit multiply-adds/second */
 } nm_machine_peaks;
 
-nm_status nm_measure_machine(nm_pool *pool, nm_isa isa, size_t read_bytes, nm_machine_peaks *out, nm_err *err);
-/* Only the memory read bandwidth (bytes per second, best of a few passes
- * over read_bytes).  On a shared machine (a VM whose host serves other
+/* The memory the read-bandwidth probe reads: read_bytes (rounded down to
+ * 256) of pseudo-random bytes, as weights are (a repeated pattern leaves
+ * identical pages a host may merge), written once so that every
+ * measurement reads resident pages. */
+typedef struct nm_read_probe nm_read_probe;
+nm_status nm_read_probe_new(size_t read_bytes, nm_read_probe **out, nm_err *err);
+void nm_read_probe_free(nm_read_probe *p);
+
+nm_status nm_measure_machine(nm_pool *pool, nm_isa isa, const nm_read_probe *probe, nm_machine_peaks *out,
+                             nm_err *err);
+/* Only the memory read bandwidth (bytes per second, best of `passes` reads
+ * of the probe).  On a shared machine (a VM whose host serves other
  * tenants) memory bandwidth moves by half between seconds, so `nomoat
  * bench` measures it beside each timed generation run as well. */
-nm_status nm_measure_read(nm_pool *pool, nm_isa isa, size_t read_bytes, int passes, double *bytes_s, nm_err *err);
+nm_status nm_measure_read(nm_pool *pool, nm_isa isa, const nm_read_probe *probe, int passes, double *bytes_s,
+                          nm_err *err);
 
 /* Bytes of an activation row of n elements in act_type (0 if not a valid
  * activation type or n does not fit its blocks). */

@@ -119,66 +119,76 @@ static uint64_t (*read_of(nm_isa isa))(const uint8_t *, size_t) {
                                 : read_scalar;
 }
 
-/* Best of `passes` reads of buf on every thread; pages touched first, so
- * the timed passes read memory, not fault. */
-static double time_read(nm_pool *pool, nm_isa isa, uint8_t *buf, size_t bytes, int passes, uint64_t *done) {
-    /* every byte written with pseudo-random data, as weights are: a
-     * repeating pattern leaves identical pages that a host may merge */
+struct nm_read_probe {
+    uint8_t *buf;
+    size_t bytes;
+};
+
+nm_status nm_read_probe_new(size_t read_bytes, nm_read_probe **out, nm_err *err) {
+    *out = NULL;
+    read_bytes = read_bytes / 256 * 256;
+    nm_read_probe *p = nm_calloc(1, sizeof *p);
+    uint8_t *buf = read_bytes ? aligned_alloc(64, read_bytes) : NULL;
+    if (!p || !buf) {
+        free(p);
+        free(buf);
+        return nm_err_set(err, NM_ERR_NOMEM, "out of memory for a %zu-byte bandwidth buffer", read_bytes);
+    }
     uint64_t x = 0x9E3779B97F4A7C15ull;
-    for (size_t i = 0; i + 8 <= bytes; i += 8) {
+    for (size_t i = 0; i + 8 <= read_bytes; i += 8) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         memcpy(buf + i, &x, 8);
     }
-    probe_task rt = {.buf = buf, .bytes = bytes, .done = done, .read = read_of(isa)};
+    p->buf = buf;
+    p->bytes = read_bytes;
+    *out = p;
+    return NM_OK;
+}
+
+void nm_read_probe_free(nm_read_probe *p) {
+    if (!p) return;
+    free(p->buf);
+    free(p);
+}
+
+/* Best of `passes` reads of the probe on every thread. */
+static double time_read(nm_pool *pool, nm_isa isa, const nm_read_probe *p, int passes, uint64_t *done) {
+    probe_task rt = {.buf = p->buf, .bytes = p->bytes, .done = done, .read = read_of(isa)};
     double best = 0;
     for (int rep = 0; rep < passes; rep++) {
         const double t0 = now_s();
         nm_pool_run(pool, read_task, &rt);
         const double dt = now_s() - t0;
-        if (dt > 0 && (double)bytes / dt > best) best = (double)bytes / dt;
+        if (dt > 0 && (double)p->bytes / dt > best) best = (double)p->bytes / dt;
     }
     sink = done[0];
     return best;
 }
 
-nm_status nm_measure_read(nm_pool *pool, nm_isa isa, size_t read_bytes, int passes, double *bytes_s, nm_err *err) {
+nm_status nm_measure_read(nm_pool *pool, nm_isa isa, const nm_read_probe *probe, int passes, double *bytes_s,
+                          nm_err *err) {
     if (!nm_isa_available(isa))
         return nm_err_set(err, NM_ERR_UNSUPPORTED, "instruction-set level %s is not available here", nm_isa_name(isa));
-    read_bytes = read_bytes / 256 * 256;
     uint64_t *done = nm_calloc((size_t)nm_pool_size(pool), sizeof *done);
-    uint8_t *buf = read_bytes ? aligned_alloc(64, read_bytes) : NULL;
-    if (!done || !buf) {
-        free(done);
-        free(buf);
-        return nm_err_set(err, NM_ERR_NOMEM, "out of memory for a %zu-byte bandwidth buffer", read_bytes);
-    }
-    *bytes_s = time_read(pool, isa, buf, read_bytes, passes < 1 ? 1 : passes, done);
+    if (!done) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
+    *bytes_s = time_read(pool, isa, probe, passes < 1 ? 1 : passes, done);
     free(done);
-    free(buf);
     return NM_OK;
 }
 
-nm_status nm_measure_machine(nm_pool *pool, nm_isa isa, size_t read_bytes, nm_machine_peaks *out, nm_err *err) {
+nm_status nm_measure_machine(nm_pool *pool, nm_isa isa, const nm_read_probe *probe, nm_machine_peaks *out,
+                             nm_err *err) {
     if (!nm_isa_available(isa))
         return nm_err_set(err, NM_ERR_UNSUPPORTED, "instruction-set level %s is not available here", nm_isa_name(isa));
     const int nth = nm_pool_size(pool);
     uint64_t *done = nm_calloc((size_t)nth, sizeof *done);
-    read_bytes = read_bytes / 256 * 256;
-    uint8_t *buf = read_bytes ? aligned_alloc(64, read_bytes) : NULL;
-    if (!done || !buf) {
-        free(done);
-        free(buf);
-        return nm_err_set(err, NM_ERR_NOMEM, "out of memory for a %zu-byte bandwidth buffer", read_bytes);
-    }
+    if (!done) return nm_err_set(err, NM_ERR_NOMEM, "out of memory");
     out->isa = isa;
     out->threads = nth;
     out->fma_s = time_peak(pool, peak_of(isa, false), done);
     out->int8_s = time_peak(pool, peak_of(isa, true), done);
-    const double best = time_read(pool, isa, buf, read_bytes, 4, done);
-    out->read_bytes_s = best;
     free(done);
-    free(buf);
-    return NM_OK;
+    return nm_measure_read(pool, isa, probe, 4, &out->read_bytes_s, err);
 }
