@@ -1115,29 +1115,24 @@ T512 static void gemv_q6_k(const nm_mm_args *a, const q6_tabs *tb, int64_t r, in
     _mm512_mask_storeu_ps(a->y + t * a->ldy + (r - a->y_r0), lanes(nr), acc);
 }
 
-T512 static void rows_q4_k(const nm_mm_args *a, int64_t r0, int64_t r1) {
+T512_INLINE void rows_q45_k(const nm_mm_args *a, int64_t r0, int64_t r1, bool q5) {
     if (a->n_tok >= GEMM_MIN_TOK) {
-        k_gemm(a, r0, r1, NM_TYPE_Q4_K);
+        k_gemm(a, r0, r1, q5 ? NM_TYPE_Q5_K : NM_TYPE_Q4_K);
         return;
     }
     const k4_tabs tb = k4_tables();
     for (int64_t r = r0; r < r1; r += 16) {
         const span nx = next_tile(a, r, 16, r1);
-        for (int64_t t = 0; t < a->n_tok; t++) gemv_q4_k(a, &tb, r, (int)imin64(16, r1 - r), t, t ? NULL : &nx);
+        for (int64_t t = 0; t < a->n_tok; t++) {
+            const int nr = (int)imin64(16, r1 - r);
+            if (q5) gemv_q5_k(a, &tb, r, nr, t, t ? NULL : &nx);
+            else gemv_q4_k(a, &tb, r, nr, t, t ? NULL : &nx);
+        }
     }
 }
 
-T512 static void rows_q5_k(const nm_mm_args *a, int64_t r0, int64_t r1) {
-    if (a->n_tok >= GEMM_MIN_TOK) {
-        k_gemm(a, r0, r1, NM_TYPE_Q5_K);
-        return;
-    }
-    const k4_tabs tb = k4_tables();
-    for (int64_t r = r0; r < r1; r += 16) {
-        const span nx = next_tile(a, r, 16, r1);
-        for (int64_t t = 0; t < a->n_tok; t++) gemv_q5_k(a, &tb, r, (int)imin64(16, r1 - r), t, t ? NULL : &nx);
-    }
-}
+T512 static void rows_q4_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_q45_k(a, r0, r1, false); }
+T512 static void rows_q5_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_q45_k(a, r0, r1, true); }
 
 T512 static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) {
     if (a->n_tok >= GEMM_MIN_TOK) {
