@@ -261,6 +261,79 @@ static void test_matmul_threads(nm_test *t) {
     for (int p = 0; p < 3; p++) nm_pool_free(pools[p]);
 }
 
+/* nm_matmul_multi (several matrices of one input in one pool region, as
+ * Q/K/V and gate/up run): every output has nm_matmul's bits, at every level,
+ * on any thread count, for single tokens and batches, with more matrices
+ * than one region takes, and with row counts that are not whole tiles, so
+ * chunks end at matrix boundaries and the prefetch hint crosses them. */
+static void test_matmul_multi(nm_test *t) {
+    static const nm_type groups[][2] = {
+        {NM_TYPE_Q4_0, NM_TYPE_Q8_0}, {NM_TYPE_Q4_K, NM_TYPE_Q6_K}, {NM_TYPE_F16, NM_TYPE_F16}, {NM_TYPE_F32, NM_TYPE_F32}};
+    static const int64_t rows[] = {48, 37, 16, 100, 5, 64};
+    enum { N = sizeof rows / sizeof rows[0] };
+    const int64_t cols = 512, n_tok = 6;
+    nm_rng r;
+    nm_rng_seed(&r, 11);
+    nm_pool *pools[3] = {NULL};
+    nm_err err = {0};
+    CHECK_OK(t, nm_pool_new(1, &pools[0], &err), err);
+    CHECK_OK(t, nm_pool_new(2, &pools[1], &err), err);
+    CHECK_OK(t, nm_pool_new(5, &pools[2], &err), err);
+    float *x = malloc(sizeof(float) * (size_t)(n_tok * cols));
+    random_floats(&r, x, n_tok * cols, 1.0);
+    for (int level = 0; level < NM_ISA_COUNT; level++) {
+        if (!nm_isa_available((nm_isa)level)) continue;
+        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+            uint8_t *w[N];
+            nm_mat m[N];
+            const nm_mat *mp[N];
+            float *want[N], *y[N];
+            size_t sbytes = 0;
+            int n = 0;
+            for (int i = 0; i < N; i++) {
+                nm_type ty = groups[g][i % 2];
+                w[i] = make_weights(&r, ty, rows[i], cols);
+                CHECK_OK(t, nm_mat_init_isa(&m[i], "w", ty, cols, rows[i], w[i], (nm_isa)level, &err), err);
+                if (i > 0 && !nm_matmul_act_shared(&m[0], &m[i])) { /* mixed pair not shared at this level */
+                    free(w[i]);
+                    ty = groups[g][0];
+                    w[i] = make_weights(&r, ty, rows[i], cols);
+                    CHECK_OK(t, nm_mat_init_isa(&m[i], "w", ty, cols, rows[i], w[i], (nm_isa)level, &err), err);
+                }
+                mp[i] = &m[i];
+                want[i] = malloc(sizeof(float) * (size_t)(n_tok * rows[i]));
+                y[i] = malloc(sizeof(float) * (size_t)(n_tok * rows[i]));
+                const size_t sb = nm_matmul_scratch_bytes(ty, cols, n_tok);
+                if (sb > sbytes) sbytes = sb;
+                n++;
+            }
+            void *scratch = malloc(sbytes + 1);
+            for (int64_t nt = 1; nt <= n_tok; nt += n_tok - 1)
+                for (int p = 0; p < 3; p++)
+                    for (int cnt = 1; cnt <= n; cnt += cnt < 3 ? 2 : 3) { /* 1, 3, 6 matrices */
+                        for (int i = 0; i < cnt; i++) {
+                            nm_matmul(pools[p], &m[i], x, nt, want[i], scratch);
+                            memset(y[i], 0xff, sizeof(float) * (size_t)(nt * rows[i]));
+                        }
+                        nm_matmul_multi(pools[p], mp, y, cnt, x, nt, scratch);
+                        for (int i = 0; i < cnt; i++)
+                            CHECKF(t, memcmp(y[i], want[i], sizeof(float) * (size_t)(nt * rows[i])) == 0,
+                                   "%s %s: matrix %d of %d (%lld rows), %lld tokens, %d threads differs from nm_matmul",
+                                   nm_isa_name((nm_isa)level), nm_type_name(m[i].type), i, cnt, (long long)rows[i],
+                                   (long long)nt, nm_pool_size(pools[p]));
+                    }
+            for (int i = 0; i < n; i++) {
+                free(w[i]);
+                free(want[i]);
+                free(y[i]);
+            }
+            free(scratch);
+        }
+    }
+    free(x);
+    for (int p = 0; p < 3; p++) nm_pool_free(pools[p]);
+}
+
 static void test_f16_conversion(nm_test *t) {
     int bad = 0;
     for (uint32_t h = 0; h < 65536; h++) {
@@ -1349,6 +1422,7 @@ int main(void) {
     run("kernels_random", test_kernels_random);
     run("kernels_real_tensors", test_kernels_real_tensors);
     run("matmul_threads", test_matmul_threads);
+    run("matmul_multi", test_matmul_multi);
     run("mat_init_errors", test_mat_init_errors);
     run("pool", test_pool);
     run("isa_selection", test_isa_selection);

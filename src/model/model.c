@@ -599,13 +599,10 @@ static void rmsnorm_batch(const nm_fwd *f, float *y, const float *x, const float
     row_op_run(f, &o);
 }
 
-/* `after`: the projection just done on the same x (its conversion in the
- * host's act scratch is reused when the layouts agree), or -1. */
-static void proj_after(const nm_fwd *f, int64_t l, nm_proj which, int after, const float *x, float *y) {
+/* What a projection adds after its base product: bias, adapters. */
+static void proj_finish(const nm_fwd *f, int64_t l, nm_proj which, const float *x, float *y) {
     const nm_layer *L = &f->m->layers[l];
     const nm_mat *w = &L->w[which];
-    const bool converted = after >= 0 && nm_matmul_act_shared(&L->w[after], w);
-    nm_matmul_rows_ex(f->pool, w, 0, w->rows, x, f->n, y, w->rows, f->host->act, converted);
     if (L->bias[which])
         for (int64_t t = 0; t < f->n; t++) nm_add(y + t * w->rows, L->bias[which], w->rows);
     /* The contexts of one pass may carry different adapter stacks, so
@@ -618,7 +615,27 @@ static void proj_after(const nm_fwd *f, int64_t l, nm_proj which, int after, con
 }
 
 void nm_model_proj(const nm_fwd *f, int64_t l, nm_proj which, const float *x, float *y) {
-    proj_after(f, l, which, -1, x, y);
+    const nm_mat *w = &f->m->layers[l].w[which];
+    nm_matmul(f->pool, w, x, f->n, y, f->host->act);
+    proj_finish(f, l, which, x, y);
+}
+
+/* n projections of one x: base products in one pool region where they
+ * convert x alike (nm_matmul_multi), else one after the other. */
+static void proj_group(const nm_fwd *f, int64_t l, const nm_proj *which, float *const *y, int n, const float *x) {
+    const nm_layer *L = &f->m->layers[l];
+    const nm_mat *w[NM_MATMUL_MULTI];
+    bool shared = n <= NM_MATMUL_MULTI;
+    for (int i = 0; i < n && shared; i++) {
+        w[i] = &L->w[which[i]];
+        shared = nm_matmul_act_shared(w[0], w[i]);
+    }
+    if (shared) {
+        nm_matmul_multi(f->pool, w, y, n, x, f->n, f->host->act);
+        for (int i = 0; i < n; i++) proj_finish(f, l, which[i], x, y[i]);
+    } else {
+        for (int i = 0; i < n; i++) nm_model_proj(f, l, which[i], x, y[i]);
+    }
 }
 
 /* Angles of every row's position, shared by every layer and head. */
@@ -730,9 +747,8 @@ static void attention_block(const nm_fwd *f, int64_t l) {
     const nm_layer *L = &f->m->layers[l];
     nm_context *h = f->host;
     rmsnorm_batch(f, h->xb, h->x, L->attn_norm, hp->n_embd, hp->norm_eps);
-    proj_after(f, l, NM_PROJ_Q, -1, h->xb, h->q);
-    proj_after(f, l, NM_PROJ_K, NM_PROJ_Q, h->xb, h->k);
-    proj_after(f, l, NM_PROJ_V, NM_PROJ_K, h->xb, h->v);
+    static const nm_proj qkv[3] = {NM_PROJ_Q, NM_PROJ_K, NM_PROJ_V};
+    proj_group(f, l, qkv, (float *const[]){h->q, h->k, h->v}, 3, h->xb);
     rope_rows(f, h->q, hp->n_head);
     rope_rows(f, h->k, hp->n_head_kv);
 
@@ -759,8 +775,8 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
     const nm_layer *L = &f->m->layers[l];
     nm_context *h = f->host;
     rmsnorm_batch(f, h->xb, h->x, L->ffn_norm, hp->n_embd, hp->norm_eps);
-    proj_after(f, l, NM_PROJ_GATE, -1, h->xb, h->hb);
-    proj_after(f, l, NM_PROJ_UP, NM_PROJ_GATE, h->xb, h->hb2);
+    static const nm_proj gate_up[2] = {NM_PROJ_GATE, NM_PROJ_UP};
+    proj_group(f, l, gate_up, (float *const[]){h->hb, h->hb2}, 2, h->xb);
     row_op sw = {.y = h->hb, .x = h->hb, .up = h->hb2, .n = f->n, .dim = hp->n_ff,
                  .ak = nm_attn_kernel_get(L->w[NM_PROJ_GATE].k->isa)};
     row_op_run(f, &sw);

@@ -88,9 +88,12 @@ typedef struct nm_mm_args {
     int64_t n_tok;
     float *y;              /* y[t * ldy + (r - y_r0)]                      */
     int64_t ldy, y_r0;
-    /* rows the calling thread computes next (a prefetch hint for the end
-     * of this call's rows; pf_r0 >= pf_r1: none) */
-    int64_t pf_r0, pf_r1;
+    /* the rows the calling thread computes next, possibly of another
+     * matrix (a prefetch hint for the end of this call's rows; pf_w NULL:
+     * none): pf_rows rows of pf_row_bytes from pf_w */
+    const uint8_t *pf_w;
+    size_t pf_row_bytes;
+    int64_t pf_rows;
 } nm_mm_args;
 
 typedef void (*nm_mm_rows_fn)(const nm_mm_args *a, int64_t r0, int64_t r1);

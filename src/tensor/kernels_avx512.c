@@ -318,9 +318,9 @@ static inline span next_tile(const nm_mm_args *a, int64_t r, int64_t tile, int64
     if (r + tile < r1) {
         s.p = a->w + (size_t)(r + tile) * a->row_bytes;
         s.n = (size_t)imin64(tile, r1 - r - tile) * a->row_bytes;
-    } else if (a->pf_r0 < a->pf_r1) { /* the last tile: the first of the thread's next chunk */
-        s.p = a->w + (size_t)a->pf_r0 * a->row_bytes;
-        s.n = (size_t)imin64(tile, a->pf_r1 - a->pf_r0) * a->row_bytes;
+    } else if (a->pf_w) { /* the last tile: the first of the thread's next chunk */
+        s.p = a->pf_w;
+        s.n = (size_t)imin64(tile, a->pf_rows) * a->pf_row_bytes;
     }
     return s;
 }

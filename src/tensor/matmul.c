@@ -10,9 +10,12 @@
  * within about a tile of each other (with fixed chunks of an eighth of a
  * share, one waited half a chunk per product on average: 3-5% of
  * generation).  A thread claims its next chunk before it computes the
- * current one and tells the kernel (nm_mm_args pf_r0/pf_r1), which
- * prefetches it while finishing the current one, as it does tile to tile
- * inside a chunk.  Which thread computes a row changes none of its bits.
+ * current one and tells the kernel (nm_mm_args pf_w), which prefetches it
+ * while finishing the current one, as it does tile to tile inside a chunk.
+ * Several matrices of one input (nm_matmul_multi: Q, K, V; gate, up) are
+ * one row range to the threads, split into chunks that stay inside a
+ * matrix, so they cost one region, and the next chunk prefetched may be
+ * the next matrix's.  Which thread computes a row changes none of its bits.
  * Inside a chunk the level's kernel walks its own tiles (kernels_*.c).
  *
  * The activation rows are converted (quantized) before the split, in
@@ -78,46 +81,64 @@ size_t nm_matmul_scratch_bytes(nm_type type, int64_t cols, int64_t n_tok) {
     return (act_stride(k->act_type, cols) + extra_stride(k->act_type, cols)) * (size_t)n_tok;
 }
 
-typedef struct mm_task {
+/* One matrix of a region: rows [r0, r1) of w into y[t * ldy + (r - r0)],
+ * rows [start, start + r1 - r0) of the region's combined row range. */
+typedef struct mm_part {
     const nm_mat *w;
-    int64_t r0, r1;
-    int64_t align, cap;  /* chunks: multiples of align rows, at most cap */
+    int64_t r0, r1, start;
+    float *y;
+    int64_t ldy;
+    int64_t align; /* chunks: multiples of align rows */
+} mm_part;
+
+typedef struct mm_task {
+    mm_part part[NM_MATMUL_MULTI];
+    int n_part;
+    int64_t total;       /* rows of all parts */
+    int64_t cap;         /* chunks: at most cap rows */
     int nth;
-    atomic_llong next;   /* first row of the next chunk, from r0 */
+    atomic_llong next;   /* the next chunk's first row of the combined range */
     const float *x;
-    nm_mm_args args;
+    nm_mm_args args;     /* the activation fields all parts share */
     uint8_t *act_out, *extra_out; /* for the conversion step */
 } mm_task;
 
 static void convert_task(void *arg, int ith, int nth) {
     const mm_task *t = arg;
-    const nm_mm_kernel *k = t->w->k;
+    const nm_mat *w = t->part[0].w;
+    const nm_mm_kernel *k = w->k;
     int64_t lo, hi;
     nm_split_range(t->args.n_tok, ith, nth, 1, &lo, &hi);
     for (int64_t i = lo; i < hi; i++) {
         uint8_t *a = t->act_out + (size_t)i * t->args.act_stride;
         uint8_t *e = k->wants_extra ? t->extra_out + (size_t)i * t->args.extra_stride : NULL;
         if (k->convert) {
-            k->convert(t->x + i * t->w->cols, a, e, t->w->cols);
+            k->convert(t->x + i * w->cols, a, e, w->cols);
         } else {
-            nm_act_from_float(k->act_type, t->x + i * t->w->cols, a, t->w->cols);
-            if (e) nm_act_extra(k->act_type, a, e, t->w->cols);
+            nm_act_from_float(k->act_type, t->x + i * w->cols, a, w->cols);
+            if (e) nm_act_extra(k->act_type, a, e, w->cols);
         }
     }
 }
 
-/* The next chunk, rows [*lo, *hi); false when no rows are left. */
-static bool claim(mm_task *t, int64_t *lo, int64_t *hi) {
-    const int64_t n = t->r1 - t->r0;
+/* The next chunk: rows [*lo, *hi) of part *pi; false when no rows are
+ * left.  A chunk never crosses from one part into the next. */
+static bool claim(mm_task *t, int *pi, int64_t *lo, int64_t *hi) {
     long long at = atomic_load_explicit(&t->next, memory_order_relaxed);
     for (;;) {
-        if (at >= n) return false;
-        int64_t size = (n - at) / (2 * (int64_t)t->nth) / t->align * t->align;
-        size = size > t->cap ? t->cap : size < t->align ? t->align : size;
+        if (at >= t->total) return false;
+        int p = 0;
+        while (at >= t->part[p].start + (t->part[p].r1 - t->part[p].r0)) p++;
+        const mm_part *P = &t->part[p];
+        const int64_t left = P->start + (P->r1 - P->r0) - at; /* in this part */
+        int64_t size = (t->total - at) / (2 * (int64_t)t->nth) / P->align * P->align;
+        size = size > t->cap ? t->cap : size < P->align ? P->align : size;
+        if (size > left) size = left;
         if (atomic_compare_exchange_weak_explicit(&t->next, &at, at + size, memory_order_relaxed,
                                                   memory_order_relaxed)) {
-            *lo = t->r0 + at;
-            *hi = at + size < n ? t->r0 + at + size : t->r1;
+            *pi = p;
+            *lo = P->r0 + (at - P->start);
+            *hi = *lo + size;
             return true;
         }
     }
@@ -127,15 +148,28 @@ static void dot_task(void *arg, int ith, int nth) {
     mm_task *t = arg;
     (void)ith;
     (void)nth;
-    nm_mm_args a = t->args; /* this thread's copy: its prefetch hint */
+    int p = 0, np = 0;
     int64_t lo = 0, hi = 0;
-    bool have = claim(t, &lo, &hi);
+    bool have = claim(t, &p, &lo, &hi);
     while (have) {
         int64_t nlo = 0, nhi = 0;
-        const bool more = claim(t, &nlo, &nhi);
-        a.pf_r0 = more ? nlo : 0;
-        a.pf_r1 = more ? nhi : 0;
-        t->w->k->rows(&a, lo, hi);
+        const bool more = claim(t, &np, &nlo, &nhi);
+        const mm_part *P = &t->part[p];
+        nm_mm_args a = t->args; /* this thread's copy: its part and prefetch hint */
+        a.w = P->w->data;
+        a.row_bytes = P->w->row_bytes;
+        a.cols = P->w->cols;
+        a.y = P->y;
+        a.ldy = P->ldy;
+        a.y_r0 = P->r0;
+        if (more) {
+            const nm_mat *nw = t->part[np].w;
+            a.pf_w = (const uint8_t *)nw->data + (size_t)nlo * nw->row_bytes;
+            a.pf_row_bytes = nw->row_bytes;
+            a.pf_rows = nhi - nlo;
+        }
+        P->w->k->rows(&a, lo, hi);
+        p = np;
         lo = nlo;
         hi = nhi;
         have = more;
@@ -147,45 +181,68 @@ bool nm_matmul_act_shared(const nm_mat *a, const nm_mat *b) {
            a->k->convert == b->k->convert;
 }
 
-void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
-                    float *y, int64_t ldy, void *scratch) {
-    nm_matmul_rows_ex(pool, w, r0, r1, x, n_tok, y, ldy, scratch, false);
-}
-
-void nm_matmul_rows_ex(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
-                       float *y, int64_t ldy, void *scratch, bool converted) {
+/* Converts x (unless `converted`) and runs the parts in one region. */
+static void run_parts(nm_pool *pool, mm_task *t, int64_t n_tok, void *scratch, bool converted) {
+    const nm_mat *w = t->part[0].w;
     const nm_mm_kernel *k = w->k;
-    mm_task t = {.w = w, .r0 = r0, .r1 = r1, .x = x};
-    t.args = (nm_mm_args){.w = w->data, .row_bytes = w->row_bytes, .cols = w->cols, .n_tok = n_tok, .y = y,
-                          .ldy = ldy, .y_r0 = r0};
+    t->args = (nm_mm_args){.n_tok = n_tok};
     if (k->act_type == NM_TYPE_F32) {
-        t.args.act = (const uint8_t *)x;
-        t.args.act_stride = (size_t)w->cols * sizeof(float);
+        t->args.act = (const uint8_t *)t->x;
+        t->args.act_stride = (size_t)w->cols * sizeof(float);
     } else {
-        t.args.act_stride = act_stride(k->act_type, w->cols);
-        t.args.extra_stride = extra_stride(k->act_type, w->cols);
-        t.act_out = scratch;
-        t.extra_out = t.act_out + t.args.act_stride * (size_t)n_tok;
-        t.args.act = t.act_out;
-        t.args.extra = k->wants_extra ? t.extra_out : NULL;
+        t->args.act_stride = act_stride(k->act_type, w->cols);
+        t->args.extra_stride = extra_stride(k->act_type, w->cols);
+        t->act_out = scratch;
+        t->extra_out = t->act_out + t->args.act_stride * (size_t)n_tok;
+        t->args.act = t->act_out;
+        t->args.extra = k->wants_extra ? t->extra_out : NULL;
         /* A region costs a few microseconds: below a handful of rows the
          * conversion is cheaper done right here. */
         if (converted) {
             /* done by the previous call */
         } else if (n_tok >= 4 && pool) {
-            nm_pool_run(pool, convert_task, &t);
+            nm_pool_run(pool, convert_task, t);
         } else {
-            convert_task(&t, 0, 1);
+            convert_task(t, 0, 1);
         }
     }
-    t.nth = nm_pool_size(pool);
-    /* batches: at least two tiles a chunk (the AVX-512 batch kernels run
-     * tiles in pairs) */
-    t.align = n_tok >= 4 ? 2 * k->row_align : k->row_align;
-    const int64_t cap = (r1 - r0) / (4 * (int64_t)t.nth) / t.align * t.align;
-    t.cap = cap > t.align ? cap : t.align;
-    atomic_init(&t.next, 0);
-    nm_pool_run(pool, dot_task, &t);
+    t->nth = nm_pool_size(pool);
+    t->total = 0;
+    int64_t align = 1;
+    for (int i = 0; i < t->n_part; i++) {
+        mm_part *P = &t->part[i];
+        /* batches: at least two tiles a chunk (the AVX-512 batch kernels
+         * run tiles in pairs) */
+        P->align = n_tok >= 4 ? 2 * P->w->k->row_align : P->w->k->row_align;
+        P->start = t->total;
+        t->total += P->r1 - P->r0;
+        if (P->align > align) align = P->align;
+    }
+    const int64_t cap = t->total / (4 * (int64_t)t->nth) / align * align;
+    t->cap = cap > align ? cap : align;
+    atomic_init(&t->next, 0);
+    nm_pool_run(pool, dot_task, t);
+}
+
+void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
+                    float *y, int64_t ldy, void *scratch) {
+    mm_task t = {.n_part = 1, .x = x};
+    t.part[0] = (mm_part){.w = w, .r0 = r0, .r1 = r1, .y = y, .ldy = ldy};
+    run_parts(pool, &t, n_tok, scratch, false);
+}
+
+void nm_matmul_multi(nm_pool *pool, const nm_mat *const *w, float *const *y, int n, const float *x, int64_t n_tok,
+                     void *scratch) {
+    mm_task t = {.x = x};
+    bool converted = false;
+    for (int i = 0; i < n; i++) {
+        t.part[t.n_part++] = (mm_part){.w = w[i], .r0 = 0, .r1 = w[i]->rows, .y = y[i], .ldy = w[i]->rows};
+        if (t.n_part == NM_MATMUL_MULTI || i == n - 1) {
+            run_parts(pool, &t, n_tok, scratch, converted);
+            converted = true;
+            t.n_part = 0;
+        }
+    }
 }
 
 void nm_matmul(nm_pool *pool, const nm_mat *w, const float *x, int64_t n_tok, float *y, void *scratch) {

@@ -57,12 +57,18 @@ void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, cons
 /* Whether a and b convert activations alike (activation type, row length,
  * side data): one conversion of x then serves both products. */
 bool nm_matmul_act_shared(const nm_mat *a, const nm_mat *b);
-/* nm_matmul_rows; with `converted`, scratch already holds x as converted
- * by the previous call (same x, same n_tok, a matrix for which
- * nm_matmul_act_shared holds), and the conversion is skipped: projections
- * of one input (Q, K, V; gate, up) convert it once. */
-void nm_matmul_rows_ex(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, const float *x, int64_t n_tok,
-                       float *y, int64_t ldy, void *scratch, bool converted);
+
+/* y[i] = w[i] x (as nm_matmul) for n matrices that share the activation
+ * layout (nm_matmul_act_shared between all; scratch sized for w[0]): x is
+ * converted once and the products run in one pool region, up to
+ * NM_MATMUL_MULTI at a time, threads taking chunks across the matrices in
+ * order.  Why: every region costs a wake and a wait, and a thread's first
+ * tile of a matrix comes in unprefetched; at generation, where the K and V
+ * of a small model take a few microseconds each, that was a large part of
+ * them.  Every output gets the same bits as from nm_matmul. */
+enum { NM_MATMUL_MULTI = 4 };
+void nm_matmul_multi(nm_pool *pool, const nm_mat *const *w, float *const *y, int n, const float *x, int64_t n_tok,
+                     void *scratch);
 
 /* The transposed product of a backward pass: dx[t * w->cols + c] =
  * sum over rows r of dy[t * w->rows + r] * W[r][c], for t < n_tok, with W
