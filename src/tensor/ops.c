@@ -7,14 +7,21 @@
 
 #include <math.h>
 
+/* The sum of squares is in double (as ggml's), in 8 interleaved partial
+ * sums added in a fixed order: one running sum was a chain of dependent
+ * double additions, 4 cycles an element, 2% of prompt processing. */
 void nm_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    double s[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) s[k] += (double)x[i + k] * x[i + k];
+    double ss = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    for (; i < n; i++) ss += (double)x[i] * x[i];
     const float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
     if (w)
-        for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
+        for (i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
     else
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale;
+        for (i = 0; i < n; i++) y[i] = x[i] * scale;
 }
 
 void nm_add(float *y, const float *x, int64_t n) {
