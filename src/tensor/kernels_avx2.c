@@ -55,12 +55,13 @@ T2_INLINE __m256i hsum8x8(const __m256i *v) {
     return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
-T2_INLINE int32_t hsum8(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+T2_INLINE int32_t hsum4(__m128i s) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
     return _mm_cvtsi128_si32(s);
 }
+
+T2_INLINE int32_t hsum8(__m256i v) { return hsum4(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1))); }
 
 /* 8 half-precision scales at the same offset of 8 rows, by 8 scalar loads:
  * VPGATHERDD is microcoded on AMD (Zen 4, one token x 256 x 2048 from L2:
@@ -489,6 +490,10 @@ T2 static void k_gemm8(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type
     }
 }
 
+/* Every 16-bit word = word j of v's low 128 bits (v holds the same words in
+ * both lanes): one VPSHUFB instead of a scalar load and a broadcast. */
+T2_INLINE __m256i word_of(__m256i v, int j) { return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)(0x0100 + 0x0202 * j))); }
+
 /* One row x one token: the integer sums vectorised, the float arithmetic of
  * the reference per super-block. */
 T2 static float dot_q45_k(const uint8_t *row, const k_tok *tk, int64_t nsb, bool q5) {
@@ -501,7 +506,10 @@ T2 static float dot_q45_k(const uint8_t *row, const k_tok *tk, int64_t nsb, bool
         uint8_t sc[8], m[8];
         k4_scales(row + 4, sc, m);
         const __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(const void *)(row + 16)) : _mm256_setzero_si256();
+        /* the 8 sub-block scales as 16-bit words in both 128-bit lanes */
+        const __m256i scw = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)sc)));
         __m256i acc = _mm256_setzero_si256();
+#pragma GCC unroll 4
         for (int g = 0; g < 4; g++) {
             const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(row + qs_off + 32 * g));
             __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
@@ -511,12 +519,13 @@ T2 static float dot_q45_k(const uint8_t *row, const k_tok *tk, int64_t nsb, bool
             }
             const __m256i xl = _mm256_loadu_si256((const __m256i *)(const void *)(x + 4 + 64 * g));
             const __m256i xh = _mm256_loadu_si256((const __m256i *)(const void *)(x + 4 + 64 * g + 32));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_set1_epi16(sc[2 * g])));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), _mm256_set1_epi16(sc[2 * g + 1])));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), word_of(scw, 2 * g)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), word_of(scw, 2 * g + 1)));
         }
         const int32_t sumi = hsum8(acc);
-        int32_t summ = 0;
-        for (int j = 0; j < 8; j++) summ += m[j] * tk->bsum32[8 * s + j];
+        const __m128i mm = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)m)),
+                                          _mm_loadu_si128((const __m128i *)(const void *)(tk->bsum32 + 8 * s)));
+        const int32_t summ = hsum4(mm);
         const float dx = q8k_d(x);
         sum += _cvtsh_ss(nm_ld16(row)) * dx * (float)sumi - _cvtsh_ss(nm_ld16(row + 2)) * dx * (float)summ;
     }
@@ -529,7 +538,11 @@ T2 static float dot_q6_k(const uint8_t *row, const k_tok *tk, int64_t nsb) {
     for (int64_t s = 0; s < nsb; s++, row += sizeof(nm_block_q6_k)) {
         const uint8_t *x = tk->blk + (size_t)s * sizeof(nm_block_q8_k);
         const int8_t *sc = (const int8_t *)(row + offsetof(nm_block_q6_k, scales));
+        /* the 16 scales as 16-bit words: sc16 = 0..15; half h's 8 in both lanes of sch[h] */
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)sc));
+        const __m256i sch[2] = {_mm256_permute2x128_si256(sc16, sc16, 0x00), _mm256_permute2x128_si256(sc16, sc16, 0x11)};
         __m256i acc = _mm256_setzero_si256();
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = row + 64 * h;
             const __m256i l0 = _mm256_loadu_si256((const __m256i *)(const void *)ql);
@@ -542,16 +555,18 @@ T2 static float dot_q6_k(const uint8_t *row, const k_tok *tk, int64_t nsb) {
                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
             q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+#pragma GCC unroll 4
             for (int k = 0; k < 4; k++) {
                 /* 32 elements 128h + 32k: sub-blocks 8h + 2k (lanes 0-3) and 8h + 2k + 1 (lanes 4-7) */
                 const __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(x + 4 + 128 * h + 32 * k));
-                const __m256i scv = _mm256_setr_m128i(_mm_set1_epi16(sc[8 * h + 2 * k]), _mm_set1_epi16(sc[8 * h + 2 * k + 1]));
+                const __m256i pick = _mm256_setr_m128i(_mm_set1_epi16((short)(0x0100 + 0x0202 * (2 * k))),
+                                                       _mm_set1_epi16((short)(0x0100 + 0x0202 * (2 * k + 1))));
+                const __m256i scv = _mm256_shuffle_epi8(sch[h], pick);
                 acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], xv), scv));
             }
         }
-        const int16_t *bs = (const int16_t *)(const void *)(x + offsetof(nm_block_q8_k, bsums));
-        int32_t off = 0;
-        for (int j = 0; j < 16; j++) off += sc[j] * bs[j];
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)(const void *)(x + offsetof(nm_block_q8_k, bsums)));
+        const int32_t off = hsum8(_mm256_madd_epi16(sc16, bs));
         const int32_t sumi = hsum8(acc) - 32 * off;
         sum += _cvtsh_ss(nm_ld16(row + offsetof(nm_block_q6_k, d))) * q8k_d(x) * (float)sumi;
     }
