@@ -31,7 +31,6 @@
 #define T2 __attribute__((target("avx2,fma,f16c")))
 #define T2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
-static inline int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* A mask of the first n of 8 lanes, for maskload/maskstore. */
 T2_INLINE __m256i lanes8(int64_t n) {
@@ -204,13 +203,15 @@ T2 static void q0_gemm8(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
  * reference's, block after block, as in the one-block loop.  (Sixteen
  * bit lanes hold at most 2 x 2 x 15 x 128.) */
 T2_INLINE __m256 q4_gemv8_pairs(const uint8_t *const *rp, const int32_t *offs, const uint8_t *base, const q0_tok *tk,
-                                int64_t nb, int64_t *bp) {
+                                int64_t nb, const span *nx, int64_t *bp) {
     const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(15);
     __m256 acc = _mm256_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
         const size_t o = (size_t)b * 18;
         const uint8_t *x0 = tk->q + (size_t)b * 34, *x1 = x0 + 34;
+        prefetch_part(nx, b, nb);
+        prefetch_part(nx, b + 1, nb);
         const __m256i xl = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)x0)),
                                                    _mm_loadu_si128((const __m128i *)(const void *)x1), 1);
         const __m256i xh = _mm256_inserti128_si256(
@@ -239,8 +240,8 @@ T2_INLINE __m256 q4_gemv8_pairs(const uint8_t *const *rp, const int32_t *offs, c
     return acc;
 }
 
-/* One token x 8 rows as stored. */
-T2 static void q0_gemv8(const nm_mm_args *a, int64_t r, int nr, int64_t t, bool q8) {
+/* One token x 8 rows as stored, the next tile (nx) requested meanwhile. */
+T2 static void q0_gemv8(const nm_mm_args *a, int64_t r, int nr, int64_t t, bool q8, const span *nx) {
     const int64_t nb = a->cols / 32;
     const size_t bb = q8 ? 34 : 18;
     const q0_tok tk = q0_token(a, t, 0);
@@ -254,9 +255,10 @@ T2 static void q0_gemv8(const nm_mm_args *a, int64_t r, int nr, int64_t t, bool 
     const uint8_t *base = a->w + (size_t)r * a->row_bytes;
     __m256 acc = _mm256_setzero_ps();
     int64_t b = 0;
-    if (!q8) acc = q4_gemv8_pairs(rp, offs, base, &tk, nb, &b);
+    if (!q8) acc = q4_gemv8_pairs(rp, offs, base, &tk, nb, nx, &b);
     for (; b < nb; b++) {
         const size_t o = (size_t)b * bb;
+        prefetch_part(nx, b, nb);
         const __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(tk.q + (size_t)b * 34));
         __m256i v[8];
         for (int i = 0; i < 8; i++) {
@@ -282,8 +284,10 @@ T2 static void rows_q0(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
         q0_gemm8(a, r0, r1, q8);
         return;
     }
-    for (int64_t r = r0; r < r1; r += 8)
-        for (int64_t t = 0; t < a->n_tok; t++) q0_gemv8(a, r, (int)imin64(8, r1 - r), t, q8);
+    for (int64_t r = r0; r < r1; r += 8) {
+        const span nx = next_tile(a, r, 8, r1);
+        for (int64_t t = 0; t < a->n_tok; t++) q0_gemv8(a, r, (int)imin64(8, r1 - r), t, q8, t ? NULL : &nx);
+    }
 }
 
 T2 static void rows_q8_0(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_q0(a, r0, r1, true); }

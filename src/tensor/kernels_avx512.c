@@ -39,7 +39,6 @@
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #define T512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c"), always_inline)) static inline
 
-static inline int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 T512_INLINE __mmask16 lanes(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 
@@ -297,39 +296,6 @@ T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
             for (; t < a->n_tok; t++) q0_tokens(1, a, &p, r, m, t, b0, kb, corr);
         }
     }
-}
-
-/* Generation reads every weight byte once, with the rows of a tile side by
- * side.  The rows of a tile are adjacent, so the tile is one contiguous
- * span, but 16 interleaved streams row_bytes apart are not a pattern the
- * hardware prefetchers follow well (Q4_0 read 10 GB/s a thread from
- * memory, half the two-thread read probe is 16).  So while one tile is computed, the
- * next tile of the thread's share is requested linearly into L2, spread
- * evenly over the iterations (Q4_0: 10 -> 16 GB/s, one thread; into L1
- * instead gained little, and prefetching each row a fixed distance ahead
- * lost). */
-typedef struct span {
-    const uint8_t *p; /* NULL: no next tile */
-    size_t n;
-} span;
-
-static inline span next_tile(const nm_mm_args *a, int64_t r, int64_t tile, int64_t r1) {
-    span s = {NULL, 0};
-    if (r + tile < r1) {
-        s.p = a->w + (size_t)(r + tile) * a->row_bytes;
-        s.n = (size_t)imin64(tile, r1 - r - tile) * a->row_bytes;
-    } else if (a->pf_w) { /* the last tile: the first of the thread's next chunk */
-        s.p = a->pf_w;
-        s.n = (size_t)imin64(tile, a->pf_rows) * a->pf_row_bytes;
-    }
-    return s;
-}
-
-/* Part i of ni of the span (whole cache lines, at most one repeated). */
-T512_INLINE void prefetch_part(const span *s, int64_t i, int64_t ni) {
-    if (!s || !s->p) return;
-    const size_t lo = (size_t)i * s->n / (size_t)ni & ~(size_t)63, hi = (size_t)(i + 1) * s->n / (size_t)ni;
-    for (size_t o = lo; o < hi; o += 64) _mm_prefetch((const char *)(s->p + o), _MM_HINT_T1);
 }
 
 /* One token x 16 rows as stored.  (Measured on Zen 4: reading 16 rows side

@@ -26,7 +26,6 @@
 
 #define INL __attribute__((always_inline)) static inline
 
-static inline int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* ---- 8-bit dot products: lane i += sum of bytes 4i..4i+3 of a x b ---- */
 
