@@ -218,6 +218,7 @@ T2_INLINE __m256 q4_gemv8_pairs(const uint8_t *const *rp, const int32_t *offs, c
             _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(x0 + 16))),
             _mm_loadu_si128((const __m128i *)(const void *)(x1 + 16)), 1);
         __m256i v[8];
+#pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             const __m256i q = _mm256_inserti128_si256(
                 _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(rp[i] + o + 2))),
@@ -261,6 +262,7 @@ T2 static void q0_gemv8(const nm_mm_args *a, int64_t r, int nr, int64_t t, bool 
         prefetch_part(nx, b, nb);
         const __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(tk.q + (size_t)b * 34));
         __m256i v[8];
+#pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             if (q8) {
                 const __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(rp[i] + o + 2));
