@@ -207,6 +207,13 @@ static void test_kernels_real_tensors(nm_test *t) {
     }
 }
 
+/* Pools of 1, 2 and 5 threads: every split the matmul tests compare. */
+static void pools_new(nm_test *t, nm_pool **pools) {
+    static const int sizes[3] = {1, 2, 5};
+    nm_err err = {0};
+    for (int p = 0; p < 3; p++) CHECK_OK(t, nm_pool_new(sizes[p], &pools[p], &err), err);
+}
+
 /* The threaded, tiled scalar matmul gives exactly the per-row kernel
  * results, for any thread count and for row slices. */
 static void test_matmul_threads(nm_test *t) {
@@ -215,9 +222,7 @@ static void test_matmul_threads(nm_test *t) {
     nm_rng_seed(&r, 3);
     nm_pool *pools[3] = {NULL};
     nm_err err = {0};
-    CHECK_OK(t, nm_pool_new(1, &pools[0], &err), err);
-    CHECK_OK(t, nm_pool_new(2, &pools[1], &err), err);
-    CHECK_OK(t, nm_pool_new(5, &pools[2], &err), err);
+    pools_new(t, pools);
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const int64_t rows = 37, cols = 512, n_tok = 6;
         uint8_t *w = make_weights(&r, types[ti], rows, cols);
@@ -264,11 +269,14 @@ static void test_matmul_threads(nm_test *t) {
 /* nm_matmul_multi (several matrices of one input in one pool region, as
  * Q/K/V and gate/up run): every output has nm_matmul's bits, at every level,
  * on any thread count, for single tokens and batches, with more matrices
- * than one region takes, and with row counts that are not whole tiles, so
- * chunks end at matrix boundaries and the prefetch hint crosses them. */
+ * than one region takes, with row counts that are not whole tiles, so
+ * chunks end at matrix boundaries and the prefetch hint crosses them, and
+ * with neighbours whose activation layouts differ (a region and a
+ * conversion each). */
 static void test_matmul_multi(nm_test *t) {
     static const nm_type groups[][2] = {
-        {NM_TYPE_Q4_0, NM_TYPE_Q8_0}, {NM_TYPE_Q4_K, NM_TYPE_Q6_K}, {NM_TYPE_F16, NM_TYPE_F16}, {NM_TYPE_F32, NM_TYPE_F32}};
+        {NM_TYPE_Q4_0, NM_TYPE_Q8_0}, {NM_TYPE_Q4_K, NM_TYPE_Q6_K}, {NM_TYPE_F16, NM_TYPE_F16},
+        {NM_TYPE_F32, NM_TYPE_F32},  {NM_TYPE_Q8_0, NM_TYPE_Q4_K}, {NM_TYPE_F16, NM_TYPE_Q4_0}};
     static const int64_t rows[] = {48, 37, 16, 100, 5, 64};
     enum { N = sizeof rows / sizeof rows[0] };
     const int64_t cols = 512, n_tok = 6;
@@ -276,9 +284,7 @@ static void test_matmul_multi(nm_test *t) {
     nm_rng_seed(&r, 11);
     nm_pool *pools[3] = {NULL};
     nm_err err = {0};
-    CHECK_OK(t, nm_pool_new(1, &pools[0], &err), err);
-    CHECK_OK(t, nm_pool_new(2, &pools[1], &err), err);
-    CHECK_OK(t, nm_pool_new(5, &pools[2], &err), err);
+    pools_new(t, pools);
     float *x = malloc(sizeof(float) * (size_t)(n_tok * cols));
     random_floats(&r, x, n_tok * cols, 1.0);
     for (int level = 0; level < NM_ISA_COUNT; level++) {
@@ -291,15 +297,9 @@ static void test_matmul_multi(nm_test *t) {
             size_t sbytes = 0;
             int n = 0;
             for (int i = 0; i < N; i++) {
-                nm_type ty = groups[g][i % 2];
+                const nm_type ty = groups[g][i % 2];
                 w[i] = make_weights(&r, ty, rows[i], cols);
                 CHECK_OK(t, nm_mat_init_isa(&m[i], "w", ty, cols, rows[i], w[i], (nm_isa)level, &err), err);
-                if (i > 0 && !nm_matmul_act_shared(&m[0], &m[i])) { /* mixed pair not shared at this level */
-                    free(w[i]);
-                    ty = groups[g][0];
-                    w[i] = make_weights(&r, ty, rows[i], cols);
-                    CHECK_OK(t, nm_mat_init_isa(&m[i], "w", ty, cols, rows[i], w[i], (nm_isa)level, &err), err);
-                }
                 mp[i] = &m[i];
                 want[i] = malloc(sizeof(float) * (size_t)(n_tok * rows[i]));
                 y[i] = malloc(sizeof(float) * (size_t)(n_tok * rows[i]));

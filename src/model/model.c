@@ -620,22 +620,14 @@ void nm_model_proj(const nm_fwd *f, int64_t l, nm_proj which, const float *x, fl
     proj_finish(f, l, which, x, y);
 }
 
-/* n projections of one x: base products in one pool region where they
- * convert x alike (nm_matmul_multi), else one after the other. */
+/* n (at most 3) projections of one x: the base products together
+ * (nm_matmul_multi: one conversion and one pool region where the
+ * matrices' layouts agree), then each one's bias and adapters. */
 static void proj_group(const nm_fwd *f, int64_t l, const nm_proj *which, float *const *y, int n, const float *x) {
-    const nm_layer *L = &f->m->layers[l];
-    const nm_mat *w[NM_MATMUL_MULTI];
-    bool shared = n <= NM_MATMUL_MULTI;
-    for (int i = 0; i < n && shared; i++) {
-        w[i] = &L->w[which[i]];
-        shared = nm_matmul_act_shared(w[0], w[i]);
-    }
-    if (shared) {
-        nm_matmul_multi(f->pool, w, y, n, x, f->n, f->host->act);
-        for (int i = 0; i < n; i++) proj_finish(f, l, which[i], x, y[i]);
-    } else {
-        for (int i = 0; i < n; i++) nm_model_proj(f, l, which[i], x, y[i]);
-    }
+    const nm_mat *w[3];
+    for (int i = 0; i < n; i++) w[i] = &f->m->layers[l].w[which[i]];
+    nm_matmul_multi(f->pool, w, y, n, x, f->n, f->host->act);
+    for (int i = 0; i < n; i++) proj_finish(f, l, which[i], x, y[i]);
 }
 
 /* Angles of every row's position, shared by every layer and head. */

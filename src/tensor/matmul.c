@@ -237,9 +237,10 @@ void nm_matmul_multi(nm_pool *pool, const nm_mat *const *w, float *const *y, int
     bool converted = false;
     for (int i = 0; i < n; i++) {
         t.part[t.n_part++] = (mm_part){.w = w[i], .r0 = 0, .r1 = w[i]->rows, .y = y[i], .ldy = w[i]->rows};
-        if (t.n_part == NM_MATMUL_MULTI || i == n - 1) {
+        const bool next_shares = i + 1 < n && nm_matmul_act_shared(w[i], w[i + 1]);
+        if (t.n_part == NM_MATMUL_MULTI || !next_shares) {
             run_parts(pool, &t, n_tok, scratch, converted);
-            converted = true;
+            converted = next_shares;
             t.n_part = 0;
         }
     }

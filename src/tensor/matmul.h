@@ -58,11 +58,11 @@ void nm_matmul_rows(nm_pool *pool, const nm_mat *w, int64_t r0, int64_t r1, cons
  * side data): one conversion of x then serves both products. */
 bool nm_matmul_act_shared(const nm_mat *a, const nm_mat *b);
 
-/* y[i] = w[i] x (as nm_matmul) for n matrices that share the activation
- * layout (nm_matmul_act_shared between all; scratch sized for w[0]): x is
- * converted once and the products run in one pool region, up to
- * NM_MATMUL_MULTI at a time, threads taking chunks across the matrices in
- * order.  Why: every region costs a wake and a wait, and a thread's first
+/* y[i] = w[i] x (as nm_matmul) for n matrices (scratch sized for the
+ * largest conversion): each run of consecutive matrices that share the
+ * activation layout (nm_matmul_act_shared) converts x once and runs in one
+ * pool region, up to NM_MATMUL_MULTI at a time, threads taking chunks
+ * across the matrices in order.  Why: every region costs a wake and a wait, and a thread's first
  * tile of a matrix comes in unprefetched; at generation, where the K and V
  * of a small model take a few microseconds each, that was a large part of
  * them.  Every output gets the same bits as from nm_matmul. */
