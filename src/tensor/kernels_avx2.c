@@ -31,7 +31,6 @@
 #define T2 __attribute__((target("avx2,fma,f16c")))
 #define T2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
-
 /* A mask of the first n of 8 lanes, for maskload/maskstore. */
 T2_INLINE __m256i lanes8(int64_t n) {
     const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);

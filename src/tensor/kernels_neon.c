@@ -26,7 +26,6 @@
 
 #define INL __attribute__((always_inline)) static inline
 
-
 /* ---- 8-bit dot products: lane i += sum of bytes 4i..4i+3 of a x b ---- */
 
 INL int32x4_t sdot(int32x4_t acc, int8x16_t a, int8x16_t b) {
