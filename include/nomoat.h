@@ -195,6 +195,11 @@ nm_status nm_gguf_open(const char *path, nm_gguf **out, nm_err *err);
  * advised for transparent huge pages, which the kernels stream faster);
  * nm_model_load uses it for models that fit in the memory available. */
 nm_status nm_gguf_open_read(const char *path, nm_gguf **out, nm_err *err);
+/* Opened with nm_gguf_open_read: its memory made writable (true) or
+ * read-only again (false), for a caller that rewrites tensor data in place
+ * (nm_model_load packs weights for its kernels).  Mapped or on a caller's
+ * buffer: NM_ERR_UNSUPPORTED, nothing changed. */
+nm_status nm_gguf_set_writable(nm_gguf *g, bool writable, nm_err *err);
 /* Same, on a caller-owned buffer that must outlive the nm_gguf (used by the
  * fuzzer and tests).  name is used in error messages. */
 nm_status nm_gguf_open_buffer(const void *buf, size_t size, const char *name,
@@ -569,6 +574,7 @@ typedef struct nm_model_info {
     uint64_t n_params;        /* elements of all tensors                  */
     uint64_t weight_bytes;    /* bytes of tensor data                     */
     bool in_memory;           /* the file was read into memory, not mapped */
+    int32_t n_packed;         /* weight matrices packed for the kernels    */
 } nm_model_info;
 
 /* Loads a GGUF model and checks every tensor the architecture needs (name,
@@ -577,12 +583,17 @@ typedef struct nm_model_info {
  * the file has tokenizer.ggml.* keys the vocabulary is built too.  The file
  * is read into memory (huge pages) when it takes at most half of the memory
  * available, else mapped; NOMOAT_MMAP=1 in the environment always maps it
- * (pages shared between processes).  nm_model_info says which. */
+ * (pages shared between processes).  nm_model_info says which.  Read into
+ * memory, the weight matrices whose kernels have a packed layout (AVX-512
+ * Q8_0, Q4_0) are rewritten in it, in place: same results, faster
+ * generation; NOMOAT_PACK=0 keeps them as stored. */
 nm_status nm_model_load(const char *path, const nm_log *log, nm_model **out, nm_err *err);
 void nm_model_free(nm_model *m);
 void nm_model_get_info(const nm_model *m, nm_model_info *info);
 /* NULL when the file has no tokenizer. */
 const nm_vocab *nm_model_vocab(const nm_model *m);
+/* The model's file: metadata, and tensors as stored except the matrices
+ * the model packed (nm_model_load); open the file again to read those. */
 const nm_gguf *nm_model_gguf(const nm_model *m);
 
 /* A pool of compute threads (src/base/threads.c).  Every context runs its

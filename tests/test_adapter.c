@@ -25,6 +25,7 @@
 #include "testlib.h"
 #include "base/base.h"
 #include "model/lora.h"
+#include "tensor/quantize_model.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -276,9 +277,12 @@ static nm_lora *random_adapter(nm_test *t, const nm_model *m, uint64_t seed, int
         for (int64_t k = 0; k < md->r * md->out; k++) md->Bt[k] = (float)(amp * nm_rng_normal(&rng));
     }
     nm_lora_finish(l);
-    nm_base_fingerprint(nm_model_gguf(m), l->base_fp);
+    /* a model that packed its weights keeps its file's identities */
+    const nm_base_ids *ids = nm_model_base_ids(m);
+    if (ids) memcpy(l->base_fp, ids->fp, NM_FP_HEX);
+    else nm_base_fingerprint(nm_model_gguf(m), l->base_fp);
     l->has_base_fp = true;
-    char *sig = nm_base_signature(nm_model_gguf(m));
+    char *sig = ids ? (ids->sig ? strdup(ids->sig) : NULL) : nm_base_signature(nm_model_gguf(m));
     nm_lora_set_strings(l, NULL, "test-base", sig, &err);
     free(sig);
     CHECK_OK(t, nm_lora_bind(l, m, &err), err);
@@ -731,6 +735,74 @@ out:
     nm_model_free(other);
 }
 
+/* A base read into memory whose matrices were packed for the kernels
+ * (Q8_0 where the level packs it): the file's identities were taken
+ * before, so an adapter made for the file fits without a note, one made
+ * for the F32 weights fits through the signature; a merge takes the
+ * weights as stored from the file, and refuses a file changed since. */
+static void test_packed_base(nm_test *t) {
+    nm_err err = {0};
+    const char *qp = tmp("s260-q8_0.gguf"), *ap = tmp("packed-a"), *bp = tmp("packed-b"), *mp = tmp("packed-m.gguf");
+    nm_quantize_params par = {.recipe = "q8_0"};
+    nm_model *f32 = load(t, "stories260K.gguf"), *q8 = NULL;
+    nm_gguf *g = NULL, *gm = NULL;
+    nm_lora *a = NULL, *b = NULL, *x = NULL;
+    if (!f32 || !CHECK_OK(t, nm_quantize_model(nm_test_shared("models/stories260K.gguf"), qp, &par, NULL, &err), err) ||
+        !CHECK_OK(t, nm_model_load(qp, NULL, &q8, &err), err) || !CHECK_OK(t, nm_gguf_open(qp, &g, &err), err))
+        goto out;
+    nm_model_info info;
+    nm_model_get_info(q8, &info);
+    char fp_file[NM_FP_HEX], fp_mem[NM_FP_HEX];
+    nm_base_fingerprint(g, fp_file);
+    nm_base_fingerprint(nm_model_gguf(q8), fp_mem);
+    printf("  stories260K Q8_0: %d matrices packed; fingerprint of the file %s, of the packed memory %s\n",
+           (int)info.n_packed, fp_file, fp_mem);
+    CHECK(t, info.n_packed == 0 || strcmp(fp_file, fp_mem) != 0);
+    CHECK(t, info.n_packed == 0 || (nm_model_base_ids(q8) && strcmp(nm_model_base_ids(q8)->fp, fp_file) == 0));
+
+    /* made for the file: the exact fingerprint, no note */
+    a = random_adapter(t, q8, 31, 4, 8.0f, false, 0x01, -1, 0.05f);
+    b = random_adapter(t, f32, 32, 4, 8.0f, false, 0x01, -1, 0.05f);
+    if (!a || !b || !CHECK(t, strcmp(a->base_fp, fp_file) == 0) ||
+        !CHECK_OK(t, nm_lora_save(a, ap, NM_LORA_PEFT, NM_TYPE_F32, &err), err) ||
+        !CHECK_OK(t, nm_lora_save(b, bp, NM_LORA_PEFT, NM_TYPE_F32, &err), err))
+        goto out;
+    logbuf lb = {0};
+    nm_log log = {log_to, &lb, NM_LOG_INFO};
+    CHECK_OK(t, nm_lora_load(q8, ap, false, &log, &x, &err), err);
+    CHECKF(t, lb.len == 0, "a note for the adapter's own base: %s", lb.text);
+    nm_lora_free(x);
+    x = NULL;
+    /* made for the F32 weights: the signature */
+    CHECK_OK(t, nm_lora_load(q8, bp, false, &log, &x, &err), err);
+    CHECKF(t, strstr(lb.text, "stored differently"), "no note for the F32 adapter: %s", lb.text);
+    nm_lora_free(x);
+    x = NULL;
+
+    /* merged: the matrices the adapter leaves alone are the file's bytes */
+    nm_lora_entry e = {a, 1.0f};
+    if (CHECK_OK(t, nm_model_merge_loras(q8, &e, 1, -1, mp, NULL, &err), err) &&
+        CHECK_OK(t, nm_gguf_open(mp, &gm, &err), err)) {
+        const nm_gguf_tensor *want = nm_gguf_find_tensor(g, "blk.1.ffn_up.weight"),
+                             *got = nm_gguf_find_tensor(gm, "blk.1.ffn_up.weight");
+        CHECK(t, want && got && want->nbytes == got->nbytes && memcmp(want->data, got->data, want->nbytes) == 0);
+    }
+    /* the file replaced since it was loaded: refused */
+    nm_quantize_params p4 = {.recipe = "q4_0"};
+    if (CHECK_OK(t, nm_quantize_model(nm_test_shared("models/stories260K.gguf"), qp, &p4, NULL, &err), err)) {
+        const nm_status st = nm_model_merge_loras(q8, &e, 1, -1, mp, NULL, &err);
+        CHECKF(t, info.n_packed == 0 || (st == NM_ERR_IO && strstr(err.msg, "changed on disk")), "merge of a changed file: %d %s",
+               st, err.msg);
+    }
+out:
+    nm_gguf_free(gm);
+    nm_gguf_free(g);
+    nm_lora_free(a);
+    nm_lora_free(b);
+    nm_model_free(q8);
+    nm_model_free(f32);
+}
+
 /* ====================================================================== */
 /* hostile input                                                          */
 /* ====================================================================== */
@@ -901,6 +973,7 @@ int main(void) {
     nm_test_run("contexts", test_contexts);
     nm_test_run("errors", test_errors);
     nm_test_run("provenance", test_provenance);
+    nm_test_run("packed_base", test_packed_base);
     nm_test_run("hostile", test_hostile);
     nm_test_run("cli", test_cli);
     json_decref(GOLD);

@@ -606,6 +606,58 @@ static double float_bound(int64_t cols, double mag) { return ((double)cols / 16 
 
 static const char *isa_label(nm_isa i) { return nm_isa_name(i); }
 
+/* The level's packed layout (nm_mat_pack) against the same matrix as
+ * stored (y: its product with all n_tok tokens of x): the same bits for
+ * every thread count, batch size and row slice, slices that start and end
+ * inside a tile and in the unpacked tail included. */
+static void check_packed(nm_test *t, const nm_mat *ml, const uint8_t *w, const float *x, int64_t n_tok,
+                         const float *y, nm_pool **pools, void *scratch) {
+    const int64_t rows = ml->rows, cols = ml->cols;
+    const size_t bytes = (size_t)rows * ml->row_bytes;
+    const char *tn = nm_type_name(ml->type), *lv = nm_isa_name(ml->k->isa);
+    uint8_t *wp = malloc(bytes);
+    float *y1 = malloc(sizeof(float) * (size_t)(n_tok * rows));
+    memcpy(wp, w, bytes);
+    nm_mat mp = *ml;
+    mp.data = wp;
+    nm_err err = {0};
+    if (CHECK_OK(t, nm_mat_pack(&mp, wp, &err), err) && !ml->k->pack_tile) {
+        CHECKF(t, mp.packed_rows == 0 && memcmp(wp, w, bytes) == 0, "%s %s: no packed layout, yet packed", lv, tn);
+    } else if (!err.code) {
+        const size_t pb = (size_t)mp.packed_rows * ml->row_bytes;
+        CHECKF(t, mp.packed_rows == rows / NM_PACK_ROWS * NM_PACK_ROWS && memcmp(wp, w, pb) != 0,
+               "%s %s: %lld rows packed (of %lld), bytes changed: %d", lv, tn, (long long)mp.packed_rows,
+               (long long)rows, memcmp(wp, w, pb) != 0);
+        CHECKF(t, memcmp(wp + pb, w + pb, bytes - pb) == 0, "%s %s: packing changed the rows past the tiles", lv, tn);
+        for (int p = 0; p < 3; p++) {
+            memset(y1, 0xff, sizeof(float) * (size_t)(n_tok * rows));
+            nm_matmul(pools[p], &mp, x, n_tok, y1, scratch);
+            CHECKF(t, memcmp(y1, y, sizeof(float) * (size_t)(n_tok * rows)) == 0,
+                   "%s %s cols %lld packed, %d threads: differs from as stored", lv, tn, (long long)cols,
+                   nm_pool_size(pools[p]));
+        }
+        for (int64_t nt = 1; nt <= 5; nt++) {
+            memset(y1, 0xff, sizeof(float) * (size_t)(nt * rows));
+            nm_matmul(pools[2], &mp, x, nt, y1, scratch);
+            CHECKF(t, memcmp(y1, y, sizeof(float) * (size_t)(nt * rows)) == 0,
+                   "%s %s cols %lld packed: a batch of %lld tokens differs", lv, tn, (long long)cols, (long long)nt);
+        }
+        static const int64_t slice[][2] = {{5, 40}, {16, 32}, {0, 17}, {20, 45}, {31, 33}, {3, 9}, {33, 45}};
+        for (size_t k = 0; k < sizeof slice / sizeof slice[0]; k++)
+            for (int64_t nt = 1; nt <= n_tok; nt += n_tok - 1) {
+                const int64_t r0 = slice[k][0], r1 = slice[k][1], ld = r1 - r0 + 1;
+                nm_matmul_rows(pools[1], &mp, r0, r1, x, nt, y1, ld, scratch);
+                bool same = true;
+                for (int64_t tok = 0; tok < nt; tok++)
+                    same &= memcmp(y1 + tok * ld, y + tok * rows + r0, sizeof(float) * (size_t)(r1 - r0)) == 0;
+                CHECKF(t, same, "%s %s packed: rows %lld..%lld of %lld tokens differ", lv, tn, (long long)r0,
+                       (long long)r1, (long long)nt);
+            }
+    }
+    free(wp);
+    free(y1);
+}
+
 static void check_level(nm_test *t, nm_isa isa, nm_type type, int64_t cols, nm_pool **pools, nm_rng *r) {
     const int64_t rows = 45, n_tok = 17;
     nm_err err = {0};
@@ -681,6 +733,7 @@ static void check_level(nm_test *t, nm_isa isa, nm_type type, int64_t cols, nm_p
                (long long)r1, (long long)nt);
     }
     free(ys);
+    check_packed(t, &ml, w, x, n_tok, y, pools, scratch);
     free(w);
     free(x);
     free(ref);

@@ -9,6 +9,7 @@
  *    vs token-by-token, thread counts, context limits, bad files. */
 #include "testlib.h"
 #include "base/base.h"
+#include "tensor/kernels.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -645,37 +646,60 @@ static void test_model_info(nm_test *t) {
 
 /* A model that fits is read into memory, NOMOAT_MMAP=1 maps it; both give
  * the same logits bit for bit (t256-q4_k_m: K-quant and Q6_K kernels). */
+/* Mapped, read into memory (where the level packs Q8_0/Q4_0 matrices for
+ * its kernels) and read into memory with NOMOAT_PACK=0: the same logits,
+ * for a prompt (the batch kernels) and a next token (matrix-vector). */
 static void test_load_modes(nm_test *t) {
-    float *logits[2] = {NULL, NULL};
-    bool in_mem[2] = {false, false};
-    const int32_t toks[] = {1, 15, 200, 33, 7, 99};
-    int64_t nv = 0;
-    for (int mode = 0; mode < 2; mode++) {
-        if (mode) setenv("NOMOAT_MMAP", "1", 1);
-        nm_model *m = load(t, "t256-q4_k_m.gguf");
-        if (mode) unsetenv("NOMOAT_MMAP");
-        if (!m) return;
-        nm_model_info i;
-        nm_model_get_info(m, &i);
-        in_mem[mode] = i.in_memory;
-        nv = i.n_vocab;
-        nm_err err = {0};
-        nm_context *c = NULL;
-        nm_context_params cp = nm_context_default_params();
-        cp.n_ctx = 32;
-        if (CHECK_OK(t, nm_context_new(m, &cp, &c, &err), err) &&
-            CHECK_OK(t, nm_decode(c, toks, 6, &err), err)) {
-            logits[mode] = malloc(sizeof(float) * (size_t)nv);
-            memcpy(logits[mode], nm_get_logits(c), sizeof(float) * (size_t)nv);
+    static const char *const files[] = {"t256-q4_k_m.gguf", "t256-q8_0.gguf", "t256-q4_0.gguf"};
+    static const nm_type types[] = {NM_TYPE_Q4_K, NM_TYPE_Q8_0, NM_TYPE_Q4_0};
+    const int32_t toks[] = {1, 15, 200, 33, 7, 99, 512};
+    nm_isa isa;
+    nm_err err = {0};
+    if (!CHECK_OK(t, nm_isa_select(&isa, &err), err)) return;
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+        const bool packs = nm_mm_kernel_get(types[f], isa)->pack_tile != NULL;
+        float *logits[3][2] = {{NULL}};
+        nm_model_info info[3];
+        int64_t nv = 0;
+        int want = 0;
+        for (int mode = 0; mode < 3; mode++) {
+            if (mode == 1) setenv("NOMOAT_MMAP", "1", 1);
+            if (mode == 2) setenv("NOMOAT_PACK", "0", 1);
+            nm_model *m = load(t, files[f]);
+            unsetenv("NOMOAT_MMAP");
+            unsetenv("NOMOAT_PACK");
+            if (!m) return;
+            nm_model_get_info(m, &info[mode]);
+            nv = info[mode].n_vocab;
+            const nm_gguf_tensor *o = nm_gguf_find_tensor(nm_model_gguf(m), "output.weight");
+            /* t256: 2 layers of 7 projections, and an output matrix of another type or the same */
+            want = packs ? 14 + (o && nm_mm_kernel_get(o->type, isa)->pack_tile != NULL) : 0;
+            nm_context *c = NULL;
+            nm_context_params cp = nm_context_default_params();
+            cp.n_ctx = 32;
+            if (CHECK_OK(t, nm_context_new(m, &cp, &c, &err), err))
+                for (int step = 0; step < 2; step++)
+                    if (CHECK_OK(t, nm_decode(c, toks + 6 * step, step ? 1 : 6, &err), err)) {
+                        logits[mode][step] = malloc(sizeof(float) * (size_t)nv);
+                        memcpy(logits[mode][step], nm_get_logits(c), sizeof(float) * (size_t)nv);
+                    }
+            nm_context_free(c);
+            nm_model_free(m);
         }
-        nm_context_free(c);
-        nm_model_free(m);
+        const bool mem = info[0].in_memory;
+        CHECKF(t, mem || nm_mem_available() < 64u << 20, "%s: a small model was not read into memory", files[f]);
+        CHECK(t, !info[1].in_memory && info[2].in_memory == mem);
+        CHECKF(t, info[0].n_packed == (mem ? want : 0) && info[1].n_packed == 0 && info[2].n_packed == 0,
+               "%s at %s: %d, %d, %d matrices packed", files[f], nm_isa_name(isa), (int)info[0].n_packed,
+               (int)info[1].n_packed, (int)info[2].n_packed);
+        for (int step = 0; step < 2; step++)
+            for (int mode = 1; mode < 3; mode++)
+                CHECKF(t, logits[0][step] && logits[mode][step] &&
+                              memcmp(logits[0][step], logits[mode][step], sizeof(float) * (size_t)nv) == 0,
+                       "%s: %s logits differ %s", files[f], step ? "next-token" : "prompt",
+                       mode == 1 ? "mapped" : "unpacked");
+        for (int mode = 0; mode < 3; mode++) free(logits[mode][0]), free(logits[mode][1]);
     }
-    CHECKF(t, in_mem[0] || nm_mem_available() < 64u << 20, "a 13 MB model was not read into memory");
-    CHECK(t, !in_mem[1]);
-    CHECK(t, logits[0] && logits[1] && memcmp(logits[0], logits[1], sizeof(float) * (size_t)nv) == 0);
-    free(logits[0]);
-    free(logits[1]);
 }
 
 /* ---- hostile and unsupported files, written with the GGUF writer ---- */

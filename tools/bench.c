@@ -320,12 +320,12 @@ static int bench_model(int argc, char **argv) {
                       "\"n_prompt\": %lld, \"n_gen\": %lld, \"pp_tokens_s\": %.3f, \"pp_min\": %.3f, \"pp_max\": %.3f, "
                       "\"tg_tokens_s\": %.3f, \"tg_min\": %.3f, \"tg_max\": %.3f, \"peak_rss_bytes\": %lld, "
                       "\"bytes_per_token\": %.0f, \"macs_per_token\": %.0f, \"pp_macs_per_token\": %.0f, "
-                      "\"pp_peak\": \"%s\", \"in_memory\": %s",
+                      "\"pp_peak\": \"%s\", \"in_memory\": %s, \"packed_matrices\": %d",
                       (unsigned long long)info.n_params, (unsigned long long)info.weight_bytes,
                       nm_context_n_threads(c), nm_isa_name(isa), (long long)reps, (long long)n_prompt, (long long)n_gen,
                       pp_med, pp[0], pp[reps - 1], tg_med, tg[0], tg[reps - 1], (long long)ru.ru_maxrss * 1024,
                       cost.bytes, cost.macs, pp_macs(&cost, n_prompt), cost.int8 ? "int8" : "f32_fma",
-                      info.in_memory ? "true" : "false");
+                      info.in_memory ? "true" : "false", (int)info.n_packed);
         if (roofline)
             nm_buf_printf(&b,
                           ", \"read_bytes_s\": %.0f, \"fma_s\": %.0f, \"int8_s\": %.0f, \"pp_roofline_fraction\": %.4f, "
@@ -341,9 +341,11 @@ static int bench_model(int argc, char **argv) {
         if (!b.oom) fwrite(b.data, 1, b.len, stdout);
         nm_buf_deinit(&b);
     } else {
-        printf("model: %s (%s, %.1fM parameters, %.1f MiB of weights, %s), %d threads, %s kernels, %lld reps\n", model,
-               info.arch, info.n_params / 1e6, info.weight_bytes / 1048576.0,
-               info.in_memory ? "read into memory" : "mapped", nm_context_n_threads(c), nm_isa_name(isa),
+        char packed[48] = "";
+        if (info.n_packed) snprintf(packed, sizeof packed, ", %d matrices packed", (int)info.n_packed);
+        printf("model: %s (%s, %.1fM parameters, %.1f MiB of weights, %s%s), %d threads, %s kernels, %lld reps\n",
+               model, info.arch, info.n_params / 1e6, info.weight_bytes / 1048576.0,
+               info.in_memory ? "read into memory" : "mapped", packed, nm_context_n_threads(c), nm_isa_name(isa),
                (long long)reps);
         if (n_prompt > 0) {
             printf("  pp%-5lld %10.2f tokens/s (min %.2f, max %.2f)", (long long)n_prompt, pp_med, pp[0], pp[reps - 1]);

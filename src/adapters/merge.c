@@ -423,7 +423,23 @@ nm_status nm_model_merge_loras(const nm_model *m, const nm_lora_entry *items, si
     if (type >= 0 && !nm_type_can_quantize((nm_type)type))
         return nm_err_set(err, NM_ERR_UNSUPPORTED, "writing weights as %s is not supported",
                           nm_type_name((uint32_t)type) ? nm_type_name((uint32_t)type) : "(unknown type)");
+    /* A model that packed its weights for its kernels (nm_model_base_ids)
+     * no longer holds them as stored: they are read from its file again,
+     * which must still be the one loaded. */
     const nm_gguf *g = m->gguf;
+    nm_gguf *again = NULL;
+    const nm_base_ids *ids = nm_model_base_ids(m);
+    if (ids) {
+        if ((st = nm_gguf_open(nm_gguf_path(m->gguf), &again, err))) return st;
+        char fp[NM_FP_HEX];
+        nm_base_fingerprint(again, fp);
+        if (strcmp(fp, ids->fp) != 0) {
+            nm_gguf_free(again);
+            return nm_err_set(err, NM_ERR_IO, "%s changed on disk since the model was loaded: load it again to merge",
+                              nm_gguf_path(m->gguf));
+        }
+        g = again;
+    }
     const int64_t nt = nm_gguf_n_tensors(g);
     merge_job job = {g, items, n, nm_calloc((size_t)nt + 1, sizeof(nm_type)), nm_calloc((size_t)nt + 1, sizeof(bool))};
     nm_gguf_writer *w = nm_gguf_writer_new(nm_gguf_version(g));
@@ -518,5 +534,6 @@ done:
     free(job.out_type);
     free(job.adapted);
     nm_gguf_writer_free(w);
+    nm_gguf_free(again);
     return st;
 }

@@ -56,6 +56,9 @@ nm_status nm_map_open(nm_map *m, const char *path, nm_err *err);
  * file map (docs/KERNELS.md "Huge pages").  Same nm_map, nm_map_close. */
 nm_status nm_map_read(nm_map *m, const char *path, nm_err *err);
 void nm_map_close(nm_map *m);
+/* An nm_map_read map made writable (true) or read-only again (false), for
+ * a caller that rewrites its contents in place; a file map: an error. */
+nm_status nm_map_set_writable(nm_map *m, bool writable, nm_err *err);
 /* Bytes of memory the system can give without swapping (MemAvailable of
  * /proc/meminfo), 0 if unknown. */
 uint64_t nm_mem_available(void);

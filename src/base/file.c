@@ -87,6 +87,13 @@ nm_status nm_map_read(nm_map *m, const char *path, nm_err *err) {
     return NM_OK;
 }
 
+nm_status nm_map_set_writable(nm_map *m, bool writable, nm_err *err) {
+    if (!m->base) return nm_err_set(err, NM_ERR_UNSUPPORTED, "a file map cannot be written to");
+    if (mprotect(m->base, m->base_size, writable ? PROT_READ | PROT_WRITE : PROT_READ) != 0)
+        return nm_err_set(err, NM_ERR_IO, "mprotect: %s", strerror(errno));
+    return NM_OK;
+}
+
 void nm_map_close(nm_map *m) {
     if (m->base) munmap(m->base, m->base_size);
     else if (m->data) munmap(m->data, m->size);

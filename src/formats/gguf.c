@@ -418,6 +418,10 @@ nm_status nm_gguf_open(const char *path, nm_gguf **out, nm_err *err) { return gg
 
 nm_status nm_gguf_open_read(const char *path, nm_gguf **out, nm_err *err) { return gguf_open(path, true, out, err); }
 
+nm_status nm_gguf_set_writable(nm_gguf *g, bool writable, nm_err *err) {
+    return nm_map_set_writable(&g->map, writable, err);
+}
+
 /* ---- accessors ---- */
 
 uint32_t nm_gguf_version(const nm_gguf *g) { return g->version; }

@@ -151,29 +151,34 @@ static int hexval(char c) {
     return -1;
 }
 
-bool nm_base_signature_match(const char *sig, const nm_gguf *g, double *r) {
-    *r = NAN;
+/* The samples of a signature string (NAN where they are not finite);
+ * false when it is malformed.  shape: its 16 hex digits of shape hash. */
+static bool parse_sig(const char *sig, const char **shape, float *v) {
     const size_t plen = strlen(SIG_PREFIX);
     if (!sig || strlen(sig) != plen + 17 + 4 * SIG_SAMPLES || strncmp(sig, SIG_PREFIX, plen) || sig[plen + 16] != ':')
         return false;
-    char want[17];
-    snprintf(want, sizeof want, "%016llx", (unsigned long long)shape_hash(g));
-    if (memcmp(sig + plen, want, 16) != 0) return false;
-    float have[SIG_SAMPLES];
-    take_samples(g, have);
+    *shape = sig + plen;
     const char *p = sig + plen + 17;
-    double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
-    int n = 0;
     for (int k = 0; k < SIG_SAMPLES; k++) {
-        int v = 0;
+        int x = 0;
         for (int d = 0; d < 4; d++) {
             int h = hexval(p[4 * k + d]);
             if (h < 0) return false;
-            v = v * 16 + h;
+            x = x * 16 + h;
         }
-        double x = nm_f16_to_f32((uint16_t)v), y = have[k];
-        if (!isfinite(x) || !isfinite(y)) continue;
-        sx += x, sy += y, sxx += x * x, syy += y * y, sxy += x * y;
+        v[k] = nm_f16_to_f32((uint16_t)x);
+    }
+    return true;
+}
+
+/* Pearson correlation of the pairs where both are finite; true when r >= 0.9. */
+static bool correlate(const float *x, const float *y, double *r) {
+    double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+    int n = 0;
+    for (int k = 0; k < SIG_SAMPLES; k++) {
+        const double a = x[k], b = y[k];
+        if (!isfinite(a) || !isfinite(b)) continue;
+        sx += a, sy += b, sxx += a * a, syy += b * b, sxy += a * b;
         n++;
     }
     if (n < SIG_MIN_VALID) return false;
@@ -181,4 +186,34 @@ bool nm_base_signature_match(const char *sig, const nm_gguf *g, double *r) {
     if (!(vx > 0) || !(vy > 0)) return false;
     *r = cov / sqrt(vx * vy);
     return *r >= 0.9;
+}
+
+bool nm_base_signature_match(const char *sig, const nm_gguf *g, double *r) {
+    *r = NAN;
+    const char *shape;
+    float want[SIG_SAMPLES], have[SIG_SAMPLES];
+    if (!parse_sig(sig, &shape, want)) return false;
+    char hash[17];
+    snprintf(hash, sizeof hash, "%016llx", (unsigned long long)shape_hash(g));
+    if (memcmp(shape, hash, 16) != 0) return false;
+    take_samples(g, have);
+    return correlate(want, have, r);
+}
+
+bool nm_base_signature_match_sig(const char *sig, const char *have, double *r) {
+    *r = NAN;
+    const char *s0, *s1;
+    float a[SIG_SAMPLES], b[SIG_SAMPLES];
+    if (!parse_sig(sig, &s0, a) || !parse_sig(have, &s1, b) || memcmp(s0, s1, 16) != 0) return false;
+    return correlate(a, b, r);
+}
+
+void nm_base_ids_init(nm_base_ids *ids, const nm_gguf *g) {
+    nm_base_fingerprint(g, ids->fp);
+    ids->sig = nm_base_signature(g);
+}
+
+void nm_base_ids_deinit(nm_base_ids *ids) {
+    free(ids->sig);
+    ids->sig = NULL;
 }

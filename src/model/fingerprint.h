@@ -46,6 +46,18 @@ char *nm_base_signature(const nm_gguf *g);
  * fine-tunes keep r above 0.99, unrelated weights give r near 0).  *r gets
  * the correlation (NAN when the shapes differ or sig is malformed). */
 bool nm_base_signature_match(const char *sig, const nm_gguf *g, double *r);
+/* The same against a signature taken before (nm_base_signature), have. */
+bool nm_base_signature_match_sig(const char *sig, const char *have, double *r);
+
+/* A base's fingerprint and signature taken once: a model whose weights are
+ * packed for its kernels (nm_mat_pack) no longer holds them as stored, so
+ * it takes these first, and adapters are checked against them. */
+typedef struct nm_base_ids {
+    char fp[NM_FP_HEX];
+    char *sig; /* nm_base_signature: malloc()ed, NULL when none */
+} nm_base_ids;
+void nm_base_ids_init(nm_base_ids *ids, const nm_gguf *g);
+void nm_base_ids_deinit(nm_base_ids *ids);
 
 /* What a merged model records about its origin (`nomoat merge`): the
  * fingerprint of the base it was made from and the adapters folded into it,

@@ -491,8 +491,10 @@ nm_status nm_lora_merged_list(const nm_gguf *g, nm_lora_prov **out, size_t *n) {
     return st;
 }
 
-nm_status nm_lora_check_base(const nm_lora *l, const nm_gguf *g, bool force, const nm_log *log, bool *merged_ok,
-                             nm_err *err) {
+/* nm_lora_check_base with the base's identities taken before (ids) or,
+ * NULL, from g's tensors. */
+static nm_status check_base(const nm_lora *l, const nm_gguf *g, const nm_base_ids *ids, bool force, const nm_log *log,
+                            bool *merged_ok, nm_err *err) {
     if (merged_ok) *merged_ok = false;
     const char *who = l->path ? l->path : "adapter";
     if (!l->has_base_fp) {
@@ -501,7 +503,8 @@ nm_status nm_lora_check_base(const nm_lora *l, const nm_gguf *g, bool force, con
         return NM_OK;
     }
     char fp[NM_FP_HEX];
-    nm_base_fingerprint(g, fp);
+    if (ids) memcpy(fp, ids->fp, sizeof fp);
+    else nm_base_fingerprint(g, fp);
     if (strcmp(fp, l->base_fp) == 0) return NM_OK;
     nm_str mb;
     if (nm_gguf_get_str(g, NM_KEY_MERGE_BASE, &mb, NULL) == NM_OK && mb.len == 16 &&
@@ -511,7 +514,8 @@ nm_status nm_lora_check_base(const nm_lora *l, const nm_gguf *g, bool force, con
         return NM_OK;
     }
     double r = NAN;
-    if (l->base_sig && nm_base_signature_match(l->base_sig, g, &r)) {
+    if (l->base_sig && (ids ? nm_base_signature_match_sig(l->base_sig, ids->sig, &r)
+                            : nm_base_signature_match(l->base_sig, g, &r))) {
         nm_logf(log, NM_LOG_INFO, "%s: %s holds its base's weights stored differently (sample correlation %.4f)", who,
                 nm_gguf_path(g), r);
         return NM_OK;
@@ -530,12 +534,17 @@ nm_status nm_lora_check_base(const nm_lora *l, const nm_gguf *g, bool force, con
                       l->base_sig ? "" : ", no signature", nm_gguf_path(g), fp, extra);
 }
 
+nm_status nm_lora_check_base(const nm_lora *l, const nm_gguf *g, bool force, const nm_log *log, bool *merged_ok,
+                             nm_err *err) {
+    return check_base(l, g, NULL, force, log, merged_ok, err);
+}
+
 nm_status nm_lora_load(const nm_model *m, const char *path, bool force, const nm_log *log, nm_lora **out,
                        nm_err *err) {
     nm_lora *l;
     nm_status st = nm_lora_open(path, m, &l, err);
     if (st) return st;
-    if ((st = nm_lora_check_base(l, m->gguf, force, log, NULL, err))) {
+    if ((st = check_base(l, m->gguf, nm_model_base_ids(m), force, log, NULL, err))) {
         nm_lora_free(l);
         return st;
     }
@@ -550,11 +559,19 @@ nm_status nm_lora_load(const nm_model *m, const char *path, bool force, const nm
  * the one it gets: the model's merge record (when the model is a merge of
  * the adapter's base) and the adapters before it.  Scales are compared too: an adapter trained
  * on A at 0.5 sees a different model under A at 1. */
+static void check_stack(const nm_gguf *g, const nm_base_ids *ids, const nm_lora_entry *items, size_t n,
+                        const nm_log *log);
+
 void nm_lora_check_stack(const nm_model *m, const nm_lora_entry *items, size_t n, const nm_log *log) {
-    nm_lora_check_stack_gguf(m->gguf, items, n, log);
+    check_stack(m->gguf, nm_model_base_ids(m), items, n, log);
 }
 
 void nm_lora_check_stack_gguf(const nm_gguf *g, const nm_lora_entry *items, size_t n, const nm_log *log) {
+    check_stack(g, NULL, items, n, log);
+}
+
+static void check_stack(const nm_gguf *g, const nm_base_ids *ids, const nm_lora_entry *items, size_t n,
+                        const nm_log *log) {
     nm_lora_prov *merged = NULL;
     size_t n_merged = 0;
     nm_lora_merged_list(g, &merged, &n_merged);
@@ -564,7 +581,7 @@ void nm_lora_check_stack_gguf(const nm_gguf *g, const nm_lora_entry *items, size
         /* an adapter trained on the bare base is independent: stacking such
          * adapters is what stacks are for */
         if (l->n_under == 0) continue;
-        if (nm_lora_check_base(l, g, true, NULL, &via_merge, NULL)) continue;
+        if (check_base(l, g, ids, true, NULL, &via_merge, NULL)) continue;
         size_t n_have = (via_merge ? n_merged : 0) + i;
         bool same = n_have == l->n_under;
         for (size_t j = 0; same && j < n_have; j++) {

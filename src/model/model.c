@@ -263,12 +263,47 @@ static void fill_info(nm_model *m) {
     in->rope_freq_scale = hp->rope_freq_scale;
     in->tied_output = m->tied;
     in->in_memory = m->in_memory;
+    in->n_packed = !m->tied && m->output.packed_rows > 0;
+    for (int64_t l = 0; l < hp->n_layer; l++)
+        for (int p = 0; p < NM_PROJ_COUNT; p++) in->n_packed += m->layers[l].w[p].packed_rows > 0;
     for (int64_t i = 0; i < nm_gguf_n_tensors(m->gguf); i++) {
         const nm_gguf_tensor *t = nm_gguf_tensor_at(m->gguf, i);
         in->n_params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
         in->weight_bytes += t->nbytes;
     }
 }
+
+/* Weights read into memory are the model's own: its products are all that
+ * read the projections (and an output matrix of its own; a tied one is
+ * also the embedding table, read by rows), so they are packed for the
+ * kernels where the level has a packed layout (nm_mat_pack: generation
+ * streams them faster).  The provenance checks hash bytes as stored, so
+ * the file's identities are taken first.  NOMOAT_PACK=0 keeps them as
+ * stored (A/B measurements); the bits of every result are the same. */
+static nm_status pack_weights(nm_model *m, nm_err *err) {
+    const char *env = getenv("NOMOAT_PACK");
+    if (!m->in_memory || (env && strcmp(env, "0") == 0)) return NM_OK;
+    bool any = !m->tied && m->output.k->pack_tile;
+    for (int64_t l = 0; l < m->hp.n_layer; l++)
+        for (int p = 0; p < NM_PROJ_COUNT; p++) any |= m->layers[l].w[p].k->pack_tile != NULL;
+    if (!any) return NM_OK;
+    nm_base_ids_init(&m->ids, m->gguf);
+    m->packed = true;
+    nm_status st = nm_gguf_set_writable(m->gguf, true, err);
+    if (st) return st;
+    for (int64_t l = 0; l < m->hp.n_layer && !st; l++)
+        for (int p = 0; p < NM_PROJ_COUNT && !st; p++) {
+            nm_mat *w = &m->layers[l].w[p];
+            st = nm_mat_pack(w, (void *)w->data, err);
+        }
+    if (!st && !m->tied) st = nm_mat_pack(&m->output, (void *)m->output.data, err);
+    nm_err e2 = {0};
+    const nm_status st2 = nm_gguf_set_writable(m->gguf, false, &e2);
+    if (!st && st2) st = nm_err_set(err, st2, "%s", e2.msg);
+    return st;
+}
+
+const nm_base_ids *nm_model_base_ids(const nm_model *m) { return m->packed ? &m->ids : NULL; }
 
 /* Whether to read the model file into memory rather than map it.  The
  * single-token kernels read 16 rows side by side and prefetch the next
@@ -312,7 +347,7 @@ nm_status nm_model_load(const char *path, const nm_log *log, nm_model **out, nm_
                         path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
         goto fail;
     }
-    if ((st = read_hparams(m, ai, err)) || (st = load_weights(m, ai, err))) goto fail;
+    if ((st = read_hparams(m, ai, err)) || (st = load_weights(m, ai, err)) || (st = pack_weights(m, err))) goto fail;
     if (nm_gguf_find_key(m->gguf, "tokenizer.ggml.model") >= 0) {
         if ((st = nm_vocab_from_gguf(m->gguf, &m->vocab, log, err))) goto fail;
         if (nm_vocab_n_tokens(m->vocab) > m->hp.n_vocab)
@@ -342,6 +377,7 @@ void nm_model_free(nm_model *m) {
     }
     free(m->output_norm);
     free(m->rope_freqs);
+    if (m->packed) nm_base_ids_deinit(&m->ids);
     nm_vocab_free(m->vocab);
     free(m->arch);
     nm_gguf_free(m->gguf);

@@ -13,6 +13,7 @@
 #include "base/threads.h"
 #include "tensor/matmul.h"
 #include "tensor/ops.h"
+#include "model/fingerprint.h"
 
 /* The seven projections of a LLaMA block, in GGUF tensor-name order.  Every
  * product with a block weight goes through nm_model_proj() with one of these,
@@ -58,7 +59,13 @@ struct nm_model {
     nm_layer *layers;
     nm_model_info info;
     bool in_memory;                /* read into memory, not mapped */
+    bool packed;                   /* some matrices packed (nm_mat_pack): */
+    nm_base_ids ids;               /* then the file's identities, taken before */
 };
+
+/* The identities adapters are checked against when the model's weights no
+ * longer read as stored (packed); NULL: take them from its file. */
+const nm_base_ids *nm_model_base_ids(const nm_model *m);
 
 struct nm_context {
     const nm_model *m;

@@ -486,17 +486,17 @@ static void rows_q5_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generi
 static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_generic(a, r0, r1, dot_q6_k); }
 
 static const nm_mm_kernel SCALAR_MM[NM_TYPE_COUNT] = {
-    [NM_TYPE_F32] = {NM_TYPE_F32, false, 1, NM_ISA_SCALAR, rows_f32, NULL, NULL},
-    [NM_TYPE_F16] = {NM_TYPE_F16, false, 1, NM_ISA_SCALAR, rows_f16, NULL, NULL},
-    [NM_TYPE_BF16] = {NM_TYPE_BF16, false, 1, NM_ISA_SCALAR, rows_bf16, NULL, NULL},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q4_0, NULL, NULL},
-    [NM_TYPE_Q4_1] = {NM_TYPE_Q8_1, false, 1, NM_ISA_SCALAR, rows_q4_1, NULL, NULL},
-    [NM_TYPE_Q5_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q5_0, NULL, NULL},
-    [NM_TYPE_Q5_1] = {NM_TYPE_Q8_1, false, 1, NM_ISA_SCALAR, rows_q5_1, NULL, NULL},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q8_0, NULL, NULL},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q4_k, NULL, NULL},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q5_k, NULL, NULL},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q6_k, NULL, NULL},
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 1, NM_ISA_SCALAR, rows_f32, NULL, NULL, NULL, NULL},
+    [NM_TYPE_F16] = {NM_TYPE_F16, false, 1, NM_ISA_SCALAR, rows_f16, NULL, NULL, NULL, NULL},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, false, 1, NM_ISA_SCALAR, rows_bf16, NULL, NULL, NULL, NULL},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q4_0, NULL, NULL, NULL, NULL},
+    [NM_TYPE_Q4_1] = {NM_TYPE_Q8_1, false, 1, NM_ISA_SCALAR, rows_q4_1, NULL, NULL, NULL, NULL},
+    [NM_TYPE_Q5_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q5_0, NULL, NULL, NULL, NULL},
+    [NM_TYPE_Q5_1] = {NM_TYPE_Q8_1, false, 1, NM_ISA_SCALAR, rows_q5_1, NULL, NULL, NULL, NULL},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, false, 1, NM_ISA_SCALAR, rows_q8_0, NULL, NULL, NULL, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q4_k, NULL, NULL, NULL, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q5_k, NULL, NULL, NULL, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, false, 1, NM_ISA_SCALAR, rows_q6_k, NULL, NULL, NULL, NULL},
 };
 
 const nm_mm_kernel *nm_mm_kernel_get(uint32_t weight_type, nm_isa isa) {

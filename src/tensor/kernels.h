@@ -94,6 +94,9 @@ typedef struct nm_mm_args {
     const uint8_t *pf_w;
     size_t pf_row_bytes;
     int64_t pf_rows;
+    /* rows [0, packed_rows) are in the level's packed layout (see
+     * nm_mm_kernel.pack); 0 when the matrix is as stored */
+    int64_t packed_rows;
 } nm_mm_args;
 
 typedef void (*nm_mm_rows_fn)(const nm_mm_args *a, int64_t r0, int64_t r1);
@@ -113,7 +116,20 @@ typedef struct nm_mm_kernel {
     /* Exact weight rows to floats (the dequantizer's values), faster than
      * the type table's reference; NULL: use that one (nm_matmul_t). */
     void (*to_float)(const void *src, float *dst, int64_t n);
+    /* Optional: the level's own layout for whole tiles of NM_PACK_ROWS
+     * rows, for weights that are only read by this level's kernels (a
+     * model read into memory).  pack_tile writes one tile (the
+     * NM_PACK_ROWS x row_bytes bytes at src, as stored) in that layout at
+     * dst (the same size; dst and src do not overlap); rows_packed then
+     * computes rows of a matrix whose first packed_rows rows are packed
+     * (nm_mm_args), any row range, the rows past them as stored.  Same
+     * bits as `rows` on the stored matrix.  NULL: no packed layout. */
+    void (*pack_tile)(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols);
+    nm_mm_rows_fn rows_packed;
 } nm_mm_kernel;
+
+/* Rows of a packed tile (nm_mm_kernel.pack_tile). */
+enum { NM_PACK_ROWS = 16 };
 
 /* The kernel of a weight type at a level (the scalar one where the level
  * has none); NULL if the type has no kernel at all. */

@@ -1229,14 +1229,14 @@ T2 uint64_t nm_probe_read_avx2(const uint8_t *p, size_t n) {
 /* ====================================================================== */
 
 static const nm_mm_kernel AVX2_MM[NM_TYPE_COUNT] = {
-    [NM_TYPE_F32] = {NM_TYPE_F32, false, 16, NM_ISA_AVX2, rows_f32, NULL, NULL},
-    [NM_TYPE_F16] = {NM_TYPE_F16, true, 16, NM_ISA_AVX2, rows_f16, convert_f16, f16_to_float},
-    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 16, NM_ISA_AVX2, rows_bf16, convert_bf16, bf16_to_float},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q4_0, convert_q8_0, NULL},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q8_0, convert_q8_0, NULL},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q4_k, convert_q8_k, NULL},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q5_k, convert_q8_k, NULL},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q6_k, convert_q8_k, NULL},
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 16, NM_ISA_AVX2, rows_f32, NULL, NULL, NULL, NULL},
+    [NM_TYPE_F16] = {NM_TYPE_F16, true, 16, NM_ISA_AVX2, rows_f16, convert_f16, f16_to_float, NULL, NULL},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 16, NM_ISA_AVX2, rows_bf16, convert_bf16, bf16_to_float, NULL, NULL},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q4_0, convert_q8_0, NULL, NULL, NULL},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q8_0, convert_q8_0, NULL, NULL, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q4_k, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q5_k, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q6_k, convert_q8_k, NULL, NULL, NULL},
 };
 
 const nm_mm_kernel *nm_mm_kernel_avx2(nm_type t) {

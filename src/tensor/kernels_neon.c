@@ -952,25 +952,25 @@ static void bf16_to_float(const void *src, float *dst, int64_t n) {
 /* ====================================================================== */
 
 static const nm_mm_kernel NEON_DP[NM_TYPE_COUNT] = {
-    [NM_TYPE_F32] = {NM_TYPE_F32, false, 4, NM_ISA_NEON, rows_f32, NULL, NULL},
-    [NM_TYPE_F16] = {NM_TYPE_F16, true, 4, NM_ISA_NEON, rows_f16, NULL, f16_to_float},
-    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 4, NM_ISA_NEON, rows_bf16, NULL, bf16_to_float},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q4_0_dp, convert_q8_0, NULL},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q8_0_dp, convert_q8_0, NULL},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q4_k_dp, convert_q8_k, NULL},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q5_k_dp, convert_q8_k, NULL},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q6_k_dp, convert_q8_k, NULL},
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 4, NM_ISA_NEON, rows_f32, NULL, NULL, NULL, NULL},
+    [NM_TYPE_F16] = {NM_TYPE_F16, true, 4, NM_ISA_NEON, rows_f16, NULL, f16_to_float, NULL, NULL},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 4, NM_ISA_NEON, rows_bf16, NULL, bf16_to_float, NULL, NULL},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q4_0_dp, convert_q8_0, NULL, NULL, NULL},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q8_0_dp, convert_q8_0, NULL, NULL, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q4_k_dp, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q5_k_dp, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q6_k_dp, convert_q8_k, NULL, NULL, NULL},
 };
 
 static const nm_mm_kernel NEON_PLAIN[NM_TYPE_COUNT] = {
-    [NM_TYPE_F32] = {NM_TYPE_F32, false, 4, NM_ISA_NEON, rows_f32, NULL, NULL},
-    [NM_TYPE_F16] = {NM_TYPE_F16, true, 4, NM_ISA_NEON, rows_f16, NULL, f16_to_float},
-    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 4, NM_ISA_NEON, rows_bf16, NULL, bf16_to_float},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q4_0_pl, convert_q8_0, NULL},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q8_0_pl, convert_q8_0, NULL},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q4_k_pl, convert_q8_k, NULL},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q5_k_pl, convert_q8_k, NULL},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q6_k_pl, convert_q8_k, NULL},
+    [NM_TYPE_F32] = {NM_TYPE_F32, false, 4, NM_ISA_NEON, rows_f32, NULL, NULL, NULL, NULL},
+    [NM_TYPE_F16] = {NM_TYPE_F16, true, 4, NM_ISA_NEON, rows_f16, NULL, f16_to_float, NULL, NULL},
+    [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 4, NM_ISA_NEON, rows_bf16, NULL, bf16_to_float, NULL, NULL},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q4_0_pl, convert_q8_0, NULL, NULL, NULL},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 4, NM_ISA_NEON, rows_q8_0_pl, convert_q8_0, NULL, NULL, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q4_k_pl, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q5_k_pl, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 4, NM_ISA_NEON, rows_q6_k_pl, convert_q8_k, NULL, NULL, NULL},
 };
 
 const nm_mm_kernel *nm_mm_kernel_neon(nm_type t) {

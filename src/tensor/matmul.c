@@ -30,6 +30,7 @@
 
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 static nm_status mat_init(nm_mat *m, const char *name, nm_type type, int64_t cols, int64_t rows, const void *data,
                           nm_isa isa, nm_err *err) {
@@ -47,6 +48,7 @@ static nm_status mat_init(nm_mat *m, const char *name, nm_type type, int64_t col
     m->row_bytes = rb;
     m->data = data;
     m->k = k;
+    m->packed_rows = 0;
     return NM_OK;
 }
 
@@ -64,6 +66,23 @@ nm_status nm_mat_init(nm_mat *m, const char *name, nm_type type, int64_t cols, i
     nm_status st = nm_isa_select(&isa, err);
     if (st) return st;
     return mat_init(m, name, type, cols, rows, data, isa, err);
+}
+
+nm_status nm_mat_pack(nm_mat *m, void *data, nm_err *err) {
+    if (!m->k->pack_tile || m->packed_rows || m->rows < NM_PACK_ROWS) return NM_OK;
+    const size_t tile = (size_t)NM_PACK_ROWS * m->row_bytes;
+    uint8_t *copy = malloc(tile);
+    if (!copy) return nm_err_set(err, NM_ERR_NOMEM, "out of memory to pack a %lld x %lld matrix", (long long)m->rows,
+                                 (long long)m->cols);
+    const int64_t n = m->rows / NM_PACK_ROWS * NM_PACK_ROWS;
+    for (int64_t r = 0; r < n; r += NM_PACK_ROWS) {
+        uint8_t *t = (uint8_t *)data + (size_t)r * m->row_bytes;
+        memcpy(copy, t, tile);
+        m->k->pack_tile(t, copy, m->row_bytes, m->cols);
+    }
+    free(copy);
+    m->packed_rows = n;
+    return NM_OK;
 }
 
 /* Activation scratch: n_tok converted rows, then n_tok rows of side data,
@@ -168,7 +187,8 @@ static void dot_task(void *arg, int ith, int nth) {
             a.pf_row_bytes = nw->row_bytes;
             a.pf_rows = nhi - nlo;
         }
-        P->w->k->rows(&a, lo, hi);
+        a.packed_rows = P->w->packed_rows;
+        (a.packed_rows ? P->w->k->rows_packed : P->w->k->rows)(&a, lo, hi);
         p = np;
         lo = nlo;
         hi = nhi;

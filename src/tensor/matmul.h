@@ -27,6 +27,7 @@ typedef struct nm_mat {
     size_t row_bytes;  /* bytes of one stored row         */
     const void *data;
     const nm_mm_kernel *k; /* the kernel of the chosen level */
+    int64_t packed_rows;   /* rows [0, packed_rows) packed (nm_mat_pack) */
 } nm_mat;
 
 /* Describes a stored matrix with the kernels of nm_isa_select() (NOMOAT_ISA
@@ -38,6 +39,17 @@ nm_status nm_mat_init(nm_mat *m, const char *name, nm_type type, int64_t cols, i
 /* The same with an explicit level (tests, benchmarks); it must be available. */
 nm_status nm_mat_init_isa(nm_mat *m, const char *name, nm_type type, int64_t cols, int64_t rows, const void *data,
                           nm_isa isa, nm_err *err);
+
+/* Rewrites the matrix's whole tiles of NM_PACK_ROWS rows in place into
+ * its level's packed layout (nm_mm_kernel.pack_tile) when the level has
+ * one for the type; nothing otherwise.  `data` is m->data, writable.  Why:
+ * a single token's product reads a tile's 16 rows side by side, 16 streams
+ * the hardware prefetchers follow badly and blocks whose quants and scales
+ * interleave; packed, a tile is one stream laid out as the kernel consumes
+ * it (docs/KERNELS.md "Packed weights").  Products give the same bits
+ * either way.  Afterwards the data is only for nm_matmul, nm_matmul_rows
+ * and nm_matmul_multi: not for nm_matmul_t, row lookups or hashing. */
+nm_status nm_mat_pack(nm_mat *m, void *data, nm_err *err);
 
 /* Scratch bytes nm_matmul needs for n_tok activation rows of a matrix with
  * this type and row length, for any level (0 for F32 weights, whose
