@@ -827,7 +827,7 @@ static void test_isa_k_extreme(nm_test *t) {
             for (int wp = 0; wp < 4; wp++) {
                 const nm_type type = types[ti];
                 const size_t bb = nm_type_block_bytes(type), rb = nm_type_row_bytes(type, cols);
-                uint8_t *w = malloc(rb * (size_t)rows);
+                uint8_t *w = malloc(rb * (size_t)rows), *wc = malloc(rb * (size_t)rows);
                 for (size_t i = 0; i < rb * (size_t)rows; i++)
                     w[i] = wp == 0 ? 0xff : wp == 1 ? (uint8_t)nm_rng_u64(&r) : wp == 2 ? (i % 2 ? 0xff : 0x00) : 0x00;
                 for (size_t b = 0; b < rb * (size_t)rows / bb; b++) {
@@ -846,6 +846,7 @@ static void test_isa_k_extreme(nm_test *t) {
                 nm_mat ms;
                 if (!CHECK_OK(t, nm_mat_init_isa(&ms, "w", type, cols, rows, w, NM_ISA_SCALAR, &err), err)) {
                     free(w);
+                    free(wc);
                     continue;
                 }
                 void *scratch = malloc(nm_matmul_scratch_bytes(type, cols, max_tok) + 64);
@@ -868,23 +869,32 @@ static void test_isa_k_extreme(nm_test *t) {
                             CHECKF(t, false, "scalar %s pattern %d/%d cols %lld row %lld: %.9g vs float64 %.9g", nm_type_name(type),
                                    wp, xp, (long long)cols, (long long)i, ref[i], exact);
                     }
-                    for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
-                        nm_mat ml;
-                        if (!nm_isa_available((nm_isa)isa)) continue;
-                        CHECK_OK(t, nm_mat_init_isa(&ml, "w", type, cols, rows, w, (nm_isa)isa, &err), err);
-                        for (int p = 0; p < 2; p++)
-                            for (int64_t nt = 1; nt <= max_tok; nt++) {
-                                memset(y, 0xff, sizeof(float) * (size_t)(nt * rows));
-                                nm_matmul(pools[p], &ml, x, nt, y, scratch);
-                                CHECKF(t, memcmp(ref, y, sizeof(float) * (size_t)(nt * rows)) == 0,
-                                       "%s %s pattern %d/%d cols %lld: %lld tokens, %d threads differ from scalar",
-                                       nm_isa_name((nm_isa)isa), nm_type_name(type), wp, xp, (long long)cols, (long long)nt,
-                                       nm_pool_size(pools[p]));
+                    /* every level, as stored and in its packed layout where it has one */
+                    for (int isa = 1; isa < NM_ISA_COUNT; isa++)
+                        for (int packed = 0; packed < 2; packed++) {
+                            nm_mat ml;
+                            if (!nm_isa_available((nm_isa)isa)) continue;
+                            CHECK_OK(t, nm_mat_init_isa(&ml, "w", type, cols, rows, packed ? wc : w, (nm_isa)isa, &err), err);
+                            if (packed) {
+                                if (!ml.k->pack_tile) continue;
+                                memcpy(wc, w, rb * (size_t)rows);
+                                CHECK_OK(t, nm_mat_pack(&ml, wc, &err), err);
+                                CHECK(t, ml.packed_rows == 32);
                             }
-                    }
+                            for (int p = 0; p < 2; p++)
+                                for (int64_t nt = 1; nt <= max_tok; nt++) {
+                                    memset(y, 0xff, sizeof(float) * (size_t)(nt * rows));
+                                    nm_matmul(pools[p], &ml, x, nt, y, scratch);
+                                    CHECKF(t, memcmp(ref, y, sizeof(float) * (size_t)(nt * rows)) == 0,
+                                           "%s %s%s pattern %d/%d cols %lld: %lld tokens, %d threads differ from scalar",
+                                           nm_isa_name((nm_isa)isa), nm_type_name(type), packed ? " packed" : "", wp, xp,
+                                           (long long)cols, (long long)nt, nm_pool_size(pools[p]));
+                                }
+                        }
                 }
                 free(scratch);
                 free(w);
+                free(wc);
             }
     free(x);
     free(xq);

@@ -661,8 +661,10 @@ static void pack_q0(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t 
         for (size_t i = 0; i < 16; i++) {
             const uint8_t *in = src + i * row_bytes + (size_t)b * blk;
             memcpy(dst + at.sc + 2 * i, in, 2);
-            for (size_t j = 0; j < qn; j++)
-                dst[at.q + 64 * (j / 4) + 4 * i + j % 4] = (uint8_t)(in[2 + j] ^ (q8 ? 0x80 : 0));
+            for (size_t g = 0; g < qn / 4; g++) {
+                const uint32_t v = nm_ld32(in + 2 + 4 * g) ^ (q8 ? 0x80808080u : 0);
+                memcpy(dst + at.q + 64 * g + 4 * i, &v, 4);
+            }
         }
     }
 }
@@ -718,11 +720,16 @@ T512_INLINE void gemv_q0p(const nm_mm_args *a, const uint8_t *tile, int64_t t, f
     _mm512_storeu_ps(out, acc);
 }
 
-/* Rows [r0, r1) of a matrix whose first packed_rows rows are packed: whole
- * tiles as tiles (batches through q0_gemm), a range that starts or ends
- * inside a tile by computing the tile and keeping its rows, the rows past
- * the packed ones as stored. */
-T512_INLINE void rows_q0p(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
+/* Rows [r0, r1) of a matrix whose first packed_rows rows are packed, for
+ * any packed layout: runs of whole tiles go to `tiles` (batches) or to
+ * `gemv` tile by tile (single tokens), a range that starts or ends inside
+ * a tile computes the tile with `gemv` and keeps its rows, and the rows past
+ * the packed ones go to `stored`, the level's kernel for the layout as
+ * stored. */
+typedef void (*packed_gemv_fn)(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out);
+
+T512_INLINE void rows_packed(const nm_mm_args *a, int64_t r0, int64_t r1, packed_gemv_fn gemv, nm_mm_rows_fn tiles,
+                             nm_mm_rows_fn stored) {
     const int64_t pr = imin64(a->packed_rows, r1);
     int64_t r = r0;
     while (r < pr) {
@@ -730,30 +737,40 @@ T512_INLINE void rows_q0p(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) 
         if (r == t0 && end == t0 + 16) {
             const int64_t e = r + (pr - r) / 16 * 16;
             if (a->n_tok >= GEMM_MIN_TOK) {
-                q0_gemm(a, r, e, q8, true);
+                tiles(a, r, e);
             } else {
                 for (int64_t x = r; x < e; x += 16)
                     for (int64_t t = 0; t < a->n_tok; t++)
-                        gemv_q0p(a, a->w + (size_t)x * a->row_bytes, t, a->y + t * a->ldy + (x - a->y_r0), q8);
+                        gemv(a, a->w + (size_t)x * a->row_bytes, t, a->y + t * a->ldy + (x - a->y_r0));
             }
             r = e;
         } else {
             float part[16];
             for (int64_t t = 0; t < a->n_tok; t++) {
-                gemv_q0p(a, a->w + (size_t)t0 * a->row_bytes, t, part, q8);
+                gemv(a, a->w + (size_t)t0 * a->row_bytes, t, part);
                 memcpy(a->y + t * a->ldy + (r - a->y_r0), part + (r - t0), (size_t)(end - r) * sizeof(float));
             }
             r = end;
         }
     }
-    if (r < r1) {
-        if (q8) rows_q8_0(a, r, r1);
-        else rows_q4_0(a, r, r1);
-    }
+    if (r < r1) stored(a, r, r1);
 }
 
-T512 static void rows_q4_0p(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_q0p(a, r0, r1, false); }
-T512 static void rows_q8_0p(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_q0p(a, r0, r1, true); }
+T512 static void gemv_q4_0p(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    gemv_q0p(a, tile, t, out, false);
+}
+T512 static void gemv_q8_0p(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    gemv_q0p(a, tile, t, out, true);
+}
+T512 static void tiles_q4_0p(const nm_mm_args *a, int64_t r0, int64_t r1) { q0_gemm(a, r0, r1, false, true); }
+T512 static void tiles_q8_0p(const nm_mm_args *a, int64_t r0, int64_t r1) { q0_gemm(a, r0, r1, true, true); }
+
+T512 static void rows_q4_0p(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    rows_packed(a, r0, r1, gemv_q4_0p, tiles_q4_0p, rows_q4_0);
+}
+T512 static void rows_q8_0p(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    rows_packed(a, r0, r1, gemv_q8_0p, tiles_q8_0p, rows_q8_0);
+}
 
 /* ====================================================================== */
 /* K-quants x Q8_K activations                                            */
@@ -961,7 +978,11 @@ T512_INLINE void k_tokens(int NT, const nm_mm_args *a, const k_panel *p, int64_t
     for (int i = 0; i < NT; i++) _mm512_mask_storeu_ps(a->y + (t + i) * a->ldy + (r - a->y_r0), m, acc[i]);
 }
 
-T512 static void k_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type) {
+T512 static void repack_q4_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks, k_panel *p);
+T512 static void repack_q6_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks, k_panel *p);
+
+/* packed: rows [r0, r1) are whole packed tiles (Q4_K, Q6_K: below) */
+T512 static void k_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type, bool packed) {
     const int64_t nsb = a->cols / NM_QK_K;
     k_panel p;
     for (int64_t r = r0; r < r1; r += 16) {
@@ -969,7 +990,9 @@ T512 static void k_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type typ
         const __mmask16 m = lanes(nr);
         for (int64_t s0 = 0; s0 < nsb; s0 += KC_SUPER) {
             const int ks = (int)imin64(KC_SUPER, nsb - s0);
-            repack_k(a, type, r, nr, s0, ks, &p);
+            if (packed && type == NM_TYPE_Q6_K) repack_q6_kp(a, r, s0, ks, &p);
+            else if (packed) repack_q4_kp(a, r, s0, ks, &p);
+            else repack_k(a, type, r, nr, s0, ks, &p);
             const bool q6 = type == NM_TYPE_Q6_K;
             int64_t t = 0;
             for (; t + 4 <= a->n_tok; t += 4) k_tokens(4, a, &p, r, m, t, s0, ks, q6);
@@ -1243,7 +1266,7 @@ T512 static void gemv_q6_k(const nm_mm_args *a, const q6_tabs *tb, int64_t r, in
 
 T512_INLINE void rows_q45_k(const nm_mm_args *a, int64_t r0, int64_t r1, bool q5) {
     if (a->n_tok >= GEMM_MIN_TOK) {
-        k_gemm(a, r0, r1, q5 ? NM_TYPE_Q5_K : NM_TYPE_Q4_K);
+        k_gemm(a, r0, r1, q5 ? NM_TYPE_Q5_K : NM_TYPE_Q4_K, false);
         return;
     }
     const k4_tabs tb = k4_tables();
@@ -1262,7 +1285,7 @@ T512 static void rows_q5_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_q
 
 T512 static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) {
     if (a->n_tok >= GEMM_MIN_TOK) {
-        k_gemm(a, r0, r1, NM_TYPE_Q6_K);
+        k_gemm(a, r0, r1, NM_TYPE_Q6_K, false);
         return;
     }
     const q6_tabs tb = q6_tables();
@@ -1270,6 +1293,226 @@ T512 static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) {
         const span nx = next_tile(a, r, 16, r1);
         for (int64_t t = 0; t < a->n_tok; t++) gemv_q6_k(a, &tb, r, (int)imin64(16, r1 - r), t, t ? NULL : &nx);
     }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Packed Q4_K (nm_mm_kernel.pack_tile)                                   */
+/* ---------------------------------------------------------------------- */
+/* A tile of 16 rows, super-block by super-block (2304 bytes each, the 16
+ * rows' 144): the 16 d (half precision, 32 bytes), the 16 dmin (32), the
+ * 12 scale bytes of each row as 3 vectors (vector k: bytes 4k..4k+3 of
+ * row i at 4i), then the quants as 32 "lanes are rows" vectors: vector
+ * 8g + q holds bytes 4q..4q+3 of each row's group g (32 bytes of qs: low
+ * nibbles are elements 64g + l, high ones 64g + 32 + l).  The scales and
+ * mins are unpacked for the 16 rows at once (ggml's get_scale_min_k4 in
+ * vector lanes); a sub-block is 8 VPDPBUSD into lanes that are rows, then
+ * one multiply by its scale: no reductions (the row-wise kernel needs one
+ * transposing reduction a super-block and per-row shuffles). */
+static void pack_q4_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
+    for (int64_t sb = 0; sb < cols / NM_QK_K; sb++) {
+        uint8_t *o = dst + (size_t)sb * 16 * sizeof(nm_block_q4_k);
+        for (size_t i = 0; i < 16; i++) {
+            const uint8_t *in = src + i * row_bytes + (size_t)sb * sizeof(nm_block_q4_k);
+            memcpy(o + 2 * i, in, 2);
+            memcpy(o + 32 + 2 * i, in + 2, 2);
+            for (size_t k = 0; k < 3; k++) memcpy(o + 64 + 64 * k + 4 * i, in + 4 + 4 * k, 4);
+            for (size_t g = 0; g < 4; g++)
+                for (size_t q = 0; q < 8; q++) memcpy(o + 256 + 64 * (8 * g + q) + 4 * i, in + 16 + 32 * g + 4 * q, 4);
+        }
+    }
+}
+
+/* The 16 rows' sub-block scales (sc[j], lanes are rows) and min pairs
+ * (mn[p]: words m[2p], m[2p+1]) of a packed super-block. */
+typedef struct k4p_scales {
+    __m512i sc[8], mn[4];
+} k4p_scales;
+
+T512_INLINE k4p_scales k4p_unpack(const uint8_t *sb) {
+    const __m512i u0 = ld512(sb + 64), u1 = ld512(sb + 128), u2 = ld512(sb + 192);
+    const __m512i k1 = _mm512_set1_epi32(0x3f3f3f3f), k2 = _mm512_set1_epi32(0x0f0f0f0f),
+                  k3 = _mm512_set1_epi32(0x03030303), b = _mm512_set1_epi32(0xff);
+    const __m512i s03 = _mm512_and_si512(u0, k1), m03 = _mm512_and_si512(u1, k1);
+    const __m512i s47 = _mm512_or_si512(_mm512_and_si512(u2, k2),
+                                        _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), k3), 4));
+    const __m512i m47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), k2),
+                                        _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), k3), 4));
+    k4p_scales k;
+    for (int j = 0; j < 4; j++) {
+        k.sc[j] = _mm512_and_si512(_mm512_srli_epi32(s03, 8 * j), b);
+        k.sc[4 + j] = _mm512_and_si512(_mm512_srli_epi32(s47, 8 * j), b);
+    }
+    /* bytes (m0, m1) -> words: m0 | m1 << 16; (m2, m3): (m >> 16) & 0xff | (m >> 8) & 0xff0000 */
+    const __m512i w1 = _mm512_set1_epi32(0x00ff0000);
+    k.mn[0] = _mm512_or_si512(_mm512_and_si512(m03, b), _mm512_and_si512(_mm512_slli_epi32(m03, 8), w1));
+    k.mn[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(m03, 16), b), _mm512_and_si512(_mm512_srli_epi32(m03, 8), w1));
+    k.mn[2] = _mm512_or_si512(_mm512_and_si512(m47, b), _mm512_and_si512(_mm512_slli_epi32(m47, 8), w1));
+    k.mn[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(m47, 16), b), _mm512_and_si512(_mm512_srli_epi32(m47, 8), w1));
+    return k;
+}
+
+/* One token x the packed Q4_K tile at `tile`: q45k_chunk's operations for
+ * 16 rows, super-block by super-block. */
+T512 static void gemv_q4_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    const int64_t nsb = a->cols / NM_QK_K;
+    const k_tok tk = k_token(a, t, 0);
+    const __m512i m4 = _mm512_set1_epi8(15);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < nsb; s++, tile += 16 * sizeof(nm_block_q4_k)) {
+        const k4p_scales k = k4p_unpack(tile);
+        const uint8_t *xb = tk.blk + (size_t)s * sizeof(nm_block_q8_k), *xq = xb + 4;
+        __m512i sumi = _mm512_setzero_si512(), summ = _mm512_setzero_si512();
+        for (int g = 0; g < 4; g++) {
+            const uint8_t *w = tile + 256 + 512 * g, *x = xq + 64 * g;
+            __m512i l0 = _mm512_setzero_si512(), l1 = l0, h0 = l0, h1 = l0;
+            for (int q = 0; q < 8; q += 2) {
+                const __m512i v0 = ld512(w + 64 * q), v1 = ld512(w + 64 * q + 64);
+                l0 = _mm512_dpbusd_epi32(l0, _mm512_and_si512(v0, m4), bcast32(x + 4 * q));
+                h0 = _mm512_dpbusd_epi32(h0, _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4), bcast32(x + 32 + 4 * q));
+                l1 = _mm512_dpbusd_epi32(l1, _mm512_and_si512(v1, m4), bcast32(x + 4 * q + 4));
+                h1 = _mm512_dpbusd_epi32(h1, _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4), bcast32(x + 36 + 4 * q));
+            }
+            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(_mm512_add_epi32(l0, l1), k.sc[2 * g]));
+            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(_mm512_add_epi32(h0, h1), k.sc[2 * g + 1]));
+        }
+        for (int j = 0; j < 4; j++)
+            summ = _mm512_dpwssd_epi32(summ, k.mn[j], bcast32((const uint8_t *)(tk.bsum32 + 8 * s + 2 * j)));
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)tile));
+        const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(tile + 32)));
+        const __m512 dx = _mm512_set1_ps(q8k_d(xb));
+        const __m512 x = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(sumi));
+        const __m512 y = _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(summ));
+        acc = _mm512_add_ps(acc, _mm512_sub_ps(x, y));
+    }
+    _mm512_storeu_ps(out, acc);
+}
+
+/* A batch panel chunk from a packed tile (rows r..r+15, whole). */
+T512 static void repack_q4_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks, k_panel *p) {
+    const __m512i m4 = _mm512_set1_epi8(15);
+    for (int s = 0; s < ks; s++) {
+        const uint8_t *sb = a->w + (size_t)r * a->row_bytes + (size_t)(s0 + s) * 16 * sizeof(nm_block_q4_k);
+        const k4p_scales k = k4p_unpack(sb);
+        _mm512_store_ps(p->d + 16 * s, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)sb)));
+        _mm512_store_ps(p->dmin + 16 * s, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(sb + 32))));
+        for (int j = 0; j < 8; j++) _mm512_store_si512(p->sc + (16 * s + j) * 16, k.sc[j]);
+        for (int j = 0; j < 4; j++) _mm512_store_si512(p->mn + (4 * s + j) * 16, k.mn[j]);
+        for (int g = 0; g < 4; g++)
+            for (int q = 0; q < 8; q++) {
+                const __m512i v = ld512(sb + 256 + 64 * (8 * g + q));
+                _mm512_store_si512(p->w + (8 * s + 2 * g) * 512 + 64 * q, _mm512_and_si512(v, m4));
+                _mm512_store_si512(p->w + (8 * s + 2 * g + 1) * 512 + 64 * q,
+                                   _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+            }
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Packed Q6_K                                                            */
+/* ---------------------------------------------------------------------- */
+/* A tile of 16 rows, super-block by super-block (3360 bytes, the 16 rows'
+ * 210): the 16 d (32 bytes), the 16 int8 scales of each row as 4 vectors
+ * (vector k: scales 4k..4k+3 of row i at 4i), then for half h and q = 0..7
+ * three vectors, in the order the kernel reads them: ql[64h + 4q ..+3],
+ * ql[64h + 32 + 4q ..+3] and qh[32h + 4q ..+3] of each row.  Kind k of
+ * those bytes is elements 128h + 32k + 4q..: ql's low (k = 0, 1) or high
+ * (2, 3) nibble and bits 2k, 2k+1 of qh.  (With the ql and qh vectors in
+ * two separate runs, three streams a super-block, one thread read 9.6
+ * GB/s from memory; in one run, as here, ~29.) */
+static void pack_q6_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
+    for (int64_t sb = 0; sb < cols / NM_QK_K; sb++) {
+        uint8_t *o = dst + (size_t)sb * 16 * sizeof(nm_block_q6_k);
+        for (size_t i = 0; i < 16; i++) {
+            const uint8_t *in = src + i * row_bytes + (size_t)sb * sizeof(nm_block_q6_k);
+            memcpy(o + 2 * i, in + offsetof(nm_block_q6_k, d), 2);
+            for (size_t k = 0; k < 4; k++) memcpy(o + 32 + 64 * k + 4 * i, in + offsetof(nm_block_q6_k, scales) + 4 * k, 4);
+            for (size_t h = 0; h < 2; h++)
+                for (size_t q = 0; q < 8; q++) {
+                    uint8_t *v = o + 288 + 192 * (8 * h + q) + 4 * i;
+                    memcpy(v, in + 64 * h + 4 * q, 4);
+                    memcpy(v + 64, in + 64 * h + 32 + 4 * q, 4);
+                    memcpy(v + 128, in + offsetof(nm_block_q6_k, qh) + 32 * h + 4 * q, 4);
+                }
+        }
+    }
+}
+
+/* The 4 kinds of quants (unsigned 0..63) of half h, bytes 4q.. of a packed
+ * Q6_K super-block: e[k] holds elements 128h + 32k + 4q.. of the 16 rows. */
+T512_INLINE void q6p_quants(const uint8_t *sb, int h, int q, __m512i *e) {
+    const uint8_t *v = sb + 288 + 192 * (8 * h + q);
+    const __m512i l0 = ld512(v), l1 = ld512(v + 64), hb = ld512(v + 128);
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    /* (low 4 bits of a) | (b & 0x30): ternary-logic table 0xEA with c = 0x0f would take b's top bits too */
+    e[0] = _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30));
+    e[1] = _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_and_si512(_mm512_slli_epi16(hb, 2), m30));
+    e[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4), _mm512_and_si512(hb, m30));
+    e[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4), _mm512_and_si512(_mm512_srli_epi16(hb, 2), m30));
+}
+
+/* The 16 rows' scale of sub-block j (16 elements), sign-extended. */
+T512_INLINE __m512i q6p_scale(const uint8_t *sb, int j) {
+    return _mm512_srai_epi32(_mm512_slli_epi32(ld512(sb + 32 + 64 * (j / 4)), 24 - 8 * (j % 4)), 24);
+}
+
+/* One token x the packed Q6_K tile: q6k_chunk's operations for 16 rows. */
+T512 static void gemv_q6_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    const int64_t nsb = a->cols / NM_QK_K;
+    const k_tok tk = k_token(a, t, 0);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < nsb; s++, tile += 16 * sizeof(nm_block_q6_k)) {
+        const uint8_t *xb = tk.blk + (size_t)s * sizeof(nm_block_q8_k), *xq = xb + 4;
+        const int16_t *bs = (const int16_t *)(const void *)(xb + offsetof(nm_block_q8_k, bsums));
+        __m512i sumi = _mm512_setzero_si512();
+        for (int h = 0; h < 2; h++) {
+            /* sub-block 8h + 2k + (q >= 4): elements 128h + 32k + 16(q >= 4) .. */
+            __m512i v[8];
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) v[j] = _mm512_set1_epi32(-32 * bs[8 * h + j]);
+#pragma GCC unroll 8
+            for (int q = 0; q < 8; q++) {
+                __m512i e[4];
+                q6p_quants(tile, h, q, e);
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    v[2 * k + q / 4] = _mm512_dpbusd_epi32(v[2 * k + q / 4], e[k], bcast32(xq + 128 * h + 32 * k + 4 * q));
+            }
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(v[j], q6p_scale(tile, 8 * h + j)));
+        }
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)tile));
+        const __m512 dx = _mm512_set1_ps(q8k_d(xb));
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(sumi)));
+    }
+    _mm512_storeu_ps(out, acc);
+}
+
+/* A batch panel chunk from a packed Q6_K tile (rows r..r+15, whole): panel
+ * group 8s + j, 4-element group g is elements 32j + 4g = 128h + 32k + 4q. */
+T512 static void repack_q6_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks, k_panel *p) {
+    for (int s = 0; s < ks; s++) {
+        const uint8_t *sb = a->w + (size_t)r * a->row_bytes + (size_t)(s0 + s) * 16 * sizeof(nm_block_q6_k);
+        _mm512_store_ps(p->d + 16 * s, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)sb)));
+        for (int j = 0; j < 16; j++) _mm512_store_si512(p->sc + (16 * s + j) * 16, q6p_scale(sb, j));
+        for (int h = 0; h < 2; h++)
+            for (int q = 0; q < 8; q++) {
+                __m512i e[4];
+                q6p_quants(sb, h, q, e);
+                for (int k = 0; k < 4; k++) _mm512_store_si512(p->w + (8 * s + 4 * h + k) * 512 + 64 * q, e[k]);
+            }
+    }
+}
+
+T512 static void tiles_q6_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm(a, r0, r1, NM_TYPE_Q6_K, true); }
+
+T512 static void rows_q6_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    rows_packed(a, r0, r1, gemv_q6_kp, tiles_q6_kp, rows_q6_k);
+}
+
+T512 static void tiles_q4_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm(a, r0, r1, NM_TYPE_Q4_K, true); }
+
+T512 static void rows_q4_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    rows_packed(a, r0, r1, gemv_q4_kp, tiles_q4_kp, rows_q4_k);
 }
 
 /* ====================================================================== */
@@ -2089,9 +2332,9 @@ static const nm_mm_kernel AVX512_MM[NM_TYPE_COUNT] = {
     [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 32, NM_ISA_AVX512, rows_bf16, convert_bf16, bf16_to_float, NULL, NULL},
     [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q4_0, convert_q8_0, NULL, pack_q4_0, rows_q4_0p},
     [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q8_0, convert_q8_0, NULL, pack_q8_0, rows_q8_0p},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q4_k, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q4_k, convert_q8_k, NULL, pack_q4_k, rows_q4_kp},
     [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q5_k, convert_q8_k, NULL, NULL, NULL},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q6_k, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q6_k, convert_q8_k, NULL, pack_q6_k, rows_q6_kp},
 };
 
 const nm_mm_kernel *nm_mm_kernel_avx512(nm_type t) {
