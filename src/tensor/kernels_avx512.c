@@ -1,6 +1,6 @@
 /* kernels_avx512.c - matrix kernels for AVX-512 (F, BW, VL, DQ, VNNI).
  *
- * Two shapes, chosen by batch size (see KERNELS.md for the arithmetic):
+ * Three shapes (see KERNELS.md for the arithmetic):
  *
  *  - batches (prompt processing): a tile of 16 weight rows is repacked,
  *    one chunk of the row length at a time, so that one vector holds the
@@ -13,8 +13,13 @@
  *  - single tokens (generation): no repacking; 16 rows are read as stored,
  *    their block sums reduced horizontally into the same per-row lanes,
  *    while the next 16 rows are prefetched linearly into L2.
+ *  - packed weights (Q8_0, Q4_0, Q4_K, Q6_K read into memory by a model):
+ *    the tiles were rewritten once at load into lanes-are-rows vectors in
+ *    reading order (pack_tile), so a single token multiplies them like a
+ *    batch does its panels, from one stream; batches fill their panels
+ *    from them with plain loads (see "Packed" below, KERNELS.md).
  *
- * Both shapes give every output element the same operations in the same
+ * All shapes give every output element the same operations in the same
  * order, so a token's result does not depend on its batch.  For quantized
  * weights those operations are the scalar reference's: exact integer block
  * sums, then `sum += (float)isum * (dw * dx)` in block order.
