@@ -179,14 +179,42 @@ T2_INLINE void q0_tokens8(int NT, const nm_mm_args *a, const q0_panel8 *p, int64
     for (int i = 0; i < NT; i++) store8_ps(a->y + (t + i) * a->ldy + (r - a->y_r0), m, nr, acc[i]);
 }
 
-T2 static void q0_gemm8(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
+/* A panel chunk from half r & 8 of a packed tile (kernels_impl.h,
+ * nm_pack_q0: Q8_0 signed, as here): the vectors' 256-bit halves are
+ * already "4 quants of 8 rows". */
+T2 static void repack8_q0p(const nm_mm_args *a, int64_t r, int64_t b0, int kb, q0_panel8 *p, bool q8) {
+    const int64_t nb = a->cols / 32;
+    const uint8_t *tile = a->w + (size_t)(r & ~(int64_t)15) * a->row_bytes;
+    const size_t half = (size_t)(r & 8) * 4;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int k = 0; k < kb; k++) {
+        const nm_q0p_at at = nm_q0p_block(b0 + k, nb, q8 ? 512 : 256);
+        _mm256_store_ps(p->d + 8 * k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(tile + at.sc + half / 2))));
+        __m256i *dst = (__m256i *)(void *)(p->w + k * 256);
+        for (int g = 0; g < 4; g++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(tile + at.q + 64 * g + half));
+            if (q8) {
+                _mm256_store_si256(dst + g, v);
+                _mm256_store_si256(dst + 4 + g,
+                                   _mm256_loadu_si256((const __m256i *)(const void *)(tile + at.q + 256 + 64 * g + half)));
+            } else {
+                _mm256_store_si256(dst + g, _mm256_and_si256(v, m4));
+                _mm256_store_si256(dst + 4 + g, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            }
+        }
+    }
+}
+
+/* packed: rows [r0, r1) are whole packed tiles */
+T2 static void q0_gemm8(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8, bool packed) {
     const int64_t nb = a->cols / 32;
     q0_panel8 p;
     for (int64_t r = r0; r < r1; r += 8) {
         const int nr = (int)imin64(8, r1 - r);
         for (int64_t b0 = 0; b0 < nb; b0 += KC_BLOCKS) {
             const int kb = (int)imin64(KC_BLOCKS, nb - b0);
-            repack8_q0(a, r, nr, b0, kb, &p, q8);
+            if (packed) repack8_q0p(a, r, b0, kb, &p, q8);
+            else repack8_q0(a, r, nr, b0, kb, &p, q8);
             int64_t t = 0;
             for (; t + 4 <= a->n_tok; t += 4) q0_tokens8(4, a, &p, r, nr, t, b0, kb, q8);
             for (; t < a->n_tok; t++) q0_tokens8(1, a, &p, r, nr, t, b0, kb, q8);
@@ -282,7 +310,7 @@ T2 static void q0_gemv8(const nm_mm_args *a, int64_t r, int nr, int64_t t, bool 
 
 T2 static void rows_q0(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
     if (a->n_tok >= GEMM_MIN_TOK) {
-        q0_gemm8(a, r0, r1, q8);
+        q0_gemm8(a, r0, r1, q8, false);
         return;
     }
     for (int64_t r = r0; r < r1; r += 8) {
@@ -293,6 +321,79 @@ T2 static void rows_q0(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8) {
 
 T2 static void rows_q8_0(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_q0(a, r0, r1, true); }
 T2 static void rows_q4_0(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_q0(a, r0, r1, false); }
+
+/* ---- packed Q8_0 / Q4_0 (nm_mm_kernel.pack_tile) ----
+ * The layout of kernels_impl.h (nm_pack_q0), Q8_0 signed.  A 16-row tile
+ * is two 8-row halves, the low and high 256 bits of each vector: per block
+ * and half, Q4_0 is 4 loads, 8 VPMADDUBSW into 16-bit sums (at most 8 x 2
+ * x 15 x 127) and one VPMADDWD; Q8_0 8 x (VPSIGNB, VPABSB, VPMADDUBSW,
+ * VPMADDWD); lanes are rows, so no horizontal sums, and the tile is one
+ * stream.  The reference's float steps, block after block. */
+static void pack8_q4_0(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
+    nm_pack_q0(dst, src, row_bytes, cols, false, 0);
+}
+static void pack8_q8_0(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
+    nm_pack_q0(dst, src, row_bytes, cols, true, 0);
+}
+
+/* acc += block b of rows 0..7 (half 0) or 8..15 (half 32) of a packed tile. */
+T2_INLINE __m256 q0p_add8(const uint8_t *sc, const uint8_t *q, size_t half, const q0_tok *tk, int64_t b, __m256 acc,
+                          bool q8) {
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(15);
+    const uint8_t *x = tk->q + (size_t)b * 34;
+    __m256i s;
+    if (q8) {
+        __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g += 2) {
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(q + 64 * g + half));
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(q + 64 * g + 64 + half));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(bcast32(x + 4 * g), w0)), ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(bcast32(x + 4 * g + 4), w1)), ones));
+        }
+        s = _mm256_add_epi32(s0, s1);
+    } else {
+        __m256i h0 = _mm256_setzero_si256(), h1 = h0;
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; g++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(q + 64 * g + half));
+            h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), bcast32(x + 4 * g)));
+            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), bcast32(x + 16 + 4 * g)));
+        }
+        s = _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(h0, h1), ones), _mm256_set1_epi32(-8 * tk->s[b]));
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(sc + half / 2)));
+    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(tk->d[b]))));
+}
+
+T2_INLINE void gemv_q0p8(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out, bool q8) {
+    const int64_t nb = a->cols / 32;
+    const size_t qb = q8 ? 512 : 256;
+    const q0_tok tk = q0_token(a, t, 0);
+    __m256 lo = _mm256_setzero_ps(), hi = lo;
+    for (int64_t b = 0; b < nb; b++) {
+        const nm_q0p_at at = nm_q0p_block(b, nb, qb);
+        lo = q0p_add8(tile + at.sc, tile + at.q, 0, &tk, b, lo, q8);
+        hi = q0p_add8(tile + at.sc, tile + at.q, 32, &tk, b, hi, q8);
+    }
+    _mm256_storeu_ps(out, lo);
+    _mm256_storeu_ps(out + 8, hi);
+}
+
+T2 static void gemv_q4_0p(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    gemv_q0p8(a, tile, t, out, false);
+}
+T2 static void gemv_q8_0p(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    gemv_q0p8(a, tile, t, out, true);
+}
+T2 static void tiles_q4_0p(const nm_mm_args *a, int64_t r0, int64_t r1) { q0_gemm8(a, r0, r1, false, true); }
+T2 static void tiles_q8_0p(const nm_mm_args *a, int64_t r0, int64_t r1) { q0_gemm8(a, r0, r1, true, true); }
+T2 static void rows_q4_0p(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    nm_rows_packed(a, r0, r1, gemv_q4_0p, tiles_q4_0p, rows_q4_0);
+}
+T2 static void rows_q8_0p(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    nm_rows_packed(a, r0, r1, gemv_q8_0p, tiles_q8_0p, rows_q8_0);
+}
 
 /* ====================================================================== */
 /* K-quants x Q8_K activations                                            */
@@ -1232,8 +1333,8 @@ static const nm_mm_kernel AVX2_MM[NM_TYPE_COUNT] = {
     [NM_TYPE_F32] = {NM_TYPE_F32, false, 16, NM_ISA_AVX2, rows_f32, NULL, NULL, NULL, NULL},
     [NM_TYPE_F16] = {NM_TYPE_F16, true, 16, NM_ISA_AVX2, rows_f16, convert_f16, f16_to_float, NULL, NULL},
     [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 16, NM_ISA_AVX2, rows_bf16, convert_bf16, bf16_to_float, NULL, NULL},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q4_0, convert_q8_0, NULL, NULL, NULL},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q8_0, convert_q8_0, NULL, NULL, NULL},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q4_0, convert_q8_0, NULL, pack8_q4_0, rows_q4_0p},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q8_0, convert_q8_0, NULL, pack8_q8_0, rows_q8_0p},
     [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q4_k, convert_q8_k, NULL, NULL, NULL},
     [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q5_k, convert_q8_k, NULL, NULL, NULL},
     [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q6_k, convert_q8_k, NULL, NULL, NULL},

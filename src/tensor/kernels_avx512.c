@@ -266,19 +266,6 @@ T512_INLINE void q0_tokens2(int NT, const nm_mm_args *a, const q0_panel *p0, con
     }
 }
 
-/* Packed tiles (see "Packed Q4_0 and Q8_0" below): where block b's 16
- * scales and its quant vectors start in a tile of nb blocks, qbytes of
- * quant vectors a block. */
-typedef struct q0p_at {
-    size_t sc, q;
-} q0p_at;
-
-static inline q0p_at q0p_block(int64_t b, int64_t nb, size_t qbytes) {
-    const size_t pair = (size_t)(b / 2) * 2 * (32 + qbytes);
-    if ((nb & 1) && b == nb - 1) return (q0p_at){pair, pair + 32};
-    return (q0p_at){pair + 32 * (size_t)(b & 1), pair + 64 + qbytes * (size_t)(b & 1)};
-}
-
 /* A panel chunk from a packed tile (rows r..r+15, whole): the quant
  * vectors are already "4 quants of 16 rows" (Q8_0: already unsigned). */
 T512 static void repack_packed(const nm_mm_args *a, int64_t r, int64_t b0, int kb, q0_panel *p, bool q8) {
@@ -286,7 +273,7 @@ T512 static void repack_packed(const nm_mm_args *a, int64_t r, int64_t b0, int k
     const uint8_t *tile = a->w + (size_t)r * a->row_bytes;
     const __m512i m4 = _mm512_set1_epi8(15);
     for (int k = 0; k < kb; k++) {
-        const q0p_at at = q0p_block(b0 + k, nb, q8 ? 512 : 256);
+        const nm_q0p_at at = nm_q0p_block(b0 + k, nb, q8 ? 512 : 256);
         _mm512_store_ps(p->d + 16 * k, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(tile + at.sc))));
         __m512i *dst = (__m512i *)(void *)(p->w + k * 512);
         for (int g = 0; g < 4; g++) {
@@ -643,14 +630,8 @@ T512 static void rows_q4_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
 /* ---------------------------------------------------------------------- */
 /* Packed Q4_0 and Q8_0 (nm_mm_kernel.pack_tile)                          */
 /* ---------------------------------------------------------------------- */
-/* A tile of 16 rows, block by block: the 16 rows' half-precision scales
- * (32 bytes), then the quants as "lanes are rows" vectors: vector g holds
- * bytes 4g..4g+3 of each row's block, row i at 4i.  Q4_0: 4 vectors (low
- * nibbles: elements 4g..4g+3, high: 16+4g..), Q8_0: 8 (each quant plus
- * 128, unsigned for VPDPBUSD, as the batch panels hold them).  Blocks go
- * in pairs, both scale rows first - [scales 2p][scales 2p+1][quants 2p]
- * [quants 2p+1] - so that every quant vector is 64 bytes from the pair's
- * start; an odd last block is [scales][quants] (q0p_block).
+/* The layout of kernels_impl.h (nm_pack_q0), Q8_0 quants stored plus 128
+ * (unsigned for VPDPBUSD, as the batch panels hold them).
  *
  * A token then needs per block and 16 rows 4 (Q8_0: 8) VPDPBUSD against
  * broadcast activations into lanes that are rows already: no permutes, no
@@ -658,123 +639,85 @@ T512 static void rows_q4_0(const nm_mm_args *a, int64_t r0, int64_t r1) {
  * which the hardware prefetchers follow (no software prefetch: with it,
  * one thread read 19-21 GB/s from memory, without it 30-32).  The
  * reference's operations in its order, as everywhere. */
-static void pack_q0(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols, bool q8) {
-    const int64_t nb = cols / 32;
-    const size_t blk = q8 ? 34 : 18, qn = q8 ? 32 : 16;
-    for (int64_t b = 0; b < nb; b++) {
-        const q0p_at at = q0p_block(b, nb, 16 * qn);
-        for (size_t i = 0; i < 16; i++) {
-            const uint8_t *in = src + i * row_bytes + (size_t)b * blk;
-            memcpy(dst + at.sc + 2 * i, in, 2);
-            for (size_t g = 0; g < qn / 4; g++) {
-                const uint32_t v = nm_ld32(in + 2 + 4 * g) ^ (q8 ? 0x80808080u : 0);
-                memcpy(dst + at.q + 64 * g + 4 * i, &v, 4);
-            }
-        }
-    }
-}
 static void pack_q4_0(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
-    pack_q0(dst, src, row_bytes, cols, false);
+    nm_pack_q0(dst, src, row_bytes, cols, false, 0);
 }
 static void pack_q8_0(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
-    pack_q0(dst, src, row_bytes, cols, true);
+    nm_pack_q0(dst, src, row_bytes, cols, true, 0x80808080u);
 }
 
-/* acc += block b of a packed tile (scales at sc, quant vectors at q). */
-T512_INLINE __m512 q0p_add(const uint8_t *sc, const uint8_t *q, const q0_tok *tk, int64_t b, __m512 acc, bool q8) {
+/* Q4_0: acc += block b of a packed tile (scales at sc, quant vectors at q). */
+T512_INLINE __m512 q4p_add(const uint8_t *sc, const uint8_t *q, const q0_tok *tk, int64_t b, __m512 acc) {
     const uint8_t *x = tk->q + (size_t)b * 34;
-    __m512i s0 = _mm512_set1_epi32((q8 ? -128 : -8) * tk->s[b]), s1 = _mm512_setzero_si512(), s2 = s1, s3 = s1;
-    if (q8) {
-        s0 = _mm512_dpbusd_epi32(s0, ld512(q), bcast32(x));
-        s1 = _mm512_dpbusd_epi32(s1, ld512(q + 64), bcast32(x + 4));
-        s2 = _mm512_dpbusd_epi32(s2, ld512(q + 128), bcast32(x + 8));
-        s3 = _mm512_dpbusd_epi32(s3, ld512(q + 192), bcast32(x + 12));
-        s0 = _mm512_dpbusd_epi32(s0, ld512(q + 256), bcast32(x + 16));
-        s1 = _mm512_dpbusd_epi32(s1, ld512(q + 320), bcast32(x + 20));
-        s2 = _mm512_dpbusd_epi32(s2, ld512(q + 384), bcast32(x + 24));
-        s3 = _mm512_dpbusd_epi32(s3, ld512(q + 448), bcast32(x + 28));
-    } else {
-        const __m512i m4 = _mm512_set1_epi8(15);
-        const __m512i v0 = ld512(q), v1 = ld512(q + 64), v2 = ld512(q + 128), v3 = ld512(q + 192);
-        s0 = _mm512_dpbusd_epi32(s0, _mm512_and_si512(v0, m4), bcast32(x));
-        s1 = _mm512_dpbusd_epi32(s1, _mm512_and_si512(v1, m4), bcast32(x + 4));
-        s2 = _mm512_dpbusd_epi32(s2, _mm512_and_si512(v2, m4), bcast32(x + 8));
-        s3 = _mm512_dpbusd_epi32(s3, _mm512_and_si512(v3, m4), bcast32(x + 12));
-        s0 = _mm512_dpbusd_epi32(s0, _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4), bcast32(x + 16));
-        s1 = _mm512_dpbusd_epi32(s1, _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4), bcast32(x + 20));
-        s2 = _mm512_dpbusd_epi32(s2, _mm512_and_si512(_mm512_srli_epi16(v2, 4), m4), bcast32(x + 24));
-        s3 = _mm512_dpbusd_epi32(s3, _mm512_and_si512(_mm512_srli_epi16(v3, 4), m4), bcast32(x + 28));
-    }
+    const __m512i m4 = _mm512_set1_epi8(15);
+    const __m512i v0 = ld512(q), v1 = ld512(q + 64), v2 = ld512(q + 128), v3 = ld512(q + 192);
+    __m512i s0 = _mm512_set1_epi32(-8 * tk->s[b]), s1 = _mm512_setzero_si512(), s2 = s1, s3 = s1;
+    s0 = _mm512_dpbusd_epi32(s0, _mm512_and_si512(v0, m4), bcast32(x));
+    s1 = _mm512_dpbusd_epi32(s1, _mm512_and_si512(v1, m4), bcast32(x + 4));
+    s2 = _mm512_dpbusd_epi32(s2, _mm512_and_si512(v2, m4), bcast32(x + 8));
+    s3 = _mm512_dpbusd_epi32(s3, _mm512_and_si512(v3, m4), bcast32(x + 12));
+    s0 = _mm512_dpbusd_epi32(s0, _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4), bcast32(x + 16));
+    s1 = _mm512_dpbusd_epi32(s1, _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4), bcast32(x + 20));
+    s2 = _mm512_dpbusd_epi32(s2, _mm512_and_si512(_mm512_srli_epi16(v2, 4), m4), bcast32(x + 24));
+    s3 = _mm512_dpbusd_epi32(s3, _mm512_and_si512(_mm512_srli_epi16(v3, 4), m4), bcast32(x + 28));
     const __m512i s = _mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3));
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)sc));
     return _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(tk->d[b]))));
 }
 
-/* One token x the packed tile at `tile`: the 16 rows' sums to out. */
-T512_INLINE void gemv_q0p(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out, bool q8) {
+/* One token x the packed Q4_0 tile at `tile`: the 16 rows' sums to out. */
+T512 static void gemv_q4_0p(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
     const int64_t nb = a->cols / 32;
-    const size_t qb = q8 ? 512 : 256;
     const q0_tok tk = q0_token(a, t, 0);
     __m512 acc = _mm512_setzero_ps();
     int64_t b = 0;
-    for (; b + 2 <= nb; b += 2, tile += 2 * (32 + qb)) {
-        acc = q0p_add(tile, tile + 64, &tk, b, acc, q8);
-        acc = q0p_add(tile + 32, tile + 64 + qb, &tk, b + 1, acc, q8);
+    for (; b + 2 <= nb; b += 2, tile += 2 * (32 + 256)) {
+        acc = q4p_add(tile, tile + 64, &tk, b, acc);
+        acc = q4p_add(tile + 32, tile + 64 + 256, &tk, b + 1, acc);
     }
-    if (b < nb) acc = q0p_add(tile, tile + 32, &tk, b, acc, q8);
+    if (b < nb) acc = q4p_add(tile, tile + 32, &tk, b, acc);
     _mm512_storeu_ps(out, acc);
 }
 
-/* Rows [r0, r1) of a matrix whose first packed_rows rows are packed, for
- * any packed layout: runs of whole tiles go to `tiles` (batches) or to
- * `gemv` tile by tile (single tokens), a range that starts or ends inside
- * a tile computes the tile with `gemv` and keeps its rows, and the rows past
- * the packed ones go to `stored`, the level's kernel for the layout as
- * stored. */
-typedef void (*packed_gemv_fn)(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out);
-
-T512_INLINE void rows_packed(const nm_mm_args *a, int64_t r0, int64_t r1, packed_gemv_fn gemv, nm_mm_rows_fn tiles,
-                             nm_mm_rows_fn stored) {
-    const int64_t pr = imin64(a->packed_rows, r1);
-    int64_t r = r0;
-    while (r < pr) {
-        const int64_t t0 = r & ~(int64_t)15, end = imin64(t0 + 16, pr);
-        if (r == t0 && end == t0 + 16) {
-            const int64_t e = r + (pr - r) / 16 * 16;
-            if (a->n_tok >= GEMM_MIN_TOK) {
-                tiles(a, r, e);
-            } else {
-                for (int64_t x = r; x < e; x += 16)
-                    for (int64_t t = 0; t < a->n_tok; t++)
-                        gemv(a, a->w + (size_t)x * a->row_bytes, t, a->y + t * a->ldy + (x - a->y_r0));
-            }
-            r = e;
-        } else {
-            float part[16];
-            for (int64_t t = 0; t < a->n_tok; t++) {
-                gemv(a, a->w + (size_t)t0 * a->row_bytes, t, part);
-                memcpy(a->y + t * a->ldy + (r - a->y_r0), part + (r - t0), (size_t)(end - r) * sizeof(float));
-            }
-            r = end;
-        }
-    }
-    if (r < r1) stored(a, r, r1);
+/* Q8_0: acc += block b of rows 0..7 (half 0) or 8..15 (half 32) of a
+ * packed tile, 256-bit VPDPBUSD.  Why halves: from memory the 512-bit
+ * version streamed 22-30 GB/s on two threads where this one streams 29-46
+ * (the same moments, alternately; from L2 both ~85-90), much as the AVX2
+ * kernel does; for Q4_0 the halves were no faster. */
+T512_INLINE __m256 q8p_half(const uint8_t *sc, const uint8_t *q, size_t half, const q0_tok *tk, int64_t b, __m256 acc) {
+    const uint8_t *x = tk->q + (size_t)b * 34;
+    __m256i s[4] = {_mm256_set1_epi32(-128 * tk->s[b]), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                    _mm256_setzero_si256()};
+#pragma GCC unroll 8
+    for (int g = 0; g < 8; g++)
+        s[g & 3] = _mm256_dpbusd_epi32(s[g & 3], _mm256_loadu_si256((const __m256i *)(const void *)(q + 64 * g + half)),
+                                       _mm256_set1_epi32((int32_t)nm_ld32(x + 4 * g)));
+    const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(s[0], s[1]), _mm256_add_epi32(s[2], s[3]));
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(sc + half / 2)));
+    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_set1_ps(tk->d[b]))));
 }
 
-T512 static void gemv_q4_0p(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
-    gemv_q0p(a, tile, t, out, false);
-}
 T512 static void gemv_q8_0p(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
-    gemv_q0p(a, tile, t, out, true);
+    const int64_t nb = a->cols / 32;
+    const q0_tok tk = q0_token(a, t, 0);
+    __m256 lo = _mm256_setzero_ps(), hi = lo;
+    for (int64_t b = 0; b < nb; b++) {
+        const nm_q0p_at at = nm_q0p_block(b, nb, 512);
+        lo = q8p_half(tile + at.sc, tile + at.q, 0, &tk, b, lo);
+        hi = q8p_half(tile + at.sc, tile + at.q, 32, &tk, b, hi);
+    }
+    _mm256_storeu_ps(out, lo);
+    _mm256_storeu_ps(out + 8, hi);
 }
+
 T512 static void tiles_q4_0p(const nm_mm_args *a, int64_t r0, int64_t r1) { q0_gemm(a, r0, r1, false, true); }
 T512 static void tiles_q8_0p(const nm_mm_args *a, int64_t r0, int64_t r1) { q0_gemm(a, r0, r1, true, true); }
 
 T512 static void rows_q4_0p(const nm_mm_args *a, int64_t r0, int64_t r1) {
-    rows_packed(a, r0, r1, gemv_q4_0p, tiles_q4_0p, rows_q4_0);
+    nm_rows_packed(a, r0, r1, gemv_q4_0p, tiles_q4_0p, rows_q4_0);
 }
 T512 static void rows_q8_0p(const nm_mm_args *a, int64_t r0, int64_t r1) {
-    rows_packed(a, r0, r1, gemv_q8_0p, tiles_q8_0p, rows_q8_0);
+    nm_rows_packed(a, r0, r1, gemv_q8_0p, tiles_q8_0p, rows_q8_0);
 }
 
 /* ====================================================================== */
@@ -1511,13 +1454,13 @@ T512 static void repack_q6_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks
 T512 static void tiles_q6_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm(a, r0, r1, NM_TYPE_Q6_K, true); }
 
 T512 static void rows_q6_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
-    rows_packed(a, r0, r1, gemv_q6_kp, tiles_q6_kp, rows_q6_k);
+    nm_rows_packed(a, r0, r1, gemv_q6_kp, tiles_q6_kp, rows_q6_k);
 }
 
 T512 static void tiles_q4_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm(a, r0, r1, NM_TYPE_Q4_K, true); }
 
 T512 static void rows_q4_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
-    rows_packed(a, r0, r1, gemv_q4_kp, tiles_q4_kp, rows_q4_k);
+    nm_rows_packed(a, r0, r1, gemv_q4_kp, tiles_q4_kp, rows_q4_k);
 }
 
 /* ====================================================================== */

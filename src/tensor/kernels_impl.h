@@ -174,5 +174,79 @@ static inline void prefetch_part(const span *s, int64_t i, int64_t ni) {
     for (size_t o = lo; o < hi; o += 64) __builtin_prefetch(s->p + o, 0, 2); /* prefetcht1: into L2 */
 }
 
+/* ---- packed tiles (nm_mm_kernel.pack_tile), shared by the levels ----
+ * Q8_0 / Q4_0, a tile of NM_PACK_ROWS = 16 rows block by block: the 16
+ * rows' half-precision scales (32 bytes), then the quants as "lanes are
+ * rows" vectors of 64 bytes: vector g holds bytes 4g..4g+3 of each row's
+ * block (row i at 4i; a 256-bit level reads rows 0..7 and 8..15 as its two
+ * halves).  Q4_0: 4 vectors of packed nibbles (low: elements 4g.., high:
+ * 16 + 4g..), Q8_0: 8, each quant XOR `flip` (AVX-512 stores them plus
+ * 128, unsigned for VPDPBUSD; AVX2 keeps them signed).  Blocks go in
+ * pairs, both scale rows first - [scales 2p][scales 2p+1][quants 2p]
+ * [quants 2p+1] - so that every quant vector starts a multiple of 64 bytes
+ * from the pair; an odd last block is [scales][quants]. */
+typedef struct nm_q0p_at {
+    size_t sc, q; /* block b's scales and quant vectors, from the tile */
+} nm_q0p_at;
+
+static inline nm_q0p_at nm_q0p_block(int64_t b, int64_t nb, size_t qbytes) {
+    const size_t pair = (size_t)(b / 2) * 2 * (32 + qbytes);
+    if ((nb & 1) && b == nb - 1) return (nm_q0p_at){pair, pair + 32};
+    return (nm_q0p_at){pair + 32 * (size_t)(b & 1), pair + 64 + qbytes * (size_t)(b & 1)};
+}
+
+static inline void nm_pack_q0(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols, bool q8,
+                              uint32_t flip) {
+    const int64_t nb = cols / 32;
+    const size_t blk = q8 ? 34 : 18, qn = q8 ? 32 : 16;
+    for (int64_t b = 0; b < nb; b++) {
+        const nm_q0p_at at = nm_q0p_block(b, nb, 16 * qn);
+        for (size_t i = 0; i < 16; i++) {
+            const uint8_t *in = src + i * row_bytes + (size_t)b * blk;
+            memcpy(dst + at.sc + 2 * i, in, 2);
+            for (size_t g = 0; g < qn / 4; g++) {
+                const uint32_t v = nm_ld32(in + 2 + 4 * g) ^ flip;
+                memcpy(dst + at.q + 64 * g + 4 * i, &v, 4);
+            }
+        }
+    }
+}
+
+/* One token x the packed tile at `tile`: its 16 rows' results to out. */
+typedef void (*nm_packed_gemv_fn)(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out);
+
+/* Rows [r0, r1) of a matrix whose first packed_rows rows are packed, for
+ * any packed layout of any level: runs of whole tiles go to `tiles`
+ * (batches) or to `gemv` tile by tile (single tokens), a range that starts
+ * or ends inside a tile computes the tile with `gemv` and keeps its rows,
+ * and the rows past the packed ones go to `stored`, the level's kernel for
+ * rows as stored. */
+static inline void nm_rows_packed(const nm_mm_args *a, int64_t r0, int64_t r1, nm_packed_gemv_fn gemv,
+                                  nm_mm_rows_fn tiles, nm_mm_rows_fn stored) {
+    const int64_t pr = imin64(a->packed_rows, r1);
+    int64_t r = r0;
+    while (r < pr) {
+        const int64_t t0 = r & ~(int64_t)(NM_PACK_ROWS - 1), end = imin64(t0 + NM_PACK_ROWS, pr);
+        if (r == t0 && end == t0 + NM_PACK_ROWS) {
+            const int64_t e = r + (pr - r) / NM_PACK_ROWS * NM_PACK_ROWS;
+            if (a->n_tok >= GEMM_MIN_TOK) {
+                tiles(a, r, e);
+            } else {
+                for (int64_t x = r; x < e; x += NM_PACK_ROWS)
+                    for (int64_t t = 0; t < a->n_tok; t++)
+                        gemv(a, a->w + (size_t)x * a->row_bytes, t, a->y + t * a->ldy + (x - a->y_r0));
+            }
+            r = e;
+        } else {
+            float part[NM_PACK_ROWS];
+            for (int64_t t = 0; t < a->n_tok; t++) {
+                gemv(a, a->w + (size_t)t0 * a->row_bytes, t, part);
+                memcpy(a->y + t * a->ldy + (r - a->y_r0), part + (r - t0), (size_t)(end - r) * sizeof(float));
+            }
+            r = end;
+        }
+    }
+    if (r < r1) stored(a, r, r1);
+}
 
 #endif

@@ -234,6 +234,8 @@ static void run_parts(nm_pool *pool, mm_task *t, int64_t n_tok, void *scratch, b
         /* batches: at least two tiles a chunk (the AVX-512 batch kernels
          * run tiles in pairs) */
         P->align = n_tok >= 4 ? 2 * P->w->k->row_align : P->w->k->row_align;
+        /* packed tiles are read whole: a chunk starting inside one would read it twice */
+        if (P->w->packed_rows && P->align < NM_PACK_ROWS) P->align = NM_PACK_ROWS;
         P->start = t->total;
         t->total += P->r1 - P->r0;
         if (P->align > align) align = P->align;
