@@ -286,11 +286,12 @@ static nm_status pack_weights(nm_model *m, nm_err *err) {
     bool any = !m->tied && m->output.k->pack_tile;
     for (int64_t l = 0; l < m->hp.n_layer; l++)
         for (int p = 0; p < NM_PROJ_COUNT; p++) any |= m->layers[l].w[p].k->pack_tile != NULL;
-    if (!any) return NM_OK;
+    nm_err ignored = {0};
+    /* packing is only speed: memory that cannot be made writable stays as stored */
+    if (!any || nm_gguf_set_writable(m->gguf, true, &ignored)) return NM_OK;
     nm_base_ids_init(&m->ids, m->gguf);
     m->packed = true;
-    nm_status st = nm_gguf_set_writable(m->gguf, true, err);
-    if (st) return st;
+    nm_status st = NM_OK;
     for (int64_t l = 0; l < m->hp.n_layer && !st; l++)
         for (int p = 0; p < NM_PROJ_COUNT && !st; p++) {
             nm_mat *w = &m->layers[l].w[p];
@@ -842,6 +843,7 @@ static void output_logits(const nm_fwd *f) {
          * still read once. */
         int64_t S = h->n_batch * hp->n_ff / R;
         if (S > nv) S = nv;
+        if (S > NM_PACK_ROWS) S -= S % NM_PACK_ROWS; /* slices of whole packed tiles */
         for (int64_t r0 = 0; r0 < nv; r0 += S) {
             const int64_t r1 = r0 + S < nv ? r0 + S : nv, len = r1 - r0;
             nm_matmul_rows(pool, w, r0, r1, h->xb, R, h->hb, len, h->act);
