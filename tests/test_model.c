@@ -1157,6 +1157,9 @@ static void test_cli_bench(nm_test *t) {
         CHECK(t, json_number_value(json_object_get(o, "tg_tokens_s")) > 0);
         CHECK(t, json_integer_value(json_object_get(o, "threads")) == 2);
         CHECK(t, json_integer_value(json_object_get(o, "params")) == 292800);
+        /* F32 weights: no level packs them */
+        CHECK(t, json_is_integer(json_object_get(o, "packed_matrices")) &&
+                     json_integer_value(json_object_get(o, "packed_matrices")) == 0);
         /* the prompt computes logits for its last token only: stories260K's
          * output matrix (512 x 64) is credited once for the 16 tokens */
         const double macs = json_number_value(json_object_get(o, "macs_per_token"));

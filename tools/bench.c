@@ -676,7 +676,8 @@ static const bench_mode MODES[] = {
                 "          multiply-adds a token / peak rate (int8 dot product for quantized weights, F32 FMA\n"
                 "          for float ones; generation also against the bandwidth measured right before and after\n"
                 "          each of its runs, since a shared host moves it between seconds); --bw-mb sizes the\n"
-                "          bandwidth buffer",
+                "          bandwidth buffer.  The model line says how many matrices were packed for the\n"
+                "          kernels; NOMOAT_PACK=0 (or NOMOAT_MMAP=1) measures them as stored",
      bench_model},
     {"--tokenize", "-m MODEL.gguf -f FILE [--reps N] [--json]: tokenizer throughput (median MB/s)", bench_tokenize},
     {"--train", "-m MODEL.gguf [--rank 8] [--seq 256] [--batch 1] [--threads N] [--steps 3] [--full]: LoRA\n"
