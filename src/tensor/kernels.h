@@ -95,7 +95,7 @@ typedef struct nm_mm_args {
     size_t pf_row_bytes;
     int64_t pf_rows;
     /* rows [0, packed_rows) are in the level's packed layout (see
-     * nm_mm_kernel.pack); 0 when the matrix is as stored */
+     * nm_mm_kernel.pack_tile); 0 when the matrix is as stored */
     int64_t packed_rows;
 } nm_mm_args;
 
