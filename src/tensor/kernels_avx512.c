@@ -289,6 +289,14 @@ T512 static void repack_packed(const nm_mm_args *a, int64_t r, int64_t b0, int k
     }
 }
 
+/* The panel chunk of rows r..r+nr-1, whichever layout they are in. */
+T512_INLINE void q0_fill(const nm_mm_args *a, int64_t r, int nr, int64_t b0, int kb, q0_panel *p, bool q8,
+                         bool packed) {
+    if (packed) repack_packed(a, r, b0, kb, p, q8);
+    else if (q8) repack_q8_0(a, r, nr, b0, kb, p);
+    else repack_q4_0(a, r, nr, b0, kb, p);
+}
+
 /* Rows [r0, r1) as 16-row tiles (packed: whole tiles of a packed matrix). */
 T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8, bool packed) {
     const int64_t nb = a->cols / 32;
@@ -300,16 +308,8 @@ T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8, b
         const __mmask16 m1 = lanes(nr1);
         for (int64_t b0 = 0; b0 < nb; b0 += KC_BLOCKS) {
             const int kb = (int)imin64(KC_BLOCKS, nb - b0);
-            if (packed) {
-                repack_packed(a, r, b0, kb, &p, q8);
-                repack_packed(a, r + 16, b0, kb, &p1, q8);
-            } else if (q8) {
-                repack_q8_0(a, r, 16, b0, kb, &p);
-                repack_q8_0(a, r + 16, nr1, b0, kb, &p1);
-            } else {
-                repack_q4_0(a, r, 16, b0, kb, &p);
-                repack_q4_0(a, r + 16, nr1, b0, kb, &p1);
-            }
+            q0_fill(a, r, 16, b0, kb, &p, q8, packed);
+            q0_fill(a, r + 16, nr1, b0, kb, &p1, q8, packed);
             int64_t t = 0;
             for (; t + QT2 <= a->n_tok; t += QT2) q0_tokens2(QT2, a, &p, &p1, r, m1, t, b0, kb, corr);
             for (; t < a->n_tok; t++) q0_tokens2(1, a, &p, &p1, r, m1, t, b0, kb, corr);
@@ -320,9 +320,7 @@ T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8, b
         const __mmask16 m = lanes(nr);
         for (int64_t b0 = 0; b0 < nb; b0 += KC_BLOCKS) {
             const int kb = (int)imin64(KC_BLOCKS, nb - b0);
-            if (packed) repack_packed(a, r, b0, kb, &p, q8);
-            else if (q8) repack_q8_0(a, r, nr, b0, kb, &p);
-            else repack_q4_0(a, r, nr, b0, kb, &p);
+            q0_fill(a, r, nr, b0, kb, &p, q8, packed);
             int64_t t = 0;
             for (; t + QT <= a->n_tok; t += QT) q0_tokens(QT, a, &p, r, m, t, b0, kb, corr);
             for (; t < a->n_tok; t++) q0_tokens(1, a, &p, r, m, t, b0, kb, corr);
@@ -670,12 +668,10 @@ T512 static void gemv_q4_0p(const nm_mm_args *a, const uint8_t *tile, int64_t t,
     const int64_t nb = a->cols / 32;
     const q0_tok tk = q0_token(a, t, 0);
     __m512 acc = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2, tile += 2 * (32 + 256)) {
-        acc = q4p_add(tile, tile + 64, &tk, b, acc);
-        acc = q4p_add(tile + 32, tile + 64 + 256, &tk, b + 1, acc);
+    for (int64_t b = 0; b < nb; b++) {
+        const nm_q0p_at at = nm_q0p_block(b, nb, 256);
+        acc = q4p_add(tile + at.sc, tile + at.q, &tk, b, acc);
     }
-    if (b < nb) acc = q4p_add(tile, tile + 32, &tk, b, acc);
     _mm512_storeu_ps(out, acc);
 }
 
