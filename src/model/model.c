@@ -572,24 +572,30 @@ static nm_pool *pool_for(nm_pool *pool, double macs_per_region) {
     return macs_per_region >= PAR_MIN_MACS ? pool : NULL;
 }
 
-static uint8_t *k_cache_at(const nm_context *c, int64_t l, int64_t pos) {
-    return c->k_cache + (size_t)((l * c->n_ctx + pos) * c->m->hp.kv_dim) * c->kv_elt;
-}
-static uint8_t *v_cache_at(const nm_context *c, int64_t l, int64_t pos) {
-    return c->v_cache + (size_t)((l * c->n_ctx + pos) * c->m->hp.kv_dim) * c->kv_elt;
+/* Offset of KV head g's entry at position pos of layer l (see model.h). */
+static size_t kv_offset(const nm_context *c, int64_t l, int64_t g, int64_t pos) {
+    const nm_hparams *hp = &c->m->hp;
+    return (size_t)(((l * hp->n_head_kv + g) * c->n_ctx + pos) * hp->head_dim) * c->kv_elt;
 }
 
-/* Stores n rows of keys k and values v at positions pos0.. of layer l. */
+/* Stores one value of cache element type from a float row of n. */
+static void kv_put(const nm_context *c, uint8_t *dst, const float *src, int64_t n, const nm_attn_kernel *ak) {
+    if (c->kv_type == NM_TYPE_F32) memcpy(dst, src, (size_t)n * sizeof(float));
+    else ak->to_f16(src, (uint16_t *)(void *)dst, n);
+}
+
+/* Stores n rows of keys k and values v ([n][kv_dim]) at positions pos0..
+ * of layer l, each KV head's part into its own run. */
 static void kv_store(nm_context *c, int64_t l, int64_t pos0, const float *k, const float *v, int64_t n,
                      const nm_attn_kernel *ak) {
-    const int64_t m = n * c->m->hp.kv_dim;
-    if (c->kv_type == NM_TYPE_F32) {
-        memcpy(k_cache_at(c, l, pos0), k, (size_t)m * sizeof(float));
-        memcpy(v_cache_at(c, l, pos0), v, (size_t)m * sizeof(float));
-        return;
-    }
-    ak->to_f16(k, (uint16_t *)(void *)k_cache_at(c, l, pos0), m);
-    ak->to_f16(v, (uint16_t *)(void *)v_cache_at(c, l, pos0), m);
+    const nm_hparams *hp = &c->m->hp;
+    for (int64_t g = 0; g < hp->n_head_kv; g++)
+        for (int64_t t = 0; t < n; t++) {
+            const size_t at = kv_offset(c, l, g, pos0 + t);
+            const int64_t from = t * hp->kv_dim + g * hp->head_dim;
+            kv_put(c, c->k_cache + at, k + from, hp->head_dim, ak);
+            kv_put(c, c->v_cache + at, v + from, hp->head_dim, ak);
+        }
 }
 
 /* x[t] = embedding row of tokens[t] (dequantized from the stored type). */
@@ -698,38 +704,38 @@ typedef struct attn_task {
 } attn_task;
 
 /* Softmax(q . keys) . values over the n_keys first cache positions of layer
- * l, for the nq query heads that share one KV head (keys and values at
- * offset kvo of each cached row; queries and outputs hd apart).  With an
+ * l, for the nq query heads that share KV head g (queries and outputs hd
+ * apart).  With an
  * F16 cache the query and the attention weights are rounded to F16 as
  * llama.cpp does (its KQ and KQV products take F16 operands), which is what
  * its golden logits carry; q is already rounded by the caller.  The F16
  * loops are the level's attention kernels: exact products added in double,
  * the same bits at every level and for any nq (kernels.h), so neither the
  * level nor the grouping changes a logit. */
-static void attend(const nm_context *c, int64_t l, const float *q, int nq, int64_t kvo, int64_t n_keys, float *out,
+static void attend(const nm_context *c, int64_t l, const float *q, int nq, int64_t g, int64_t n_keys, float *out,
                    float *scores, const nm_attn_kernel *ak) {
     const int64_t hd = c->m->hp.head_dim;
     const float scale = 1.0f / sqrtf((float)hd);
+    const uint8_t *keys = c->k_cache + kv_offset(c, l, g, 0), *vals = c->v_cache + kv_offset(c, l, g, 0);
     if (c->kv_type == NM_TYPE_F16) {
-        const size_t stride = (size_t)c->m->hp.kv_dim;
-        ak->scores(q, (size_t)hd, nq, (const uint16_t *)(const void *)k_cache_at(c, l, 0) + kvo, stride, n_keys, hd,
-                   scale, scores, (size_t)c->n_ctx);
+        ak->scores(q, (size_t)hd, nq, (const uint16_t *)(const void *)keys, (size_t)hd, n_keys, hd, scale, scores,
+                   (size_t)c->n_ctx);
         for (int j = 0; j < nq; j++) {
             float *s = scores + (int64_t)j * c->n_ctx;
             ak->softmax(s, n_keys);
             ak->round_f16(s, n_keys);
         }
-        ak->values(scores, (size_t)c->n_ctx, nq, (const uint16_t *)(const void *)v_cache_at(c, l, 0) + kvo, stride,
-                   n_keys, hd, out, (size_t)hd);
+        ak->values(scores, (size_t)c->n_ctx, nq, (const uint16_t *)(const void *)vals, (size_t)hd, n_keys, hd, out,
+                   (size_t)hd);
         return;
     }
+    const float *kf = (const float *)(const void *)keys, *vf = (const float *)(const void *)vals;
     for (int j = 0; j < nq; j++, q += hd, out += hd) {
-        for (int64_t p = 0; p < n_keys; p++)
-            scores[p] = nm_dot_f32(q, (const float *)(const void *)k_cache_at(c, l, p) + kvo, hd) * scale;
+        for (int64_t p = 0; p < n_keys; p++) scores[p] = nm_dot_f32(q, kf + p * hd, hd) * scale;
         ak->softmax(scores, n_keys);
         memset(out, 0, (size_t)hd * sizeof *out);
         for (int64_t p = 0; p < n_keys; p++) {
-            const float *v = (const float *)(const void *)v_cache_at(c, l, p) + kvo;
+            const float *v = vf + p * hd;
             const float s = scores[p];
             for (int64_t i = 0; i < hd; i++) out[i] += s * v[i];
         }
@@ -764,7 +770,7 @@ static void attention_task(void *arg, int ith, int nth) {
             const nm_context *c = q->c;
             const int64_t k = item - a->item0[s], t = k / hp->n_head_kv, g = k % hp->n_head_kv;
             const int64_t row = q->row0 + t, h0 = g * group;
-            attend(c, a->l, f->host->q + row * hp->q_dim + h0 * hd, (int)group, g * hd, q->pos0 + t + 1,
+            attend(c, a->l, f->host->q + row * hp->q_dim + h0 * hd, (int)group, g, q->pos0 + t + 1,
                    f->host->att + row * hp->q_dim + h0 * hd, c->scores + (int64_t)ith * group * c->n_ctx, a->ak);
         }
     }

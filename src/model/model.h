@@ -75,8 +75,11 @@ struct nm_context {
     int64_t n_ctx, n_batch, n_past;
     bool logits_all;
 
-    /* [n_layer][n_ctx][kv_dim] in kv_type (F16: as llama.cpp, half the
-     * memory; F32: exact) */
+    /* [n_layer][n_head_kv][n_ctx][head_dim] in kv_type (F16: as llama.cpp,
+     * half the memory; F32: exact).  Head-major, so attention reads each
+     * KV head's keys and values as one contiguous stream: position-major
+     * rows interleave the heads, and the 512-byte stride of tl1b's rows
+     * cost ~5 us a layer in cache misses the prefetchers did not cover. */
     nm_type kv_type;
     size_t kv_elt;                 /* bytes per cached element */
     uint8_t *k_cache, *v_cache;
