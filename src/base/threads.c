@@ -18,9 +18,14 @@
 #include <unistd.h>
 
 /* Waiting: PAUSE_ITERS busy polls (the next region usually comes within a
- * microsecond), then polls that yield the CPU (when there are more threads
- * than cores, the thread we wait for may need ours), then sleep. */
-enum { PAUSE_ITERS = 256, SPIN_ITERS = 4096 };
+ * few microseconds), then polls that yield the CPU (when there are more
+ * threads than cores, the thread we wait for may need ours), then sleep.
+ * A PAUSE is ~25 ns on Zen 4 (~40 on recent Intel), so 1024 of them cover
+ * the 5-20 us of single-threaded work between a token's regions (norms,
+ * RoPE, sampling); with 256, a worker was often inside sched_yield (~0.5
+ * us a call in a VM) when a region opened: it started 0.7-1.2 us late on
+ * average against 0.3-0.7 (tl1b Q4_0 generation, 110 regions a token). */
+enum { PAUSE_ITERS = 1024, SPIN_ITERS = 4096 };
 
 typedef struct worker {
     struct nm_pool *pool;
