@@ -580,7 +580,11 @@ T2_INLINE void k_tokens8(int NT, const nm_mm_args *a, const k_panel8 *p, int64_t
     for (int i = 0; i < NT; i++) store8_ps(a->y + (t + i) * a->ldy + (r - a->y_r0), m, nr, acc[i]);
 }
 
-T2 static void k_gemm8(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type) {
+T2 static void repack8_kp(const nm_mm_args *a, nm_type type, int64_t r, int64_t s0, int ks, k_panel8 *p);
+
+/* Rows [r0, r1) for a batch; `packed`: whole packed tiles (rows r0.. a
+ * multiple of 16), read 8 rows, a tile's half, at a time. */
+T2 static void k_gemm8(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type, bool packed) {
     const int64_t nsb = a->cols / NM_QK_K;
     const bool q6 = type == NM_TYPE_Q6_K;
     k_panel8 p;
@@ -588,7 +592,8 @@ T2 static void k_gemm8(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type
         const int nr = (int)imin64(8, r1 - r);
         for (int64_t s0 = 0; s0 < nsb; s0 += KC_SUPER) {
             const int ks = (int)imin64(KC_SUPER, nsb - s0);
-            repack8_k(a, type, r, nr, s0, ks, &p);
+            if (packed) repack8_kp(a, type, r, s0, ks, &p);
+            else repack8_k(a, type, r, nr, s0, ks, &p);
             int64_t t = 0;
             for (; t + 4 <= a->n_tok; t += 4) k_tokens8(4, a, &p, r, nr, t, s0, ks, q6);
             for (; t < a->n_tok; t++) k_tokens8(1, a, &p, r, nr, t, s0, ks, q6);
@@ -681,7 +686,7 @@ T2 static float dot_q6_k(const uint8_t *row, const k_tok *tk, int64_t nsb) {
 
 T2 static void rows_k(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type) {
     if (a->n_tok >= GEMM_MIN_TOK) {
-        k_gemm8(a, r0, r1, type);
+        k_gemm8(a, r0, r1, type, false);
         return;
     }
     const int64_t nsb = a->cols / NM_QK_K;
@@ -698,6 +703,227 @@ T2 static void rows_k(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type)
 T2 static void rows_q4_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_k(a, r0, r1, NM_TYPE_Q4_K); }
 T2 static void rows_q5_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_k(a, r0, r1, NM_TYPE_Q5_K); }
 T2 static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) { rows_k(a, r0, r1, NM_TYPE_Q6_K); }
+
+/* ---- packed Q4_K / Q6_K (nm_pack_q4_k, nm_pack_q6_k in kernels_impl.h) ----
+ * A 16-row tile is two 8-row halves, the low and high 256 bits of each
+ * vector, as for Q4_0.  Lanes are rows: a Q4_K sub-block is 8 VPMADDUBSW
+ * summed in 16 bits (at most 8 x 2 x 15 x 128 = 30720), then one VPMADDWD
+ * by its scale repeated in both 16-bit halves of the row's lane; Q6_K two
+ * VPMADDUBSW (2 x 2 x 63 x 128) a VPMADDWD.  No horizontal sums, one
+ * stream a tile; the scales and mins are unpacked for 8 rows at once.  The
+ * float steps are the reference's, super-block after super-block. */
+T2_INLINE __m256i ld8x32(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)(const void *)p); }
+T2_INLINE __m256 ld_d8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p)); }
+
+/* Each 32-bit lane's low 16 bits in both halves. */
+T2_INLINE __m256i dup16_lanes(__m256i v) {
+    return _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(v, 16));
+}
+
+/* Rows 0..7 (half 0) or 8..15 (half 32) of a packed Q4_K super-block:
+ * the 6-bit scales (s03, s47) and mins (m03, m47) of sub-blocks 0-3 and
+ * 4-7 as bytes of each row's lane, ggml's get_scale_min_k4 in vector
+ * lanes.  Four registers: a struct of the twelve unpacked vectors does not
+ * fit AVX2's sixteen, and GCC copied it with REP MOVSQ (17% of the time). */
+typedef struct k4p8 {
+    __m256i s03, s47, m03, m47;
+} k4p8;
+
+T2_INLINE k4p8 k4p8_unpack(const uint8_t *sb, size_t half) {
+    const __m256i u0 = ld8x32(sb + 64 + half), u1 = ld8x32(sb + 128 + half), u2 = ld8x32(sb + 192 + half);
+    const __m256i k1 = _mm256_set1_epi32(0x3f3f3f3f), k2 = _mm256_set1_epi32(0x0f0f0f0f),
+                  k3 = _mm256_set1_epi32(0x03030303);
+    k4p8 k;
+    k.s03 = _mm256_and_si256(u0, k1);
+    k.m03 = _mm256_and_si256(u1, k1);
+    k.s47 = _mm256_or_si256(_mm256_and_si256(u2, k2), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u0, 6), k3), 4));
+    k.m47 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), k2),
+                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u1, 6), k3), 4));
+    return k;
+}
+
+/* Sub-block j's scale in both 16-bit halves of each row's lane. */
+T2_INLINE __m256i k4p8_sc(const k4p8 *k, int j) {
+    return dup16_lanes(_mm256_and_si256(_mm256_srli_epi32(j < 4 ? k->s03 : k->s47, 8 * (j % 4)), _mm256_set1_epi32(0xff)));
+}
+
+/* Mins 2p and 2p+1 as the two words of each row's lane. */
+T2_INLINE __m256i k4p8_mn(const k4p8 *k, int p) {
+    const __m256i m = p < 2 ? k->m03 : k->m47, b = _mm256_set1_epi32(0xff), w1 = _mm256_set1_epi32(0x00ff0000);
+    if (p % 2 == 0) return _mm256_or_si256(_mm256_and_si256(m, b), _mm256_and_si256(_mm256_slli_epi32(m, 8), w1));
+    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(m, 16), b), _mm256_and_si256(_mm256_srli_epi32(m, 8), w1));
+}
+
+/* acc[0] (rows 0..7), acc[1] (8..15) += super-block s of a packed Q4_K
+ * tile (at sb): both halves in one pass, so each activation broadcast
+ * serves 16 rows. */
+T2_INLINE void q4kp_add16(const uint8_t *sb, const k_tok *tk, int64_t s, __m256 *acc) {
+    const uint8_t *xb = tk->blk + (size_t)s * sizeof(nm_block_q8_k), *xq = xb + 4;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i sumi[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; g++) {
+        const uint8_t *w = sb + 256 + 512 * g, *x = xq + 64 * g;
+        __m256i lo[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, hi[2] = {lo[0], lo[0]};
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++) {
+            const __m256i xl = bcast32(x + 4 * q), xh = bcast32(x + 32 + 4 * q);
+#pragma GCC unroll 2
+            for (int i = 0; i < 2; i++) {
+                const __m256i v = ld8x32(w + 64 * q + 32 * i);
+                lo[i] = _mm256_add_epi16(lo[i], _mm256_maddubs_epi16(_mm256_and_si256(v, m4), xl));
+                hi[i] = _mm256_add_epi16(hi[i], _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), xh));
+            }
+        }
+#pragma GCC unroll 2
+        for (int i = 0; i < 2; i++) {
+            const k4p8 k = k4p8_unpack(sb, 32 * (size_t)i);
+            sumi[i] = _mm256_add_epi32(sumi[i], _mm256_madd_epi16(lo[i], k4p8_sc(&k, 2 * g)));
+            sumi[i] = _mm256_add_epi32(sumi[i], _mm256_madd_epi16(hi[i], k4p8_sc(&k, 2 * g + 1)));
+        }
+    }
+    const __m256 dx = _mm256_set1_ps(q8k_d(xb));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) {
+        const k4p8 k = k4p8_unpack(sb, 32 * (size_t)i);
+        __m256i summ = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            summ = _mm256_add_epi32(summ, _mm256_madd_epi16(k4p8_mn(&k, j), bcast32((const uint8_t *)(tk->bsum32 + 8 * s + 2 * j))));
+        const __m256 x = _mm256_mul_ps(_mm256_mul_ps(ld_d8(sb + 16 * i), dx), _mm256_cvtepi32_ps(sumi[i]));
+        const __m256 y = _mm256_mul_ps(_mm256_mul_ps(ld_d8(sb + 32 + 16 * i), dx), _mm256_cvtepi32_ps(summ));
+        acc[i] = _mm256_add_ps(acc[i], _mm256_sub_ps(x, y));
+    }
+}
+
+/* The 4 kinds of quants (0..63) of half h, bytes 4q.. of one half of a
+ * packed Q6_K super-block: e[k] = elements 128h + 32k + 4q.. of 8 rows. */
+T2_INLINE void q6p8_quants(const uint8_t *sb, size_t half, int h, int q, __m256i *e) {
+    const uint8_t *v = sb + 288 + 192 * (8 * h + q) + half;
+    const __m256i l0 = ld8x32(v), l1 = ld8x32(v + 64), hb = ld8x32(v + 128);
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    e[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+    e[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+    e[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
+    e[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+}
+
+/* The 8 rows' scale of sub-block j (16 elements), sign-extended, dup16. */
+T2_INLINE __m256i q6p8_scale(const uint8_t *sb, size_t half, int j) {
+    const __m256i v = ld8x32(sb + 32 + 64 * (j / 4) + half);
+    return dup16_lanes(_mm256_srai_epi32(_mm256_slli_epi32(v, 24 - 8 * (j % 4)), 24));
+}
+
+/* acc[0] (rows 0..7), acc[1] (8..15) += super-block s of a packed Q6_K
+ * tile (at sb), both halves in one pass as for Q4_K. */
+T2_INLINE void q6kp_add16(const uint8_t *sb, const k_tok *tk, int64_t s, __m256 *acc) {
+    const uint8_t *xb = tk->blk + (size_t)s * sizeof(nm_block_q8_k), *xq = xb + 4;
+    const uint8_t *bs = xb + offsetof(nm_block_q8_k, bsums);
+    __m256i sumi[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+        for (int qp = 0; qp < 8; qp += 2) {
+            /* bytes q = qp, qp + 1 of kind k: sub-block 8h + 2k + qp / 4 */
+            __m256i pr[2][4];
+#pragma GCC unroll 2
+            for (int q = qp; q < qp + 2; q++) {
+                __m256i xk[4];
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) xk[k] = bcast32(xq + 128 * h + 32 * k + 4 * q);
+#pragma GCC unroll 2
+                for (int i = 0; i < 2; i++) {
+                    __m256i e[4];
+                    q6p8_quants(sb, 32 * (size_t)i, h, q, e);
+#pragma GCC unroll 4
+                    for (int k = 0; k < 4; k++) {
+                        const __m256i m = _mm256_maddubs_epi16(e[k], xk[k]);
+                        pr[i][k] = q == qp ? m : _mm256_add_epi16(pr[i][k], m);
+                    }
+                }
+            }
+#pragma GCC unroll 2
+            for (int i = 0; i < 2; i++)
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    sumi[i] = _mm256_add_epi32(sumi[i], _mm256_madd_epi16(pr[i][k], q6p8_scale(sb, 32 * (size_t)i, 8 * h + 2 * k + qp / 4)));
+        }
+    const __m256 dx = _mm256_set1_ps(q8k_d(xb));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) {
+        /* the -32 of every quant: scale x 32 x sum of the 16 activations */
+        __m256i summ = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            summ = _mm256_add_epi32(summ, _mm256_madd_epi16(_mm256_blend_epi16(q6p8_scale(sb, 32 * (size_t)i, 2 * j),
+                                                                               q6p8_scale(sb, 32 * (size_t)i, 2 * j + 1), 0xaa),
+                                                            bcast32(bs + 4 * j)));
+        const __m256i si = _mm256_sub_epi32(sumi[i], _mm256_slli_epi32(summ, 5));
+        acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_mul_ps(ld_d8(sb + 16 * i), dx), _mm256_cvtepi32_ps(si)));
+    }
+}
+
+T2_INLINE void gemv_kp8(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out, bool q6) {
+    const int64_t nsb = a->cols / NM_QK_K;
+    const size_t sbb = 16 * (q6 ? sizeof(nm_block_q6_k) : sizeof(nm_block_q4_k));
+    const k_tok tk = k_token(a, t, 0);
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t s = 0; s < nsb; s++, tile += sbb) {
+        if (q6) q6kp_add16(tile, &tk, s, acc);
+        else q4kp_add16(tile, &tk, s, acc);
+    }
+    _mm256_storeu_ps(out, acc[0]);
+    _mm256_storeu_ps(out + 8, acc[1]);
+}
+
+/* A batch panel chunk from half (r & 8) of the packed tile holding row r:
+ * panel sub-block 8s + j, 4-element group g is elements 32j + 4g. */
+T2 static void repack8_kp(const nm_mm_args *a, nm_type type, int64_t r, int64_t s0, int ks, k_panel8 *p) {
+    const bool q6 = type == NM_TYPE_Q6_K;
+    const size_t sbb = 16 * (q6 ? sizeof(nm_block_q6_k) : sizeof(nm_block_q4_k)), half = (r & 8) ? 32 : 0;
+    const uint8_t *tile = a->w + (size_t)(r & ~(int64_t)15) * a->row_bytes;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int s = 0; s < ks; s++) {
+        const uint8_t *sb = tile + (size_t)(s0 + s) * sbb;
+        _mm256_store_ps(p->d + 8 * s, ld_d8(sb + half / 2));
+        if (q6) {
+            for (int j = 0; j < 16; j++) _mm256_store_si256((__m256i *)(void *)(p->sc + (16 * s + j) * 8), q6p8_scale(sb, half, j));
+            for (int h = 0; h < 2; h++)
+                for (int q = 0; q < 8; q++) {
+                    __m256i e[4];
+                    q6p8_quants(sb, half, h, q, e);
+                    for (int k = 0; k < 4; k++) _mm256_store_si256((__m256i *)(void *)(p->w + (8 * s + 4 * h + k) * 256 + 32 * q), e[k]);
+                }
+            continue;
+        }
+        const k4p8 k = k4p8_unpack(sb, half);
+        _mm256_store_ps(p->dmin + 8 * s, ld_d8(sb + 32 + half / 2));
+        for (int j = 0; j < 8; j++) _mm256_store_si256((__m256i *)(void *)(p->sc + (16 * s + j) * 8), k4p8_sc(&k, j));
+        for (int j = 0; j < 4; j++) _mm256_store_si256((__m256i *)(void *)(p->mn + (4 * s + j) * 8), k4p8_mn(&k, j));
+        for (int g = 0; g < 4; g++)
+            for (int q = 0; q < 8; q++) {
+                const __m256i v = ld8x32(sb + 256 + 64 * (8 * g + q) + half);
+                _mm256_store_si256((__m256i *)(void *)(p->w + (8 * s + 2 * g) * 256 + 32 * q), _mm256_and_si256(v, m4));
+                _mm256_store_si256((__m256i *)(void *)(p->w + (8 * s + 2 * g + 1) * 256 + 32 * q),
+                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            }
+    }
+}
+
+T2 static void gemv_q4_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    gemv_kp8(a, tile, t, out, false);
+}
+T2 static void gemv_q6_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    gemv_kp8(a, tile, t, out, true);
+}
+T2 static void tiles_q4_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm8(a, r0, r1, NM_TYPE_Q4_K, true); }
+T2 static void tiles_q6_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm8(a, r0, r1, NM_TYPE_Q6_K, true); }
+T2 static void rows_q4_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    nm_rows_packed(a, r0, r1, gemv_q4_kp, tiles_q4_kp, rows_q4_k);
+}
+T2 static void rows_q6_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    nm_rows_packed(a, r0, r1, gemv_q6_kp, tiles_q6_kp, rows_q6_k);
+}
 
 /* ====================================================================== */
 /* F32, F16, BF16 weights                                                 */
@@ -1335,9 +1561,9 @@ static const nm_mm_kernel AVX2_MM[NM_TYPE_COUNT] = {
     [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 16, NM_ISA_AVX2, rows_bf16, convert_bf16, bf16_to_float, NULL, NULL},
     [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q4_0, convert_q8_0, NULL, pack8_q4_0, rows_q4_0p},
     [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q8_0, convert_q8_0, NULL, pack8_q8_0, rows_q8_0p},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q4_k, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q4_k, convert_q8_k, NULL, nm_pack_q4_k, rows_q4_kp},
     [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q5_k, convert_q8_k, NULL, NULL, NULL},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q6_k, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q6_k, convert_q8_k, NULL, nm_pack_q6_k, rows_q6_kp},
 };
 
 const nm_mm_kernel *nm_mm_kernel_avx2(nm_type t) {

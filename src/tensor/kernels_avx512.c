@@ -1242,29 +1242,11 @@ T512 static void rows_q6_k(const nm_mm_args *a, int64_t r0, int64_t r1) {
 /* ---------------------------------------------------------------------- */
 /* Packed Q4_K (nm_mm_kernel.pack_tile)                                   */
 /* ---------------------------------------------------------------------- */
-/* A tile of 16 rows, super-block by super-block (2304 bytes each, the 16
- * rows' 144): the 16 d (half precision, 32 bytes), the 16 dmin (32), the
- * 12 scale bytes of each row as 3 vectors (vector k: bytes 4k..4k+3 of
- * row i at 4i), then the quants as 32 "lanes are rows" vectors: vector
- * 8g + q holds bytes 4q..4q+3 of each row's group g (32 bytes of qs: low
- * nibbles are elements 64g + l, high ones 64g + 32 + l).  The scales and
- * mins are unpacked for the 16 rows at once (ggml's get_scale_min_k4 in
- * vector lanes); a sub-block is 8 VPDPBUSD into lanes that are rows, then
- * one multiply by its scale: no reductions (the row-wise kernel needs one
+/* Packed Q4_K (kernels_impl.h's nm_pack_q4_k).  The scales and mins are
+ * unpacked for the 16 rows at once (ggml's get_scale_min_k4 in vector
+ * lanes); a sub-block is 8 VPDPBUSD into lanes that are rows, then one
+ * multiply by its scale: no reductions (the row-wise kernel needs one
  * transposing reduction a super-block and per-row shuffles). */
-static void pack_q4_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
-    for (int64_t sb = 0; sb < cols / NM_QK_K; sb++) {
-        uint8_t *o = dst + (size_t)sb * 16 * sizeof(nm_block_q4_k);
-        for (size_t i = 0; i < 16; i++) {
-            const uint8_t *in = src + i * row_bytes + (size_t)sb * sizeof(nm_block_q4_k);
-            memcpy(o + 2 * i, in, 2);
-            memcpy(o + 32 + 2 * i, in + 2, 2);
-            for (size_t k = 0; k < 3; k++) memcpy(o + 64 + 64 * k + 4 * i, in + 4 + 4 * k, 4);
-            for (size_t g = 0; g < 4; g++)
-                for (size_t q = 0; q < 8; q++) memcpy(o + 256 + 64 * (8 * g + q) + 4 * i, in + 16 + 32 * g + 4 * q, 4);
-        }
-    }
-}
 
 /* The 16 rows' sub-block scales (sc[j], lanes are rows) and min pairs
  * (mn[p]: words m[2p], m[2p+1]) of a packed super-block. */
@@ -1354,32 +1336,7 @@ T512 static void repack_q4_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks
 /* ---------------------------------------------------------------------- */
 /* Packed Q6_K                                                            */
 /* ---------------------------------------------------------------------- */
-/* A tile of 16 rows, super-block by super-block (3360 bytes, the 16 rows'
- * 210): the 16 d (32 bytes), the 16 int8 scales of each row as 4 vectors
- * (vector k: scales 4k..4k+3 of row i at 4i), then for half h and q = 0..7
- * three vectors, in the order the kernel reads them: ql[64h + 4q ..+3],
- * ql[64h + 32 + 4q ..+3] and qh[32h + 4q ..+3] of each row.  Kind k of
- * those bytes is elements 128h + 32k + 4q..: ql's low (k = 0, 1) or high
- * (2, 3) nibble and bits 2k, 2k+1 of qh.  (With the ql and qh vectors in
- * two separate runs, three streams a super-block, one thread read 9.6
- * GB/s from memory; in one run, as here, ~29.) */
-static void pack_q6_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
-    for (int64_t sb = 0; sb < cols / NM_QK_K; sb++) {
-        uint8_t *o = dst + (size_t)sb * 16 * sizeof(nm_block_q6_k);
-        for (size_t i = 0; i < 16; i++) {
-            const uint8_t *in = src + i * row_bytes + (size_t)sb * sizeof(nm_block_q6_k);
-            memcpy(o + 2 * i, in + offsetof(nm_block_q6_k, d), 2);
-            for (size_t k = 0; k < 4; k++) memcpy(o + 32 + 64 * k + 4 * i, in + offsetof(nm_block_q6_k, scales) + 4 * k, 4);
-            for (size_t h = 0; h < 2; h++)
-                for (size_t q = 0; q < 8; q++) {
-                    uint8_t *v = o + 288 + 192 * (8 * h + q) + 4 * i;
-                    memcpy(v, in + 64 * h + 4 * q, 4);
-                    memcpy(v + 64, in + 64 * h + 32 + 4 * q, 4);
-                    memcpy(v + 128, in + offsetof(nm_block_q6_k, qh) + 32 * h + 4 * q, 4);
-                }
-        }
-    }
-}
+/* Packed Q6_K (kernels_impl.h's nm_pack_q6_k). */
 
 /* The 4 kinds of quants (unsigned 0..63) of half h, bytes 4q.. of a packed
  * Q6_K super-block: e[k] holds elements 128h + 32k + 4q.. of the 16 rows. */
@@ -2276,9 +2233,9 @@ static const nm_mm_kernel AVX512_MM[NM_TYPE_COUNT] = {
     [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 32, NM_ISA_AVX512, rows_bf16, convert_bf16, bf16_to_float, NULL, NULL},
     [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q4_0, convert_q8_0, NULL, pack_q4_0, rows_q4_0p},
     [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q8_0, convert_q8_0, NULL, pack_q8_0, rows_q8_0p},
-    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q4_k, convert_q8_k, NULL, pack_q4_k, rows_q4_kp},
+    [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q4_k, convert_q8_k, NULL, nm_pack_q4_k, rows_q4_kp},
     [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q5_k, convert_q8_k, NULL, NULL, NULL},
-    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q6_k, convert_q8_k, NULL, pack_q6_k, rows_q6_kp},
+    [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q6_k, convert_q8_k, NULL, nm_pack_q6_k, rows_q6_kp},
 };
 
 const nm_mm_kernel *nm_mm_kernel_avx512(nm_type t) {

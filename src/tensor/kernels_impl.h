@@ -212,6 +212,54 @@ static inline void nm_pack_q0(uint8_t *dst, const uint8_t *src, size_t row_bytes
     }
 }
 
+/* Q4_K. A tile of 16 rows, super-block by super-block (2304 bytes each, the 16
+ * rows' 144): the 16 d (half precision, 32 bytes), the 16 dmin (32), the
+ * 12 scale bytes of each row as 3 vectors (vector k: bytes 4k..4k+3 of
+ * row i at 4i), then the quants as 32 "lanes are rows" vectors: vector
+ * 8g + q holds bytes 4q..4q+3 of each row's group g (32 bytes of qs: low
+ * nibbles are elements 64g + l, high ones 64g + 32 + l).  As for Q4_0, a
+ * 256-bit level reads rows 0..7 and 8..15 as the vectors' two halves. */
+static inline void nm_pack_q4_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
+    for (int64_t sb = 0; sb < cols / NM_QK_K; sb++) {
+        uint8_t *o = dst + (size_t)sb * 16 * sizeof(nm_block_q4_k);
+        for (size_t i = 0; i < 16; i++) {
+            const uint8_t *in = src + i * row_bytes + (size_t)sb * sizeof(nm_block_q4_k);
+            memcpy(o + 2 * i, in, 2);
+            memcpy(o + 32 + 2 * i, in + 2, 2);
+            for (size_t k = 0; k < 3; k++) memcpy(o + 64 + 64 * k + 4 * i, in + 4 + 4 * k, 4);
+            for (size_t g = 0; g < 4; g++)
+                for (size_t q = 0; q < 8; q++) memcpy(o + 256 + 64 * (8 * g + q) + 4 * i, in + 16 + 32 * g + 4 * q, 4);
+        }
+    }
+}
+
+/* Q6_K. A tile of 16 rows, super-block by super-block (3360 bytes, the 16 rows'
+ * 210): the 16 d (32 bytes), the 16 int8 scales of each row as 4 vectors
+ * (vector k: scales 4k..4k+3 of row i at 4i), then for half h and q = 0..7
+ * three vectors, in the order the kernel reads them: ql[64h + 4q ..+3],
+ * ql[64h + 32 + 4q ..+3] and qh[32h + 4q ..+3] of each row.  Kind k of
+ * those bytes is elements 128h + 32k + 4q..: ql's low (k = 0, 1) or high
+ * (2, 3) nibble and bits 2k, 2k+1 of qh.  (With the ql and qh vectors in
+ * two separate runs, three streams a super-block, one thread read 9.6
+ * GB/s from memory; in one run, as here, ~29.) */
+static inline void nm_pack_q6_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
+    for (int64_t sb = 0; sb < cols / NM_QK_K; sb++) {
+        uint8_t *o = dst + (size_t)sb * 16 * sizeof(nm_block_q6_k);
+        for (size_t i = 0; i < 16; i++) {
+            const uint8_t *in = src + i * row_bytes + (size_t)sb * sizeof(nm_block_q6_k);
+            memcpy(o + 2 * i, in + offsetof(nm_block_q6_k, d), 2);
+            for (size_t k = 0; k < 4; k++) memcpy(o + 32 + 64 * k + 4 * i, in + offsetof(nm_block_q6_k, scales) + 4 * k, 4);
+            for (size_t h = 0; h < 2; h++)
+                for (size_t q = 0; q < 8; q++) {
+                    uint8_t *v = o + 288 + 192 * (8 * h + q) + 4 * i;
+                    memcpy(v, in + 64 * h + 4 * q, 4);
+                    memcpy(v + 64, in + 64 * h + 32 + 4 * q, 4);
+                    memcpy(v + 128, in + offsetof(nm_block_q6_k, qh) + 32 * h + 4 * q, 4);
+                }
+        }
+    }
+}
+
 /* One token x the packed tile at `tile`: its 16 rows' results to out. */
 typedef void (*nm_packed_gemv_fn)(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out);
 
