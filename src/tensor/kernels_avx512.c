@@ -922,10 +922,10 @@ T512_INLINE void k_tokens(int NT, const nm_mm_args *a, const k_panel *p, int64_t
     for (int i = 0; i < NT; i++) _mm512_mask_storeu_ps(a->y + (t + i) * a->ldy + (r - a->y_r0), m, acc[i]);
 }
 
-T512 static void repack_q4_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks, k_panel *p);
+T512 static void repack_q45_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks, k_panel *p, bool q5);
 T512 static void repack_q6_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks, k_panel *p);
 
-/* packed: rows [r0, r1) are whole packed tiles (Q4_K, Q6_K: below) */
+/* packed: rows [r0, r1) are whole packed tiles (Q4_K, Q5_K, Q6_K: below) */
 T512 static void k_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type type, bool packed) {
     const int64_t nsb = a->cols / NM_QK_K;
     k_panel p;
@@ -935,7 +935,7 @@ T512 static void k_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, nm_type typ
         for (int64_t s0 = 0; s0 < nsb; s0 += KC_SUPER) {
             const int ks = (int)imin64(KC_SUPER, nsb - s0);
             if (packed && type == NM_TYPE_Q6_K) repack_q6_kp(a, r, s0, ks, &p);
-            else if (packed) repack_q4_kp(a, r, s0, ks, &p);
+            else if (packed) repack_q45_kp(a, r, s0, ks, &p, type == NM_TYPE_Q5_K);
             else repack_k(a, type, r, nr, s0, ks, &p);
             const bool q6 = type == NM_TYPE_Q6_K;
             int64_t t = 0;
@@ -1277,26 +1277,60 @@ T512_INLINE k4p_scales k4p_unpack(const uint8_t *sb) {
     return k;
 }
 
-/* One token x the packed Q4_K tile at `tile`: q45k_chunk's operations for
- * 16 rows, super-block by super-block. */
-T512 static void gemv_q4_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
-    const int64_t nsb = a->cols / NM_QK_K;
-    const k_tok tk = k_token(a, t, 0);
+/* Bit b of each byte of h moved to bit 4 (a Q5_K quant's fifth bit). */
+T512_INLINE __m512i q5_bit(__m512i h, int b) {
+    return _mm512_and_si512(b <= 4 ? _mm512_slli_epi16(h, 4 - b) : _mm512_srli_epi16(h, b - 4), _mm512_set1_epi8(0x10));
+}
+
+/* Quants 8g + q of a packed Q4_K / Q5_K super-block (at sb): low and high
+ * nibbles, with their fifth bits from h (high-bit vector q) for Q5_K. */
+T512_INLINE void k45p_quants(const uint8_t *sb, int g, int q, bool q5, __m512i h, __m512i *lo, __m512i *hi) {
     const __m512i m4 = _mm512_set1_epi8(15);
+    const __m512i v = ld512(sb + (q5 ? NM_Q5KP_QS : NM_Q4KP_QS) + 64 * (8 * g + q));
+    *lo = _mm512_and_si512(v, m4);
+    *hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    if (q5) {
+        *lo = _mm512_or_si512(*lo, q5_bit(h, 2 * g));
+        *hi = _mm512_or_si512(*hi, q5_bit(h, 2 * g + 1));
+    }
+}
+
+/* One token x the packed Q4_K / Q5_K tile at `tile`: q45k_chunk's
+ * operations for 16 rows, super-block by super-block. */
+T512_INLINE void gemv_q45_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out, bool q5) {
+    const int64_t nsb = a->cols / NM_QK_K;
+    const size_t sbb = 16 * (q5 ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k));
+    const k_tok tk = k_token(a, t, 0);
     __m512 acc = _mm512_setzero_ps();
-    for (int64_t s = 0; s < nsb; s++, tile += 16 * sizeof(nm_block_q4_k)) {
+    for (int64_t s = 0; s < nsb; s++, tile += sbb) {
         const k4p_scales k = k4p_unpack(tile);
         const uint8_t *xb = tk.blk + (size_t)s * sizeof(nm_block_q8_k), *xq = xb + 4;
         __m512i sumi = _mm512_setzero_si512(), summ = _mm512_setzero_si512();
+        /* Q5_K's high bits are read first, all eight vectors, and the empty
+         * asm (a compiler barrier) keeps GCC from moving any load of the
+         * super-block above that point: the stream's lines are then first
+         * touched in order.  Without it, GCC interleaved these loads with the
+         * quants' and one core read packed Q5_K from memory at 10-11 GB/s
+         * (25 as stored, 28 with the barrier; from L2 42-43 either way);
+         * Q4_K gained a little too (two threads 28.7-32.6 -> 31.2-34.6 GB/s,
+         * alternately). */
+        __m512i qh[8];
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++) qh[q] = q5 ? ld512(tile + NM_Q5KP_QH + 64 * q) : _mm512_setzero_si512();
+        __asm__ volatile("" ::: "memory");
+#pragma GCC unroll 4
         for (int g = 0; g < 4; g++) {
-            const uint8_t *w = tile + 256 + 512 * g, *x = xq + 64 * g;
+            const uint8_t *x = xq + 64 * g;
             __m512i l0 = _mm512_setzero_si512(), l1 = l0, h0 = l0, h1 = l0;
+#pragma GCC unroll 4
             for (int q = 0; q < 8; q += 2) {
-                const __m512i v0 = ld512(w + 64 * q), v1 = ld512(w + 64 * q + 64);
-                l0 = _mm512_dpbusd_epi32(l0, _mm512_and_si512(v0, m4), bcast32(x + 4 * q));
-                h0 = _mm512_dpbusd_epi32(h0, _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4), bcast32(x + 32 + 4 * q));
-                l1 = _mm512_dpbusd_epi32(l1, _mm512_and_si512(v1, m4), bcast32(x + 4 * q + 4));
-                h1 = _mm512_dpbusd_epi32(h1, _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4), bcast32(x + 36 + 4 * q));
+                __m512i lo0, hi0, lo1, hi1;
+                k45p_quants(tile, g, q, q5, qh[q], &lo0, &hi0);
+                k45p_quants(tile, g, q + 1, q5, qh[q + 1], &lo1, &hi1);
+                l0 = _mm512_dpbusd_epi32(l0, lo0, bcast32(x + 4 * q));
+                h0 = _mm512_dpbusd_epi32(h0, hi0, bcast32(x + 32 + 4 * q));
+                l1 = _mm512_dpbusd_epi32(l1, lo1, bcast32(x + 4 * q + 4));
+                h1 = _mm512_dpbusd_epi32(h1, hi1, bcast32(x + 36 + 4 * q));
             }
             sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(_mm512_add_epi32(l0, l1), k.sc[2 * g]));
             sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(_mm512_add_epi32(h0, h1), k.sc[2 * g + 1]));
@@ -1313,11 +1347,18 @@ T512 static void gemv_q4_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t,
     _mm512_storeu_ps(out, acc);
 }
 
-/* A batch panel chunk from a packed tile (rows r..r+15, whole). */
-T512 static void repack_q4_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks, k_panel *p) {
-    const __m512i m4 = _mm512_set1_epi8(15);
+T512 static void gemv_q4_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    gemv_q45_kp(a, tile, t, out, false);
+}
+T512 static void gemv_q5_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    gemv_q45_kp(a, tile, t, out, true);
+}
+
+/* A batch panel chunk from a packed Q4_K / Q5_K tile (rows r..r+15, whole). */
+T512 static void repack_q45_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks, k_panel *p, bool q5) {
+    const size_t sbb = 16 * (q5 ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k));
     for (int s = 0; s < ks; s++) {
-        const uint8_t *sb = a->w + (size_t)r * a->row_bytes + (size_t)(s0 + s) * 16 * sizeof(nm_block_q4_k);
+        const uint8_t *sb = a->w + (size_t)r * a->row_bytes + (size_t)(s0 + s) * sbb;
         const k4p_scales k = k4p_unpack(sb);
         _mm512_store_ps(p->d + 16 * s, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)sb)));
         _mm512_store_ps(p->dmin + 16 * s, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(sb + 32))));
@@ -1325,10 +1366,10 @@ T512 static void repack_q4_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks
         for (int j = 0; j < 4; j++) _mm512_store_si512(p->mn + (4 * s + j) * 16, k.mn[j]);
         for (int g = 0; g < 4; g++)
             for (int q = 0; q < 8; q++) {
-                const __m512i v = ld512(sb + 256 + 64 * (8 * g + q));
-                _mm512_store_si512(p->w + (8 * s + 2 * g) * 512 + 64 * q, _mm512_and_si512(v, m4));
-                _mm512_store_si512(p->w + (8 * s + 2 * g + 1) * 512 + 64 * q,
-                                   _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+                __m512i lo, hi;
+                k45p_quants(sb, g, q, q5, q5 ? ld512(sb + NM_Q5KP_QH + 64 * q) : _mm512_setzero_si512(), &lo, &hi);
+                _mm512_store_si512(p->w + (8 * s + 2 * g) * 512 + 64 * q, lo);
+                _mm512_store_si512(p->w + (8 * s + 2 * g + 1) * 512 + 64 * q, hi);
             }
     }
 }
@@ -1411,9 +1452,13 @@ T512 static void rows_q6_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
 }
 
 T512 static void tiles_q4_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm(a, r0, r1, NM_TYPE_Q4_K, true); }
+T512 static void tiles_q5_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm(a, r0, r1, NM_TYPE_Q5_K, true); }
 
 T512 static void rows_q4_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
     nm_rows_packed(a, r0, r1, gemv_q4_kp, tiles_q4_kp, rows_q4_k);
+}
+T512 static void rows_q5_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    nm_rows_packed(a, r0, r1, gemv_q5_kp, tiles_q5_kp, rows_q5_k);
 }
 
 /* ====================================================================== */
@@ -2234,7 +2279,7 @@ static const nm_mm_kernel AVX512_MM[NM_TYPE_COUNT] = {
     [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q4_0, convert_q8_0, NULL, pack_q4_0, rows_q4_0p},
     [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q8_0, convert_q8_0, NULL, pack_q8_0, rows_q8_0p},
     [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q4_k, convert_q8_k, NULL, nm_pack_q4_k, rows_q4_kp},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q5_k, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q5_k, convert_q8_k, NULL, nm_pack_q5_k, rows_q5_kp},
     [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q6_k, convert_q8_k, NULL, nm_pack_q6_k, rows_q6_kp},
 };
 

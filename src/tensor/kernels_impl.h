@@ -218,19 +218,36 @@ static inline void nm_pack_q0(uint8_t *dst, const uint8_t *src, size_t row_bytes
  * row i at 4i), then the quants as 32 "lanes are rows" vectors: vector
  * 8g + q holds bytes 4q..4q+3 of each row's group g (32 bytes of qs: low
  * nibbles are elements 64g + l, high ones 64g + 32 + l).  As for Q4_0, a
- * 256-bit level reads rows 0..7 and 8..15 as the vectors' two halves. */
-static inline void nm_pack_q4_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
+ * 256-bit level reads rows 0..7 and 8..15 as the vectors' two halves.
+ * Q5_K (2816 bytes): the same with, between the scales and the quants, 8
+ * vectors of high bits (vector q: qh bytes 4q..4q+3 of each row; bit 2g of
+ * qh[l] is element 64g + l's fifth bit, bit 2g + 1 element 64g + 32 + l's),
+ * read once a super-block and kept for its four groups. */
+enum { NM_Q4KP_QS = 256, NM_Q5KP_QH = 256, NM_Q5KP_QS = 768 }; /* offsets in a packed super-block */
+
+static inline void nm_pack_q45_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols, bool q5) {
+    const size_t bb = q5 ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k);
+    const size_t qs_in = q5 ? offsetof(nm_block_q5_k, qs) : offsetof(nm_block_q4_k, qs);
+    const size_t qs_out = q5 ? NM_Q5KP_QS : NM_Q4KP_QS;
     for (int64_t sb = 0; sb < cols / NM_QK_K; sb++) {
-        uint8_t *o = dst + (size_t)sb * 16 * sizeof(nm_block_q4_k);
+        uint8_t *o = dst + (size_t)sb * 16 * bb;
         for (size_t i = 0; i < 16; i++) {
-            const uint8_t *in = src + i * row_bytes + (size_t)sb * sizeof(nm_block_q4_k);
+            const uint8_t *in = src + i * row_bytes + (size_t)sb * bb;
             memcpy(o + 2 * i, in, 2);
             memcpy(o + 32 + 2 * i, in + 2, 2);
             for (size_t k = 0; k < 3; k++) memcpy(o + 64 + 64 * k + 4 * i, in + 4 + 4 * k, 4);
+            if (q5)
+                for (size_t q = 0; q < 8; q++) memcpy(o + NM_Q5KP_QH + 64 * q + 4 * i, in + offsetof(nm_block_q5_k, qh) + 4 * q, 4);
             for (size_t g = 0; g < 4; g++)
-                for (size_t q = 0; q < 8; q++) memcpy(o + 256 + 64 * (8 * g + q) + 4 * i, in + 16 + 32 * g + 4 * q, 4);
+                for (size_t q = 0; q < 8; q++) memcpy(o + qs_out + 64 * (8 * g + q) + 4 * i, in + qs_in + 32 * g + 4 * q, 4);
         }
     }
+}
+static inline void nm_pack_q4_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
+    nm_pack_q45_k(dst, src, row_bytes, cols, false);
+}
+static inline void nm_pack_q5_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols) {
+    nm_pack_q45_k(dst, src, row_bytes, cols, true);
 }
 
 /* Q6_K. A tile of 16 rows, super-block by super-block (3360 bytes, the 16 rows'
