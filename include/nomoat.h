@@ -585,9 +585,8 @@ typedef struct nm_model_info {
  * available, else mapped; NOMOAT_MMAP=1 in the environment always maps it
  * (pages shared between processes).  nm_model_info says which.  Read into
  * memory, the weight matrices whose kernels have a packed layout (AVX-512
- * and AVX2: Q8_0, Q4_0, Q4_K, Q6_K; AVX-512 Q5_K) are rewritten in it, in
- * place: same results, faster generation; NOMOAT_PACK=0 keeps them as
- * stored. */
+ * and AVX2: Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) are rewritten in it, in place:
+ * same results, faster generation; NOMOAT_PACK=0 keeps them as stored. */
 nm_status nm_model_load(const char *path, const nm_log *log, nm_model **out, nm_err *err);
 void nm_model_free(nm_model *m);
 void nm_model_get_info(const nm_model *m, nm_model_info *info);

@@ -863,14 +863,73 @@ T2_INLINE void q6kp_add16(const uint8_t *sb, const k_tok *tk, int64_t s, __m256 
     }
 }
 
-T2_INLINE void gemv_kp8(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out, bool q6) {
+/* Bit b of each byte of h moved to bit 4 (a Q5_K quant's fifth bit). */
+T2_INLINE __m256i q5_bit8(__m256i h, int b) {
+    return _mm256_and_si256(b <= 4 ? _mm256_slli_epi16(h, 4 - b) : _mm256_srli_epi16(h, b - 4), _mm256_set1_epi8(0x10));
+}
+
+/* acc += super-block s of half `half` of a packed Q5_K tile (at sb).  One
+ * half at a time, its 8 high-bit vectors loaded first and held (both
+ * halves' would not fit in 16 registers), and nothing moved above them
+ * (the compiler barrier: see gemv_q45_kp in kernels_avx512.c).  Quants
+ * reach 31, so 4 VPMADDUBSW (4 x 2 x 31 x 128) a VPMADDWD. */
+T2_INLINE __m256 q5kp_add8(const uint8_t *sb, size_t half, const k_tok *tk, int64_t s, __m256 acc) {
+    const uint8_t *xb = tk->blk + (size_t)s * sizeof(nm_block_q8_k), *xq = xb + 4;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i qh[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; q++) qh[q] = ld8x32(sb + NM_Q5KP_QH + 64 * q + half);
+    __asm__ volatile("" ::: "memory");
+    __m256i sumi = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; g++) {
+        const uint8_t *w = sb + NM_Q5KP_QS + 512 * g + half, *x = xq + 64 * g;
+#pragma GCC unroll 2
+        for (int q0 = 0; q0 < 8; q0 += 4) {
+            __m256i lo = _mm256_setzero_si256(), hi = lo;
+#pragma GCC unroll 4
+            for (int q = q0; q < q0 + 4; q++) {
+                const __m256i v = ld8x32(w + 64 * q);
+                const __m256i vl = _mm256_or_si256(_mm256_and_si256(v, m4), q5_bit8(qh[q], 2 * g));
+                const __m256i vh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), q5_bit8(qh[q], 2 * g + 1));
+                lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(vl, bcast32(x + 4 * q)));
+                hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(vh, bcast32(x + 32 + 4 * q)));
+            }
+            const k4p8 k = k4p8_unpack(sb, half);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(lo, k4p8_sc(&k, 2 * g)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(hi, k4p8_sc(&k, 2 * g + 1)));
+        }
+    }
+    const k4p8 k = k4p8_unpack(sb, half);
+    __m256i summ = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(k4p8_mn(&k, j), bcast32((const uint8_t *)(tk->bsum32 + 8 * s + 2 * j))));
+    const __m256 dx = _mm256_set1_ps(q8k_d(xb));
+    const __m256 x = _mm256_mul_ps(_mm256_mul_ps(ld_d8(sb + half / 2), dx), _mm256_cvtepi32_ps(sumi));
+    const __m256 y = _mm256_mul_ps(_mm256_mul_ps(ld_d8(sb + 32 + half / 2), dx), _mm256_cvtepi32_ps(summ));
+    return _mm256_add_ps(acc, _mm256_sub_ps(x, y));
+}
+
+/* Bytes of a packed super-block of 16 rows. */
+static size_t kp_super_bytes(nm_type type) {
+    return 16 * (type == NM_TYPE_Q6_K ? sizeof(nm_block_q6_k) : type == NM_TYPE_Q5_K ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k));
+}
+
+T2_INLINE void gemv_kp8(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out, nm_type type) {
     const int64_t nsb = a->cols / NM_QK_K;
-    const size_t sbb = 16 * (q6 ? sizeof(nm_block_q6_k) : sizeof(nm_block_q4_k));
+    const size_t sbb = kp_super_bytes(type);
     const k_tok tk = k_token(a, t, 0);
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t s = 0; s < nsb; s++, tile += sbb) {
-        if (q6) q6kp_add16(tile, &tk, s, acc);
-        else q4kp_add16(tile, &tk, s, acc);
+        if (type == NM_TYPE_Q6_K) {
+            q6kp_add16(tile, &tk, s, acc);
+        } else if (type == NM_TYPE_Q5_K) {
+            acc[0] = q5kp_add8(tile, 0, &tk, s, acc[0]);
+            acc[1] = q5kp_add8(tile, 32, &tk, s, acc[1]);
+        } else {
+            q4kp_add16(tile, &tk, s, acc);
+        }
     }
     _mm256_storeu_ps(out, acc[0]);
     _mm256_storeu_ps(out + 8, acc[1]);
@@ -879,8 +938,8 @@ T2_INLINE void gemv_kp8(const nm_mm_args *a, const uint8_t *tile, int64_t t, flo
 /* A batch panel chunk from half (r & 8) of the packed tile holding row r:
  * panel sub-block 8s + j, 4-element group g is elements 32j + 4g. */
 T2 static void repack8_kp(const nm_mm_args *a, nm_type type, int64_t r, int64_t s0, int ks, k_panel8 *p) {
-    const bool q6 = type == NM_TYPE_Q6_K;
-    const size_t sbb = 16 * (q6 ? sizeof(nm_block_q6_k) : sizeof(nm_block_q4_k)), half = (r & 8) ? 32 : 0;
+    const bool q6 = type == NM_TYPE_Q6_K, q5 = type == NM_TYPE_Q5_K;
+    const size_t sbb = kp_super_bytes(type), half = (r & 8) ? 32 : 0;
     const uint8_t *tile = a->w + (size_t)(r & ~(int64_t)15) * a->row_bytes;
     const __m256i m4 = _mm256_set1_epi8(15);
     for (int s = 0; s < ks; s++) {
@@ -902,24 +961,36 @@ T2 static void repack8_kp(const nm_mm_args *a, nm_type type, int64_t r, int64_t 
         for (int j = 0; j < 4; j++) _mm256_store_si256((__m256i *)(void *)(p->mn + (4 * s + j) * 8), k4p8_mn(&k, j));
         for (int g = 0; g < 4; g++)
             for (int q = 0; q < 8; q++) {
-                const __m256i v = ld8x32(sb + 256 + 64 * (8 * g + q) + half);
-                _mm256_store_si256((__m256i *)(void *)(p->w + (8 * s + 2 * g) * 256 + 32 * q), _mm256_and_si256(v, m4));
-                _mm256_store_si256((__m256i *)(void *)(p->w + (8 * s + 2 * g + 1) * 256 + 32 * q),
-                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                const __m256i v = ld8x32(sb + (q5 ? NM_Q5KP_QS : NM_Q4KP_QS) + 64 * (8 * g + q) + half);
+                __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                if (q5) {
+                    const __m256i h = ld8x32(sb + NM_Q5KP_QH + 64 * q + half);
+                    lo = _mm256_or_si256(lo, q5_bit8(h, 2 * g));
+                    hi = _mm256_or_si256(hi, q5_bit8(h, 2 * g + 1));
+                }
+                _mm256_store_si256((__m256i *)(void *)(p->w + (8 * s + 2 * g) * 256 + 32 * q), lo);
+                _mm256_store_si256((__m256i *)(void *)(p->w + (8 * s + 2 * g + 1) * 256 + 32 * q), hi);
             }
     }
 }
 
 T2 static void gemv_q4_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
-    gemv_kp8(a, tile, t, out, false);
+    gemv_kp8(a, tile, t, out, NM_TYPE_Q4_K);
+}
+T2 static void gemv_q5_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
+    gemv_kp8(a, tile, t, out, NM_TYPE_Q5_K);
 }
 T2 static void gemv_q6_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out) {
-    gemv_kp8(a, tile, t, out, true);
+    gemv_kp8(a, tile, t, out, NM_TYPE_Q6_K);
 }
 T2 static void tiles_q4_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm8(a, r0, r1, NM_TYPE_Q4_K, true); }
+T2 static void tiles_q5_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm8(a, r0, r1, NM_TYPE_Q5_K, true); }
 T2 static void tiles_q6_kp(const nm_mm_args *a, int64_t r0, int64_t r1) { k_gemm8(a, r0, r1, NM_TYPE_Q6_K, true); }
 T2 static void rows_q4_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
     nm_rows_packed(a, r0, r1, gemv_q4_kp, tiles_q4_kp, rows_q4_k);
+}
+T2 static void rows_q5_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
+    nm_rows_packed(a, r0, r1, gemv_q5_kp, tiles_q5_kp, rows_q5_k);
 }
 T2 static void rows_q6_kp(const nm_mm_args *a, int64_t r0, int64_t r1) {
     nm_rows_packed(a, r0, r1, gemv_q6_kp, tiles_q6_kp, rows_q6_k);
@@ -1562,7 +1633,7 @@ static const nm_mm_kernel AVX2_MM[NM_TYPE_COUNT] = {
     [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q4_0, convert_q8_0, NULL, pack8_q4_0, rows_q4_0p},
     [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 8, NM_ISA_AVX2, rows_q8_0, convert_q8_0, NULL, pack8_q8_0, rows_q8_0p},
     [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q4_k, convert_q8_k, NULL, nm_pack_q4_k, rows_q4_kp},
-    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q5_k, convert_q8_k, NULL, NULL, NULL},
+    [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q5_k, convert_q8_k, NULL, nm_pack_q5_k, rows_q5_kp},
     [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 8, NM_ISA_AVX2, rows_q6_k, convert_q8_k, NULL, nm_pack_q6_k, rows_q6_kp},
 };
 
