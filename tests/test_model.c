@@ -1160,6 +1160,12 @@ static void test_cli_bench(nm_test *t) {
         /* F32 weights: no level packs them */
         CHECK(t, json_is_integer(json_object_get(o, "packed_matrices")) &&
                      json_integer_value(json_object_get(o, "packed_matrices")) == 0);
+        /* two threads: their round trip, overall and beside each generation run */
+        CHECK(t, json_number_value(json_object_get(o, "round_trip_ns")) > 0);
+        json_t *runs = json_object_get(o, "tg_runs");
+        CHECK(t, json_array_size(runs) == 2);
+        for (size_t i = 0; i < json_array_size(runs); i++)
+            CHECK(t, json_number_value(json_object_get(json_array_get(runs, i), "round_trip_ns")) > 0);
         /* the prompt computes logits for its last token only: stories260K's
          * output matrix (512 x 64) is credited once for the 16 tokens */
         const double macs = json_number_value(json_object_get(o, "macs_per_token"));
@@ -1190,6 +1196,8 @@ static void test_cli_bench(nm_test *t) {
         const double beside = json_number_value(json_object_get(o, "tg_roofline_fraction_beside"));
         CHECK(t, json_integer_value(json_object_get(o, "threads")) == 1);
         CHECK(t, tg > 0 && bytes > 0 && bw > 0 && beside > 0);
+        CHECK(t, json_is_number(json_object_get(o, "round_trip_ns")) &&
+                     json_number_value(json_object_get(o, "round_trip_ns")) == 0); /* one thread: none */
         CHECKF(t, fabs(frac - tg * bytes / bw) <= 1e-4 + 1e-3 * frac, "fraction %g vs %g", frac, tg * bytes / bw);
         /* the best read of the whole run is at least each run's own */
         CHECKF(t, frac <= beside * 1.001 + 1e-4, "fraction %g > beside %g", frac, beside);

@@ -227,7 +227,7 @@ static int bench_model(int argc, char **argv) {
     nm_pool *probe_pool = NULL;
     nm_read_probe *probe = NULL;
     int32_t *ids = NULL;
-    double *pp = NULL, *tg = NULL, *tg_beside = NULL, *tg_bw = NULL, *tg_run = NULL, best_read = 0;
+    double *pp = NULL, *tg = NULL, *tg_beside = NULL, *tg_bw = NULL, *tg_run = NULL, *tg_rt = NULL, best_read = 0;
     int rc = 1;
     nm_isa isa;
     if (nm_isa_select(&isa, &err)) goto out;
@@ -247,7 +247,8 @@ static int bench_model(int argc, char **argv) {
     tg_beside = nm_calloc((size_t)reps, sizeof *tg_beside);
     tg_bw = nm_calloc((size_t)reps, sizeof *tg_bw);
     tg_run = nm_calloc((size_t)reps, sizeof *tg_run);
-    if (!ids || !pp || !tg || !tg_beside || !tg_bw || !tg_run) {
+    tg_rt = nm_calloc((size_t)reps, sizeof *tg_rt);
+    if (!ids || !pp || !tg || !tg_beside || !tg_bw || !tg_run || !tg_rt) {
         nm_err_set(&err, NM_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -259,11 +260,13 @@ static int bench_model(int argc, char **argv) {
     const int64_t warm = n_prompt > 0 && n_prompt < 16 ? n_prompt : longest + 1 < 16 ? longest + 1 : 16;
     if (nm_decode(c, ids, (int32_t)warm, &err)) goto out;
     nm_machine_peaks peaks = {0};
+    double round_trip = 0; /* ns between two threads; 0 with one */
     if (roofline) {
         if (nm_pool_new(nm_context_n_threads(c), &probe_pool, &err) ||
             nm_read_probe_new((size_t)bw_mb << 20, &probe, &err) ||
             nm_measure_machine(probe_pool, isa, probe, &peaks, &err))
             goto out;
+        round_trip = nm_measure_round_trip(probe_pool);
     }
     for (int64_t r = 0; r < reps; r++) {
         if (n_prompt > 0) {
@@ -278,6 +281,8 @@ static int bench_model(int argc, char **argv) {
              * the run (on a shared host it moves by half between seconds) */
             double bw0 = 0, bw1 = 0;
             if (roofline && nm_measure_read(probe_pool, isa, probe, 2, &bw0, &err)) goto out;
+            /* and how far apart the threads are (kernels.h nm_measure_round_trip) */
+            if (roofline) tg_rt[r] = nm_measure_round_trip(probe_pool);
             nm_context_truncate(c, 0, NULL);
             double t = now_s();
             for (int64_t i = 0; i < n_gen; i++)
@@ -303,6 +308,15 @@ static int bench_model(int argc, char **argv) {
     qsort(tg, (size_t)reps, sizeof *tg, cmp_double);
     qsort(tg_beside, (size_t)reps, sizeof *tg_beside, cmp_double);
     const double beside_med = reps % 2 ? tg_beside[reps / 2] : 0.5 * (tg_beside[reps / 2 - 1] + tg_beside[reps / 2]);
+    if (n_gen > 0 && roofline) { /* the runs' median round trip */
+        double *rt = nm_calloc((size_t)reps, sizeof *rt);
+        if (rt) {
+            memcpy(rt, tg_rt, (size_t)reps * sizeof *rt);
+            qsort(rt, (size_t)reps, sizeof *rt, cmp_double);
+            round_trip = reps % 2 ? rt[reps / 2] : 0.5 * (rt[reps / 2 - 1] + rt[reps / 2]);
+            free(rt);
+        }
+    }
     double pp_med = reps % 2 ? pp[reps / 2] : 0.5 * (pp[reps / 2 - 1] + pp[reps / 2]);
     double tg_med = reps % 2 ? tg[reps / 2] : 0.5 * (tg[reps / 2 - 1] + tg[reps / 2]);
     const double peak = cost.int8 ? peaks.int8_s : peaks.fma_s;
@@ -329,12 +343,14 @@ static int bench_model(int argc, char **argv) {
         if (roofline)
             nm_buf_printf(&b,
                           ", \"read_bytes_s\": %.0f, \"fma_s\": %.0f, \"int8_s\": %.0f, \"pp_roofline_fraction\": %.4f, "
-                          "\"tg_roofline_fraction\": %.4f, \"tg_roofline_fraction_beside\": %.4f",
-                          peaks.read_bytes_s, peaks.fma_s, peaks.int8_s, pp_frac, tg_frac, n_gen > 0 ? beside_med : 0);
+                          "\"tg_roofline_fraction\": %.4f, \"tg_roofline_fraction_beside\": %.4f, \"round_trip_ns\": %.1f",
+                          peaks.read_bytes_s, peaks.fma_s, peaks.int8_s, pp_frac, tg_frac, n_gen > 0 ? beside_med : 0,
+                          round_trip);
         if (roofline && n_gen > 0) { /* each generation run in order: tokens/s and the bandwidth beside it */
             nm_buf_printf(&b, ", \"tg_runs\": [");
             for (int64_t r = 0; r < reps; r++)
-                nm_buf_printf(&b, "%s{\"tokens_s\": %.3f, \"read_bytes_s\": %.0f}", r ? ", " : "", tg_run[r], tg_bw[r]);
+                nm_buf_printf(&b, "%s{\"tokens_s\": %.3f, \"read_bytes_s\": %.0f, \"round_trip_ns\": %.1f}", r ? ", " : "",
+                              tg_run[r], tg_bw[r], tg_rt[r]);
             nm_buf_printf(&b, "]");
         }
         nm_buf_printf(&b, "}\n");
@@ -362,10 +378,13 @@ static int bench_model(int argc, char **argv) {
                        100 * tg_frac, cost.bytes / 1e6, 100 * beside_med);
             printf("\n");
         }
-        if (roofline)
+        if (roofline) {
             printf("  machine (%s, %d threads): memory read %.1f GB/s, F32 FMA %.1f G/s, int8 dot product %.1f G "
-                   "multiply-adds/s\n",
+                   "multiply-adds/s",
                    nm_isa_name(isa), peaks.threads, peaks.read_bytes_s / 1e9, peaks.fma_s / 1e9, peaks.int8_s / 1e9);
+            if (round_trip > 0) printf(", thread-to-thread round trip %.0f ns", round_trip);
+            printf("\n");
+        }
         printf("  peak RSS %.1f MiB\n", ru.ru_maxrss / 1024.0);
     }
     rc = 0;
@@ -377,6 +396,7 @@ out:
     free(tg_beside);
     free(tg_bw);
     free(tg_run);
+    free(tg_rt);
     nm_read_probe_free(probe);
     nm_pool_free(probe_pool);
     nm_context_free(c);
@@ -677,7 +697,9 @@ static const bench_mode MODES[] = {
                 "          for float ones; generation also against the bandwidth measured right before and after\n"
                 "          each of its runs, since a shared host moves it between seconds); --bw-mb sizes the\n"
                 "          bandwidth buffer.  The model line says how many matrices were packed for the\n"
-                "          kernels; NOMOAT_PACK=0 (or NOMOAT_MMAP=1) measures them as stored",
+                "          kernels; NOMOAT_PACK=0 (or NOMOAT_MMAP=1) measures them as stored.  The machine\n"
+                "          line adds the threads' round trip (one cache line between two of them, beside each\n"
+                "          generation run): a VM's vCPUs on two core complexes hand rows over ~5x slower",
      bench_model},
     {"--tokenize", "-m MODEL.gguf -f FILE [--reps N] [--json]: tokenizer throughput (median MB/s)", bench_tokenize},
     {"--train", "-m MODEL.gguf [--rank 8] [--seq 256] [--batch 1] [--threads N] [--steps 3] [--full]: LoRA\n"

@@ -224,6 +224,16 @@ nm_status nm_measure_machine(nm_pool *pool, nm_isa isa, const nm_read_probe *pro
 nm_status nm_measure_read(nm_pool *pool, nm_isa isa, const nm_read_probe *probe, int passes, double *bytes_s,
                           nm_err *err);
 
+/* Round trip of one cache line between the pool's first two threads, in
+ * nanoseconds: the mean of up to 20000 hand-offs (at most ~5 ms); 0 with
+ * one thread.  What every region of a product pays to start, hand over
+ * rows and finish.  On a VM the host may run two vCPUs on one core complex
+ * (this 2-core EPYC: 50-80 ns) or on two (~300 ns: then each has its own
+ * memory link, so the read probe sees 50-60 GB/s instead of 30-37, while
+ * every hand-off between the threads is slower), so `nomoat bench`
+ * measures it beside each generation run. */
+double nm_measure_round_trip(nm_pool *pool);
+
 /* Bytes of an activation row of n elements in act_type (0 if not a valid
  * activation type or n does not fit its blocks). */
 size_t nm_act_row_bytes(nm_type act_type, int64_t n);

@@ -5,6 +5,8 @@
 #include "kernels_impl.h"
 #include "base/base.h"
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -117,6 +119,55 @@ static uint64_t (*read_of(nm_isa isa))(const uint8_t *, size_t) {
            : isa == NM_ISA_AVX2 ? nm_probe_read_avx2
            : isa == NM_ISA_NEON ? nm_probe_read_neon
                                 : read_scalar;
+}
+
+/* ---- thread-to-thread round trip ---- */
+typedef struct rt_task {
+    _Alignas(64) atomic_int flag; /* 2i + 1: thread 0's i-th hand-off; 2i + 2: the answer; -1: stop */
+    int done;                     /* hand-offs completed (thread 0) */
+    double seconds;
+} rt_task;
+
+enum { RT_ROUNDS = 20000 };
+
+static void rt_run(void *arg, int ith, int nth) {
+    rt_task *t = arg;
+    (void)nth;
+    if (ith == 1) { /* answer every odd value until told to stop */
+        for (;;) {
+            const int v = atomic_load_explicit(&t->flag, memory_order_acquire);
+            if (v < 0) return;
+            /* not a plain store: it could overwrite a stop that came after the load */
+            int want = v;
+            if (v & 1) atomic_compare_exchange_strong_explicit(&t->flag, &want, v + 1, memory_order_acq_rel,
+                                                               memory_order_acquire);
+        }
+    }
+    if (ith != 0) return;
+    const double t0 = now_s(), deadline = t0 + 0.005;
+    int i = 0;
+    for (; i < RT_ROUNDS; i++) {
+        atomic_store_explicit(&t->flag, 2 * i + 1, memory_order_release);
+        /* a preempted partner (more threads than cores) must not hold us */
+        bool late = false;
+        for (unsigned spin = 1; atomic_load_explicit(&t->flag, memory_order_acquire) != 2 * i + 2; spin++)
+            if ((spin & 1023) == 0 && now_s() > deadline) {
+                late = true;
+                break;
+            }
+        if (late) break;
+    }
+    t->seconds = now_s() - t0;
+    t->done = i;
+    atomic_store_explicit(&t->flag, -1, memory_order_release);
+}
+
+double nm_measure_round_trip(nm_pool *pool) {
+    if (nm_pool_size(pool) < 2) return 0;
+    rt_task t = {.done = 0};
+    atomic_init(&t.flag, 0);
+    nm_pool_run(pool, rt_run, &t);
+    return t.done > 0 ? t.seconds / t.done * 1e9 : 0;
 }
 
 struct nm_read_probe {
