@@ -124,38 +124,44 @@ static uint64_t (*read_of(nm_isa isa))(const uint8_t *, size_t) {
 /* ---- thread-to-thread round trip ---- */
 typedef struct rt_task {
     _Alignas(64) atomic_int flag; /* 2i + 1: thread 0's i-th hand-off; 2i + 2: the answer; -1: stop */
+    _Alignas(64) atomic_int ready; /* thread 1 is running (a sleeping worker may take a while to wake) */
     int done;                     /* hand-offs completed (thread 0) */
     double seconds;
 } rt_task;
 
 enum { RT_ROUNDS = 20000 };
 
+/* Spins until flag holds want (true) or `deadline` passes (false). */
+static bool rt_wait(atomic_int *flag, int want, double deadline) {
+    for (unsigned spin = 1; atomic_load_explicit(flag, memory_order_acquire) != want; spin++)
+        if ((spin & 1023) == 0 && now_s() > deadline) return false;
+    return true;
+}
+
 static void rt_run(void *arg, int ith, int nth) {
     rt_task *t = arg;
     (void)nth;
     if (ith == 1) { /* answer every odd value until told to stop */
+        atomic_store_explicit(&t->ready, 1, memory_order_release);
         for (;;) {
-            const int v = atomic_load_explicit(&t->flag, memory_order_acquire);
+            int v = atomic_load_explicit(&t->flag, memory_order_acquire);
             if (v < 0) return;
             /* not a plain store: it could overwrite a stop that came after the load */
-            int want = v;
-            if (v & 1) atomic_compare_exchange_strong_explicit(&t->flag, &want, v + 1, memory_order_acq_rel,
-                                                               memory_order_acquire);
+            if (v & 1)
+                atomic_compare_exchange_strong_explicit(&t->flag, &v, v + 1, memory_order_acq_rel, memory_order_acquire);
         }
     }
     if (ith != 0) return;
-    const double t0 = now_s(), deadline = t0 + 0.005;
     int i = 0;
-    for (; i < RT_ROUNDS; i++) {
-        atomic_store_explicit(&t->flag, 2 * i + 1, memory_order_release);
-        /* a preempted partner (more threads than cores) must not hold us */
-        bool late = false;
-        for (unsigned spin = 1; atomic_load_explicit(&t->flag, memory_order_acquire) != 2 * i + 2; spin++)
-            if ((spin & 1023) == 0 && now_s() > deadline) {
-                late = true;
-                break;
-            }
-        if (late) break;
+    double t0 = now_s();
+    /* timed from when the partner runs; a preempted partner (more threads
+     * than cores) must not hold us: 100 ms to start, 5 ms in all */
+    if (rt_wait(&t->ready, 1, t0 + 0.1)) {
+        t0 = now_s();
+        for (; i < RT_ROUNDS; i++) {
+            atomic_store_explicit(&t->flag, 2 * i + 1, memory_order_release);
+            if (!rt_wait(&t->flag, 2 * i + 2, t0 + 0.005)) break;
+        }
     }
     t->seconds = now_s() - t0;
     t->done = i;
@@ -166,6 +172,7 @@ double nm_measure_round_trip(nm_pool *pool) {
     if (nm_pool_size(pool) < 2) return 0;
     rt_task t = {.done = 0};
     atomic_init(&t.flag, 0);
+    atomic_init(&t.ready, 0);
     nm_pool_run(pool, rt_run, &t);
     return t.done > 0 ? t.seconds / t.done * 1e9 : 0;
 }
