@@ -578,7 +578,7 @@ static size_t kv_offset(const nm_context *c, int64_t l, int64_t g, int64_t pos) 
     return (size_t)(((l * hp->n_head_kv + g) * c->n_ctx + pos) * hp->head_dim) * c->kv_elt;
 }
 
-/* Stores one value of cache element type from a float row of n. */
+/* Writes n floats into the cache at dst, in the cache's element type. */
 static void kv_put(const nm_context *c, uint8_t *dst, const float *src, int64_t n, const nm_attn_kernel *ak) {
     if (c->kv_type == NM_TYPE_F32) memcpy(dst, src, (size_t)n * sizeof(float));
     else ak->to_f16(src, (uint16_t *)(void *)dst, n);
@@ -705,13 +705,12 @@ typedef struct attn_task {
 
 /* Softmax(q . keys) . values over the n_keys first cache positions of layer
  * l, for the nq query heads that share KV head g (queries and outputs hd
- * apart).  With an
- * F16 cache the query and the attention weights are rounded to F16 as
- * llama.cpp does (its KQ and KQV products take F16 operands), which is what
- * its golden logits carry; q is already rounded by the caller.  The F16
- * loops are the level's attention kernels: exact products added in double,
- * the same bits at every level and for any nq (kernels.h), so neither the
- * level nor the grouping changes a logit. */
+ * apart).  With an F16 cache the query and the attention weights are
+ * rounded to F16 as llama.cpp does (its KQ and KQV products take F16
+ * operands), which is what its golden logits carry; q is already rounded by
+ * the caller.  The F16 loops are the level's attention kernels: the same
+ * bits at every level and for any nq (kernels.h, docs/KERNELS.md), so
+ * neither the level nor the grouping changes a logit. */
 static void attend(const nm_context *c, int64_t l, const float *q, int nq, int64_t g, int64_t n_keys, float *out,
                    float *scores, const nm_attn_kernel *ak) {
     const int64_t hd = c->m->hp.head_dim;
