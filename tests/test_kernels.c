@@ -334,6 +334,72 @@ static void test_matmul_multi(nm_test *t) {
     for (int p = 0; p < 3; p++) nm_pool_free(pools[p]);
 }
 
+/* nm_matmul_glu (gate and up in one region, SwiGLU by the thread that
+ * computed the rows, as generation's FFN runs): the same bits as the two
+ * products by nm_matmul and the level's SwiGLU over whole rows, at every
+ * level, packed or as stored, on 1-3 threads, for single tokens and
+ * batches, with row counts that are and are not whole tiles. */
+static void test_matmul_glu(nm_test *t) {
+    static const nm_type types[] = {NM_TYPE_Q4_0, NM_TYPE_Q8_0, NM_TYPE_Q4_K, NM_TYPE_Q5_K, NM_TYPE_Q6_K, NM_TYPE_F16};
+    static const int64_t rows[] = {37, 96};
+    const int64_t cols = 512, n_tok = 6;
+    nm_rng r;
+    nm_rng_seed(&r, 12);
+    nm_pool *pools[3] = {NULL};
+    nm_err err = {0};
+    pools_new(t, pools);
+    float *x = malloc(sizeof(float) * (size_t)(n_tok * cols));
+    random_floats(&r, x, n_tok * cols, 1.0);
+    for (int level = 0; level < NM_ISA_COUNT; level++) {
+        if (!nm_isa_available((nm_isa)level)) continue;
+        const nm_attn_kernel *ak = nm_attn_kernel_get((nm_isa)level);
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+            for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++)
+                for (int packed = 0; packed < 2; packed++) {
+                    const int64_t R = rows[ri];
+                    uint8_t *wg = make_weights(&r, types[ti], R, cols), *wu = make_weights(&r, types[ti], R, cols);
+                    nm_mat g, u;
+                    if (!CHECK_OK(t, nm_mat_init_isa(&g, "gate", types[ti], cols, R, wg, (nm_isa)level, &err), err) ||
+                        !CHECK_OK(t, nm_mat_init_isa(&u, "up", types[ti], cols, R, wu, (nm_isa)level, &err), err)) {
+                        free(wg);
+                        free(wu);
+                        continue;
+                    }
+                    const size_t n = (size_t)(n_tok * R);
+                    float *wg_y = malloc(sizeof(float) * n), *wu_y = malloc(sizeof(float) * n);
+                    float *yg = malloc(sizeof(float) * n), *yu = malloc(sizeof(float) * n);
+                    void *scratch = malloc(nm_matmul_scratch_bytes(types[ti], cols, n_tok) + 1);
+                    /* the reference before packing (packing rewrites the bytes in place) */
+                    nm_matmul(pools[0], &g, x, n_tok, wg_y, scratch);
+                    nm_matmul(pools[0], &u, x, n_tok, wu_y, scratch);
+                    for (int64_t tok = 0; tok < n_tok; tok++) ak->swiglu(wg_y + tok * R, wg_y + tok * R, wu_y + tok * R, R);
+                    if (packed) {
+                        CHECK_OK(t, nm_mat_pack(&g, wg, &err), err);
+                        CHECK_OK(t, nm_mat_pack(&u, wu, &err), err);
+                    }
+                    for (int64_t nt = 1; nt <= n_tok; nt += n_tok - 1)
+                        for (int p = 0; p < 3; p++) {
+                            memset(yg, 0xff, sizeof(float) * n);
+                            memset(yu, 0xff, sizeof(float) * n);
+                            nm_matmul_glu(pools[p], &g, &u, x, nt, yg, yu, ak->swiglu, scratch);
+                            CHECKF(t, memcmp(yg, wg_y, sizeof(float) * (size_t)(nt * R)) == 0,
+                                   "%s %s%s, %lld rows, %lld tokens, %d threads: differs from the products + SwiGLU",
+                                   nm_isa_name((nm_isa)level), nm_type_name(types[ti]), packed ? " packed" : "",
+                                   (long long)R, (long long)nt, nm_pool_size(pools[p]));
+                        }
+                    free(wg);
+                    free(wu);
+                    free(wg_y);
+                    free(wu_y);
+                    free(yg);
+                    free(yu);
+                    free(scratch);
+                }
+    }
+    free(x);
+    for (int p = 0; p < 3; p++) nm_pool_free(pools[p]);
+}
+
 static void test_f16_conversion(nm_test *t) {
     int bad = 0;
     for (uint32_t h = 0; h < 65536; h++) {
@@ -1486,6 +1552,7 @@ int main(void) {
     run("kernels_real_tensors", test_kernels_real_tensors);
     run("matmul_threads", test_matmul_threads);
     run("matmul_multi", test_matmul_multi);
+    run("matmul_glu", test_matmul_glu);
     run("mat_init_errors", test_mat_init_errors);
     run("pool", test_pool);
     run("isa_selection", test_isa_selection);

@@ -809,11 +809,19 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
     const nm_layer *L = &f->m->layers[l];
     nm_context *h = f->host;
     rmsnorm_batch(f, h->xb, h->x, L->ffn_norm, hp->n_embd, hp->norm_eps);
-    static const nm_proj gate_up[2] = {NM_PROJ_GATE, NM_PROJ_UP};
-    proj_group(f, l, gate_up, (float *const[]){h->hb, h->hb2}, 2, h->xb);
-    row_op sw = {.y = h->hb, .x = h->hb, .up = h->hb2, .n = f->n, .dim = hp->n_ff,
-                 .ak = nm_attn_kernel_get(L->w[NM_PROJ_GATE].k->isa)};
-    row_op_run(f, &sw);
+    const nm_mat *gate = &L->w[NM_PROJ_GATE], *up = &L->w[NM_PROJ_UP];
+    const nm_attn_kernel *ak = nm_attn_kernel_get(gate->k->isa);
+    bool adapted = L->bias[NM_PROJ_GATE] || L->bias[NM_PROJ_UP];
+    for (int s = 0; s < f->n_seqs; s++) adapted = adapted || f->seqs[s].c->loras;
+    if (!adapted && nm_matmul_act_shared(gate, up)) {
+        /* SwiGLU by the threads that computed the rows (nm_matmul_glu) */
+        nm_matmul_glu(f->pool, gate, up, h->xb, f->n, h->hb, h->hb2, ak->swiglu, h->act);
+    } else { /* biases and adapters apply to gate and up before SwiGLU */
+        static const nm_proj gate_up[2] = {NM_PROJ_GATE, NM_PROJ_UP};
+        proj_group(f, l, gate_up, (float *const[]){h->hb, h->hb2}, 2, h->xb);
+        row_op sw = {.y = h->hb, .x = h->hb, .up = h->hb2, .n = f->n, .dim = hp->n_ff, .ak = ak};
+        row_op_run(f, &sw);
+    }
     nm_model_proj(f, l, NM_PROJ_DOWN, h->hb, h->xb);
     for (int64_t t = 0; t < f->n * hp->n_embd; t++) h->x[t] += h->xb[t];
 }

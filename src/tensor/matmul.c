@@ -15,7 +15,10 @@
  * Several matrices of one input (nm_matmul_multi: Q, K, V; gate, up) are
  * one row range to the threads, split into chunks that stay inside a
  * matrix, so they cost one region, and the next chunk prefetched may be
- * the next matrix's.  Which thread computes a row changes none of its bits.
+ * the next matrix's.  nm_matmul_glu makes a chunk the same rows of two
+ * matrices (gate and up) and has its thread apply SwiGLU to them, so that
+ * no other thread reads the up product.  Which thread computes a row
+ * changes none of its bits.
  * Inside a chunk the level's kernel walks its own tiles (kernels_*.c).
  *
  * The activation rows are converted (quantized) before the split, in
@@ -113,6 +116,10 @@ typedef struct mm_part {
 typedef struct mm_task {
     mm_part part[NM_MATMUL_MULTI];
     int n_part;
+    /* nm_matmul_glu: each chunk of part[0] (gate) also computes the same
+     * rows of *glu_up, then glu over them */
+    const mm_part *glu_up;
+    nm_glu_fn glu;
     int64_t total;       /* rows of all parts */
     int64_t cap;         /* chunks: at most cap rows */
     int nth;
@@ -189,6 +196,20 @@ static void dot_task(void *arg, int ith, int nth) {
         }
         a.packed_rows = P->w->packed_rows;
         (a.packed_rows ? P->w->k->rows_packed : P->w->k->rows)(&a, lo, hi);
+        if (t->glu) {
+            const mm_part *U = t->glu_up;
+            a.w = U->w->data;
+            a.row_bytes = U->w->row_bytes;
+            a.y = U->y;
+            a.ldy = U->ldy;
+            a.y_r0 = U->r0;
+            a.packed_rows = U->w->packed_rows;
+            (a.packed_rows ? U->w->k->rows_packed : U->w->k->rows)(&a, lo, hi);
+            for (int64_t tok = 0; tok < t->args.n_tok; tok++) {
+                float *g = P->y + tok * P->ldy + (lo - P->r0);
+                t->glu(g, g, U->y + tok * U->ldy + (lo - U->r0), hi - lo);
+            }
+        }
         p = np;
         lo = nlo;
         hi = nhi;
@@ -199,6 +220,14 @@ static void dot_task(void *arg, int ith, int nth) {
 bool nm_matmul_act_shared(const nm_mat *a, const nm_mat *b) {
     return a->k->act_type == b->k->act_type && a->cols == b->cols && a->k->wants_extra == b->k->wants_extra &&
            a->k->convert == b->k->convert;
+}
+
+/* Rows a chunk of w is a multiple of.  Batches: at least two tiles (the
+ * AVX-512 batch kernels run tiles in pairs); packed tiles are read whole
+ * (a chunk starting inside one would read it twice). */
+static int64_t chunk_align(const nm_mat *w, int64_t n_tok) {
+    const int64_t a = n_tok >= 4 ? 2 * w->k->row_align : w->k->row_align;
+    return w->packed_rows && a < NM_PACK_ROWS ? NM_PACK_ROWS : a;
 }
 
 /* Converts x (unless `converted`) and runs the parts in one region. */
@@ -231,11 +260,9 @@ static void run_parts(nm_pool *pool, mm_task *t, int64_t n_tok, void *scratch, b
     int64_t align = 1;
     for (int i = 0; i < t->n_part; i++) {
         mm_part *P = &t->part[i];
-        /* batches: at least two tiles a chunk (the AVX-512 batch kernels
-         * run tiles in pairs) */
-        P->align = n_tok >= 4 ? 2 * P->w->k->row_align : P->w->k->row_align;
-        /* packed tiles are read whole: a chunk starting inside one would read it twice */
-        if (P->w->packed_rows && P->align < NM_PACK_ROWS) P->align = NM_PACK_ROWS;
+        P->align = chunk_align(P->w, n_tok);
+        if (i == 0 && t->glu && chunk_align(t->glu_up->w, n_tok) > P->align) /* whole tiles of up too */
+            P->align = chunk_align(t->glu_up->w, n_tok);
         P->start = t->total;
         t->total += P->r1 - P->r0;
         if (P->align > align) align = P->align;
@@ -266,6 +293,15 @@ void nm_matmul_multi(nm_pool *pool, const nm_mat *const *w, float *const *y, int
             t.n_part = 0;
         }
     }
+}
+
+void nm_matmul_glu(nm_pool *pool, const nm_mat *gate, const nm_mat *up, const float *x, int64_t n_tok, float *yg,
+                   float *yu, nm_glu_fn glu, void *scratch) {
+    mm_task t = {.n_part = 1, .x = x, .glu = glu};
+    const mm_part u = {.w = up, .r0 = 0, .r1 = up->rows, .y = yu, .ldy = up->rows};
+    t.glu_up = &u;
+    t.part[0] = (mm_part){.w = gate, .r0 = 0, .r1 = gate->rows, .y = yg, .ldy = gate->rows};
+    run_parts(pool, &t, n_tok, scratch, false);
 }
 
 void nm_matmul(nm_pool *pool, const nm_mat *w, const float *x, int64_t n_tok, float *y, void *scratch) {

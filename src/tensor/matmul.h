@@ -82,6 +82,19 @@ enum { NM_MATMUL_MULTI = 4 };
 void nm_matmul_multi(nm_pool *pool, const nm_mat *const *w, float *const *y, int n, const float *x, int64_t n_tok,
                      void *scratch);
 
+/* yg = glu(gate x, up x) row by row, through yu (gate and up: the same
+ * rows and activation layout, nm_matmul_act_shared): one region whose
+ * chunks are rows [lo, hi) of both matrices, and the thread that computed
+ * them applies glu(yg + .., yg + .., yu + .., hi - lo) for every token
+ * (SwiGLU: yg = silu(yg) * yu).  Why: the caller then reads only yg, half
+ * of it from the other threads, instead of both products; when a VM puts
+ * two vCPUs on two core complexes every line one thread hands another
+ * costs ~160 ns (docs/KERNELS.md).  Same bits as nm_matmul_multi and glu
+ * over all rows: glu is element by element. */
+typedef void (*nm_glu_fn)(float *out, const float *gate, const float *up, int64_t n);
+void nm_matmul_glu(nm_pool *pool, const nm_mat *gate, const nm_mat *up, const float *x, int64_t n_tok, float *yg,
+                   float *yu, nm_glu_fn glu, void *scratch);
+
 /* The transposed product of a backward pass: dx[t * w->cols + c] =
  * sum over rows r of dy[t * w->rows + r] * W[r][c], for t < n_tok, with W
  * dequantized (exactly) to float.  accumulate: add to dx instead of
