@@ -48,6 +48,12 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* Sorts v[0..n) (n >= 1) and returns its median. */
+static double sort_median(double *v, int64_t n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 /* ---- --tokenize ---- */
 
 static int bench_tokenize(int argc, char **argv) {
@@ -107,10 +113,7 @@ static int bench_tokenize(int argc, char **argv) {
     }
     if (!mbs || !cpu) rc = cli_fail(&(nm_err){NM_ERR_NOMEM, "out of memory"});
     if (rc == 0) {
-        qsort(mbs, (size_t)reps, sizeof(double), cmp_double);
-        qsort(cpu, (size_t)reps, sizeof(double), cmp_double);
-        double med = reps % 2 ? mbs[reps / 2] : 0.5 * (mbs[reps / 2 - 1] + mbs[reps / 2]);
-        double med_cpu = reps % 2 ? cpu[reps / 2] : 0.5 * (cpu[reps / 2 - 1] + cpu[reps / 2]);
+        const double med = sort_median(mbs, reps), med_cpu = sort_median(cpu, reps);
         if (json) {
             nm_buf b;
             nm_buf_init(&b);
@@ -266,7 +269,7 @@ static int bench_model(int argc, char **argv) {
             nm_read_probe_new((size_t)bw_mb << 20, &probe, &err) ||
             nm_measure_machine(probe_pool, isa, probe, &peaks, &err))
             goto out;
-        round_trip = nm_measure_round_trip(probe_pool);
+        if (n_gen == 0) round_trip = nm_measure_round_trip(probe_pool); /* else beside each run */
     }
     for (int64_t r = 0; r < reps; r++) {
         if (n_prompt > 0) {
@@ -304,21 +307,12 @@ static int bench_model(int argc, char **argv) {
         if (again.fma_s > peaks.fma_s) peaks.fma_s = again.fma_s;
         if (again.int8_s > peaks.int8_s) peaks.int8_s = again.int8_s;
     }
-    qsort(pp, (size_t)reps, sizeof *pp, cmp_double);
-    qsort(tg, (size_t)reps, sizeof *tg, cmp_double);
-    qsort(tg_beside, (size_t)reps, sizeof *tg_beside, cmp_double);
-    const double beside_med = reps % 2 ? tg_beside[reps / 2] : 0.5 * (tg_beside[reps / 2 - 1] + tg_beside[reps / 2]);
-    if (n_gen > 0 && roofline) { /* the runs' median round trip */
-        double *rt = nm_calloc((size_t)reps, sizeof *rt);
-        if (rt) {
-            memcpy(rt, tg_rt, (size_t)reps * sizeof *rt);
-            qsort(rt, (size_t)reps, sizeof *rt, cmp_double);
-            round_trip = reps % 2 ? rt[reps / 2] : 0.5 * (rt[reps / 2 - 1] + rt[reps / 2]);
-            free(rt);
-        }
+    const double pp_med = sort_median(pp, reps), tg_med = sort_median(tg, reps);
+    const double beside_med = sort_median(tg_beside, reps);
+    if (n_gen > 0 && roofline) { /* the runs' median round trip; tg_rt stays in run order */
+        memcpy(tg_beside, tg_rt, (size_t)reps * sizeof *tg_beside); /* no longer needed: scratch */
+        round_trip = sort_median(tg_beside, reps);
     }
-    double pp_med = reps % 2 ? pp[reps / 2] : 0.5 * (pp[reps / 2 - 1] + pp[reps / 2]);
-    double tg_med = reps % 2 ? tg[reps / 2] : 0.5 * (tg[reps / 2 - 1] + tg[reps / 2]);
     const double peak = cost.int8 ? peaks.int8_s : peaks.fma_s;
     const double pp_frac = roofline && peak > 0 ? pp_med * pp_macs(&cost, n_prompt) / peak : 0;
     const double tg_frac = roofline && peaks.read_bytes_s > 0 ? tg_med * cost.bytes / peaks.read_bytes_s : 0;

@@ -868,6 +868,18 @@ T2_INLINE __m256i q5_bit8(__m256i h, int b) {
     return _mm256_and_si256(b <= 4 ? _mm256_slli_epi16(h, 4 - b) : _mm256_srli_epi16(h, b - 4), _mm256_set1_epi8(0x10));
 }
 
+/* The low and high quants of group g in a packed Q4_K / Q5_K vector v
+ * (nibbles; for Q5_K with their fifth bits from high-bit vector h). */
+T2_INLINE void k45p8_split(__m256i v, __m256i h, int g, bool q5, __m256i *lo, __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    *lo = _mm256_and_si256(v, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if (q5) {
+        *lo = _mm256_or_si256(*lo, q5_bit8(h, 2 * g));
+        *hi = _mm256_or_si256(*hi, q5_bit8(h, 2 * g + 1));
+    }
+}
+
 /* acc += super-block s of half `half` of a packed Q5_K tile (at sb).  One
  * half at a time, its 8 high-bit vectors loaded first and held (both
  * halves' would not fit in 16 registers), and nothing moved above them
@@ -875,7 +887,6 @@ T2_INLINE __m256i q5_bit8(__m256i h, int b) {
  * reach 31, so 4 VPMADDUBSW (4 x 2 x 31 x 128) a VPMADDWD. */
 T2_INLINE __m256 q5kp_add8(const uint8_t *sb, size_t half, const k_tok *tk, int64_t s, __m256 acc) {
     const uint8_t *xb = tk->blk + (size_t)s * sizeof(nm_block_q8_k), *xq = xb + 4;
-    const __m256i m4 = _mm256_set1_epi8(15);
     __m256i qh[8];
 #pragma GCC unroll 8
     for (int q = 0; q < 8; q++) qh[q] = ld8x32(sb + NM_Q5KP_QH + 64 * q + half);
@@ -889,9 +900,8 @@ T2_INLINE __m256 q5kp_add8(const uint8_t *sb, size_t half, const k_tok *tk, int6
             __m256i lo = _mm256_setzero_si256(), hi = lo;
 #pragma GCC unroll 4
             for (int q = q0; q < q0 + 4; q++) {
-                const __m256i v = ld8x32(w + 64 * q);
-                const __m256i vl = _mm256_or_si256(_mm256_and_si256(v, m4), q5_bit8(qh[q], 2 * g));
-                const __m256i vh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), q5_bit8(qh[q], 2 * g + 1));
+                __m256i vl, vh;
+                k45p8_split(ld8x32(w + 64 * q), qh[q], g, true, &vl, &vh);
                 lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(vl, bcast32(x + 4 * q)));
                 hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(vh, bcast32(x + 32 + 4 * q)));
             }
@@ -911,14 +921,9 @@ T2_INLINE __m256 q5kp_add8(const uint8_t *sb, size_t half, const k_tok *tk, int6
     return _mm256_add_ps(acc, _mm256_sub_ps(x, y));
 }
 
-/* Bytes of a packed super-block of 16 rows. */
-static size_t kp_super_bytes(nm_type type) {
-    return 16 * (type == NM_TYPE_Q6_K ? sizeof(nm_block_q6_k) : type == NM_TYPE_Q5_K ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k));
-}
-
 T2_INLINE void gemv_kp8(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out, nm_type type) {
     const int64_t nsb = a->cols / NM_QK_K;
-    const size_t sbb = kp_super_bytes(type);
+    const size_t sbb = nm_kp_super_bytes(type);
     const k_tok tk = k_token(a, t, 0);
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t s = 0; s < nsb; s++, tile += sbb) {
@@ -939,9 +944,8 @@ T2_INLINE void gemv_kp8(const nm_mm_args *a, const uint8_t *tile, int64_t t, flo
  * panel sub-block 8s + j, 4-element group g is elements 32j + 4g. */
 T2 static void repack8_kp(const nm_mm_args *a, nm_type type, int64_t r, int64_t s0, int ks, k_panel8 *p) {
     const bool q6 = type == NM_TYPE_Q6_K, q5 = type == NM_TYPE_Q5_K;
-    const size_t sbb = kp_super_bytes(type), half = (r & 8) ? 32 : 0;
+    const size_t sbb = nm_kp_super_bytes(type), half = (r & 8) ? 32 : 0;
     const uint8_t *tile = a->w + (size_t)(r & ~(int64_t)15) * a->row_bytes;
-    const __m256i m4 = _mm256_set1_epi8(15);
     for (int s = 0; s < ks; s++) {
         const uint8_t *sb = tile + (size_t)(s0 + s) * sbb;
         _mm256_store_ps(p->d + 8 * s, ld_d8(sb + half / 2));
@@ -961,13 +965,9 @@ T2 static void repack8_kp(const nm_mm_args *a, nm_type type, int64_t r, int64_t 
         for (int j = 0; j < 4; j++) _mm256_store_si256((__m256i *)(void *)(p->mn + (4 * s + j) * 8), k4p8_mn(&k, j));
         for (int g = 0; g < 4; g++)
             for (int q = 0; q < 8; q++) {
-                const __m256i v = ld8x32(sb + (q5 ? NM_Q5KP_QS : NM_Q4KP_QS) + 64 * (8 * g + q) + half);
-                __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                if (q5) {
-                    const __m256i h = ld8x32(sb + NM_Q5KP_QH + 64 * q + half);
-                    lo = _mm256_or_si256(lo, q5_bit8(h, 2 * g));
-                    hi = _mm256_or_si256(hi, q5_bit8(h, 2 * g + 1));
-                }
+                __m256i lo, hi;
+                k45p8_split(ld8x32(sb + (q5 ? NM_Q5KP_QS : NM_Q4KP_QS) + 64 * (8 * g + q) + half),
+                            q5 ? ld8x32(sb + NM_Q5KP_QH + 64 * q + half) : _mm256_setzero_si256(), g, q5, &lo, &hi);
                 _mm256_store_si256((__m256i *)(void *)(p->w + (8 * s + 2 * g) * 256 + 32 * q), lo);
                 _mm256_store_si256((__m256i *)(void *)(p->w + (8 * s + 2 * g + 1) * 256 + 32 * q), hi);
             }

@@ -1299,7 +1299,7 @@ T512_INLINE void k45p_quants(const uint8_t *sb, int g, int q, bool q5, __m512i h
  * operations for 16 rows, super-block by super-block. */
 T512_INLINE void gemv_q45_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t, float *out, bool q5) {
     const int64_t nsb = a->cols / NM_QK_K;
-    const size_t sbb = 16 * (q5 ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k));
+    const size_t sbb = nm_kp_super_bytes(q5 ? NM_TYPE_Q5_K : NM_TYPE_Q4_K);
     const k_tok tk = k_token(a, t, 0);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t s = 0; s < nsb; s++, tile += sbb) {
@@ -1356,7 +1356,7 @@ T512 static void gemv_q5_kp(const nm_mm_args *a, const uint8_t *tile, int64_t t,
 
 /* A batch panel chunk from a packed Q4_K / Q5_K tile (rows r..r+15, whole). */
 T512 static void repack_q45_kp(const nm_mm_args *a, int64_t r, int64_t s0, int ks, k_panel *p, bool q5) {
-    const size_t sbb = 16 * (q5 ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k));
+    const size_t sbb = nm_kp_super_bytes(q5 ? NM_TYPE_Q5_K : NM_TYPE_Q4_K);
     for (int s = 0; s < ks; s++) {
         const uint8_t *sb = a->w + (size_t)r * a->row_bytes + (size_t)(s0 + s) * sbb;
         const k4p_scales k = k4p_unpack(sb);

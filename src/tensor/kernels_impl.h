@@ -225,6 +225,13 @@ static inline void nm_pack_q0(uint8_t *dst, const uint8_t *src, size_t row_bytes
  * read once a super-block and kept for its four groups. */
 enum { NM_Q4KP_QS = 256, NM_Q5KP_QH = 256, NM_Q5KP_QS = 768 }; /* offsets in a packed super-block */
 
+/* Bytes of one packed super-block of 16 rows (Q4_K, Q5_K, Q6_K). */
+static inline size_t nm_kp_super_bytes(nm_type type) {
+    return 16 * (type == NM_TYPE_Q6_K   ? sizeof(nm_block_q6_k)
+                 : type == NM_TYPE_Q5_K ? sizeof(nm_block_q5_k)
+                                        : sizeof(nm_block_q4_k));
+}
+
 static inline void nm_pack_q45_k(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols, bool q5) {
     const size_t bb = q5 ? sizeof(nm_block_q5_k) : sizeof(nm_block_q4_k);
     const size_t qs_in = q5 ? offsetof(nm_block_q5_k, qs) : offsetof(nm_block_q4_k, qs);

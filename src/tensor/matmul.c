@@ -261,8 +261,10 @@ static void run_parts(nm_pool *pool, mm_task *t, int64_t n_tok, void *scratch, b
     for (int i = 0; i < t->n_part; i++) {
         mm_part *P = &t->part[i];
         P->align = chunk_align(P->w, n_tok);
-        if (i == 0 && t->glu && chunk_align(t->glu_up->w, n_tok) > P->align) /* whole tiles of up too */
-            P->align = chunk_align(t->glu_up->w, n_tok);
+        if (i == 0 && t->glu) { /* whole tiles of up too */
+            const int64_t ua = chunk_align(t->glu_up->w, n_tok);
+            if (ua > P->align) P->align = ua;
+        }
         P->start = t->total;
         t->total += P->r1 - P->r0;
         if (P->align > align) align = P->align;
