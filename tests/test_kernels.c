@@ -36,6 +36,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static void random_floats(nm_rng *r, float *x, int64_t n, double scale) {
@@ -207,9 +208,11 @@ static void test_kernels_real_tensors(nm_test *t) {
     }
 }
 
-/* Pools of 1, 2 and 5 threads: every split the matmul tests compare. */
+/* Pools of 1, 2 and 11 threads: every split the matmul tests compare (11:
+ * odd, and more threads than the work split has slices, so threads share
+ * them and steal from several). */
 static void pools_new(nm_test *t, nm_pool **pools) {
-    static const int sizes[3] = {1, 2, 5};
+    static const int sizes[3] = {1, 2, 11};
     nm_err err = {0};
     for (int p = 0; p < 3; p++) CHECK_OK(t, nm_pool_new(sizes[p], &pools[p], &err), err);
 }
@@ -438,6 +441,19 @@ static void count_fn(void *arg, int ith, int nth) {
     atomic_fetch_add(&c->sum, ith);
 }
 
+/* Workers that finish 40 ms after the caller: it must wait for them. */
+typedef struct slow_task {
+    int done[4];
+} slow_task;
+
+static void slow_fn(void *arg, int ith, int nth) {
+    slow_task *s = arg;
+    (void)nth;
+    if (ith == 0) return;
+    nanosleep(&(struct timespec){0, 40 * 1000 * 1000}, NULL);
+    s->done[ith] = 1;
+}
+
 static void test_pool(nm_test *t) {
     nm_err err = {0};
     for (int n = 1; n <= 6; n++) {
@@ -454,6 +470,26 @@ static void test_pool(nm_test *t) {
         bool each_once = true;
         for (int i = 0; i < 1000; i++) each_once &= hits[i] == 2000;
         CHECKF(t, each_once, "%d threads: split ranges overlap or leave gaps", n);
+        nm_pool_free(p);
+    }
+    /* Regions far apart, so the workers have gone to sleep and must be
+     * woken; and a region whose worker is slow, so the caller sleeps. */
+    for (int n = 2; n <= 3; n++) {
+        nm_pool *p;
+        if (!CHECK_OK(t, nm_pool_new(n, &p, &err), err)) continue;
+        count_task c = {.n = 0, .hits = NULL};
+        atomic_init(&c.calls, 0);
+        atomic_init(&c.sum, 0);
+        for (int rep = 0; rep < 3; rep++) {
+            nanosleep(&(struct timespec){0, 30 * 1000 * 1000}, NULL);
+            nm_pool_run(p, count_fn, &c);
+        }
+        CHECKF(t, atomic_load(&c.calls) == 3 * n, "%d sleeping threads: %d calls", n, atomic_load(&c.calls));
+        slow_task s = {{0}};
+        nm_pool_run(p, slow_fn, &s);
+        bool all = true;
+        for (int i = 1; i < n; i++) all &= s.done[i] == 1;
+        CHECKF(t, all, "%d threads: the caller returned before a slow worker finished", n);
         nm_pool_free(p);
     }
     nm_pool *p;

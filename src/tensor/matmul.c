@@ -1,15 +1,22 @@
 /* matmul.c - weight matrix x activation rows over the thread pool.
  *
  * Work split: threads take chunks of output rows (weight rows) for all
- * tokens from a shared counter, so every weight byte is read by one thread
- * only, and a thread that the system preempts (a shared machine, a phone's
- * slow cores) leaves its chunks to the others instead of holding up the
- * region.  Chunks are whole tiles of the kernel (row_align); they start
- * at a quarter of a thread's share at most and shrink with the work left
- * (each a 1/(2 x threads) of it), down to one tile, so the threads finish
- * within about a tile of each other (with fixed chunks of an eighth of a
- * share, one waited half a chunk per product on average: 3-5% of
- * generation).  A thread claims its next chunk before it computes the
+ * tokens, so every weight byte is read by one thread only, and a thread
+ * that the system preempts (a shared machine, a phone's slow cores) leaves
+ * its chunks to the others instead of holding up the region.  Each thread
+ * has a slice of the rows, a counter pair (front, back) in its own cache
+ * line: it takes chunks from the front of its own slice, and when that is
+ * empty, from the back of the others'.  So a chunk costs an atomic on a
+ * line the thread already holds, except at the end of a region (with one
+ * shared counter, each of the ~20 chunks of a product moved the counter's
+ * line between the cores: ~0.3 us of stall each when two vCPUs sit on
+ * different core complexes, about 0.3 ms a token for tl1b).  Chunks are
+ * whole tiles of the kernel (row_align); they start at a quarter of a
+ * thread's share at most and shrink with the slice's rows left (each half
+ * of them), down to one tile, so the threads finish within about a tile of
+ * each other (with fixed chunks of an eighth of a share, one waited half a
+ * chunk per product on average: 3-5% of generation).  A thread claims its
+ * next chunk before it computes the
  * current one and tells the kernel (nm_mm_args pf_w), which prefetches it
  * while finishing the current one, as it does tile to tile inside a chunk.
  * Several matrices of one input (nm_matmul_multi: Q, K, V; gate, up) are
@@ -45,6 +52,10 @@ static nm_status mat_init(nm_mat *m, const char *name, nm_type type, int64_t col
     if (cols <= 0 || rows <= 0 || rb == 0 || nm_act_row_bytes(k->act_type, cols) == 0)
         return nm_err_set(err, NM_ERR_FORMAT, "%s: a %s matrix cannot have rows of %lld elements", name,
                           nm_type_name(type), (long long)cols);
+    /* the work split counts the rows of up to NM_MATMUL_MULTI matrices in 32 bits */
+    if (rows > NM_MAT_MAX_ROWS)
+        return nm_err_set(err, NM_ERR_FORMAT, "%s: %lld rows is more than the %d a matrix may have", name,
+                          (long long)rows, NM_MAT_MAX_ROWS);
     m->type = type;
     m->cols = cols;
     m->rows = rows;
@@ -113,7 +124,17 @@ typedef struct mm_part {
     int64_t align; /* chunks: multiples of align rows */
 } mm_part;
 
+/* Rows of the combined range not yet taken from one thread's slice:
+ * [front, back), packed as front | back << 32 so that one compare-exchange
+ * moves either end (nm_mat_init keeps rows below 2^28, so four parts fit). */
+enum { MM_SLICES = 8 };
+typedef struct mm_slice {
+    _Alignas(64) atomic_ullong fb;
+} mm_slice;
+
 typedef struct mm_task {
+    mm_slice slice[MM_SLICES]; /* threads past MM_SLICES share them */
+    int n_slices;
     mm_part part[NM_MATMUL_MULTI];
     int n_part;
     /* nm_matmul_glu: each chunk of part[0] (gate) also computes the same
@@ -123,7 +144,6 @@ typedef struct mm_task {
     int64_t total;       /* rows of all parts */
     int64_t cap;         /* chunks: at most cap rows */
     int nth;
-    atomic_llong next;   /* the next chunk's first row of the combined range */
     const float *x;
     nm_mm_args args;     /* the activation fields all parts share */
     uint8_t *act_out, *extra_out; /* for the conversion step */
@@ -147,39 +167,81 @@ static void convert_task(void *arg, int ith, int nth) {
     }
 }
 
-/* The next chunk: rows [*lo, *hi) of part *pi; false when no rows are
- * left.  A chunk never crosses from one part into the next. */
-static bool claim(mm_task *t, int *pi, int64_t *lo, int64_t *hi) {
-    long long at = atomic_load_explicit(&t->next, memory_order_relaxed);
+static int64_t part_end(const mm_part *P) { return P->start + (P->r1 - P->r0); }
+
+/* The part that holds row pos of the combined range. */
+static int part_at(const mm_task *t, int64_t pos) {
+    int p = 0;
+    while (p + 1 < t->n_part && pos >= part_end(&t->part[p])) p++;
+    return p;
+}
+
+/* pos rounded down to whole chunks (align rows) of its part. */
+static int64_t align_down(const mm_task *t, int64_t pos) {
+    if (pos >= t->total) return t->total;
+    const mm_part *P = &t->part[part_at(t, pos)];
+    return P->start + (pos - P->start) / P->align * P->align;
+}
+
+/* A chunk's rows when `left` rows remain in a slice: half of them in whole
+ * tiles, at least one tile, at most cap. */
+static int64_t chunk_rows(const mm_task *t, const mm_part *P, int64_t left) {
+    const int64_t size = left / 2 / P->align * P->align;
+    return size > t->cap ? t->cap : size < P->align ? P->align : size;
+}
+
+/* A chunk from the front (the slice's owner) or the back (another thread)
+ * of slice s: rows [*lo, *hi) of part *pi; false when s is empty.  A chunk
+ * never crosses from one part into the next, and both ends stay on whole
+ * tiles of their part (a slice's ends start there and move by tiles, or
+ * to a part's end). */
+static bool take(mm_task *t, mm_slice *s, bool front, int *pi, int64_t *lo, int64_t *hi) {
+    unsigned long long fb = atomic_load_explicit(&s->fb, memory_order_relaxed);
     for (;;) {
-        if (at >= t->total) return false;
-        int p = 0;
-        while (at >= t->part[p].start + (t->part[p].r1 - t->part[p].r0)) p++;
+        const int64_t f = (int64_t)(fb & 0xffffffffu), b = (int64_t)(fb >> 32);
+        if (f >= b) return false;
+        int64_t c0, c1;
+        const int p = part_at(t, front ? f : b - 1);
         const mm_part *P = &t->part[p];
-        const int64_t left = P->start + (P->r1 - P->r0) - at; /* in this part */
-        int64_t size = (t->total - at) / (2 * (int64_t)t->nth) / P->align * P->align;
-        size = size > t->cap ? t->cap : size < P->align ? P->align : size;
-        if (size > left) size = left;
-        if (atomic_compare_exchange_weak_explicit(&t->next, &at, at + size, memory_order_relaxed,
-                                                  memory_order_relaxed)) {
+        if (front) {
+            c0 = f;
+            c1 = f + chunk_rows(t, P, b - f);
+            if (c1 > part_end(P)) c1 = part_end(P);
+            if (c1 > b) c1 = b;
+        } else {
+            c1 = b;
+            c0 = b - chunk_rows(t, P, b - f);
+            c0 = c0 <= P->start ? P->start : P->start + (c0 - P->start) / P->align * P->align;
+            if (c0 < f) c0 = f;
+        }
+        const unsigned long long nfb = front ? (unsigned long long)c1 | (unsigned long long)b << 32
+                                             : (unsigned long long)f | (unsigned long long)c0 << 32;
+        if (atomic_compare_exchange_weak_explicit(&s->fb, &fb, nfb, memory_order_relaxed, memory_order_relaxed)) {
             *pi = p;
-            *lo = P->r0 + (at - P->start);
-            *hi = *lo + size;
+            *lo = P->r0 + (c0 - P->start);
+            *hi = *lo + (c1 - c0);
             return true;
         }
     }
 }
 
+/* Thread ith's next chunk: from its own slice, else from the others'. */
+static bool claim(mm_task *t, int ith, int *pi, int64_t *lo, int64_t *hi) {
+    const int home = ith % t->n_slices;
+    for (int k = 0; k < t->n_slices; k++)
+        if (take(t, &t->slice[(home + k) % t->n_slices], k == 0, pi, lo, hi)) return true;
+    return false;
+}
+
 static void dot_task(void *arg, int ith, int nth) {
     mm_task *t = arg;
-    (void)ith;
     (void)nth;
     int p = 0, np = 0;
     int64_t lo = 0, hi = 0;
-    bool have = claim(t, &p, &lo, &hi);
+    bool have = claim(t, ith, &p, &lo, &hi);
     while (have) {
         int64_t nlo = 0, nhi = 0;
-        const bool more = claim(t, &np, &nlo, &nhi);
+        const bool more = claim(t, ith, &np, &nlo, &nhi);
         const mm_part *P = &t->part[p];
         nm_mm_args a = t->args; /* this thread's copy: its part and prefetch hint */
         a.w = P->w->data;
@@ -271,7 +333,13 @@ static void run_parts(nm_pool *pool, mm_task *t, int64_t n_tok, void *scratch, b
     }
     const int64_t cap = t->total / (4 * (int64_t)t->nth) / align * align;
     t->cap = cap > align ? cap : align;
-    atomic_init(&t->next, 0);
+    t->n_slices = t->nth < MM_SLICES ? t->nth : MM_SLICES;
+    int64_t front = 0;
+    for (int i = 0; i < t->n_slices; i++) {
+        const int64_t back = align_down(t, t->total * (i + 1) / t->n_slices);
+        atomic_init(&t->slice[i].fb, (unsigned long long)front | (unsigned long long)back << 32);
+        front = back;
+    }
     nm_pool_run(pool, dot_task, t);
 }
 

@@ -79,6 +79,9 @@ bool nm_matmul_act_shared(const nm_mat *a, const nm_mat *b);
  * of a small model take a few microseconds each, that was a large part of
  * them.  Every output gets the same bits as from nm_matmul. */
 enum { NM_MATMUL_MULTI = 4 };
+/* Rows a matrix may have (nm_mat_init): 2^28, a vocabulary a thousand times
+ * the largest in use, so the rows of NM_MATMUL_MULTI matrices fit 32 bits. */
+enum { NM_MAT_MAX_ROWS = 1 << 28 };
 void nm_matmul_multi(nm_pool *pool, const nm_mat *const *w, float *const *y, int n, const float *x, int64_t n_tok,
                      void *scratch);
 
