@@ -472,8 +472,10 @@ nm_status nm_context_new(const nm_model *m, const nm_context_params *p, nm_conte
     c->rope_cs = ctx_floats(c, B, hp->n_rot, 1);
     c->scores = ctx_floats(c, nth, hp->n_head / hp->n_head_kv, c->n_ctx);
     c->logits = ctx_floats(c, n_out, hp->n_vocab, 1);
+    c->act_slot = nm_align_up(max_act_bytes(m, 1), 64);
     c->act_bytes = max_act_bytes(m, B);
-    c->act = c->act_bytes ? malloc(c->act_bytes) : NULL;
+    if (c->act_bytes < NM_ACT_RING * c->act_slot) c->act_bytes = NM_ACT_RING * c->act_slot;
+    c->act = c->act_bytes ? aligned_alloc(64, nm_align_up(c->act_bytes, 64)) : NULL;
     c->bytes += c->act_bytes;
     if (!c->k_cache || !c->v_cache || !c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->hb ||
         !c->hb2 || !c->rope_cs || !c->scores || !c->logits || (c->act_bytes && !c->act)) {
@@ -642,6 +644,22 @@ static void rmsnorm_batch(const nm_fwd *f, float *y, const float *x, const float
     row_op_run(f, &o);
 }
 
+/* Scratch for the converted activations of a product of n_rows rows.
+ * One-row products (generation) take the slots of a ring in turn: the
+ * caller converts a row, the other threads read it, and the next product's
+ * conversion overwrote those same lines, so every store first had to
+ * invalidate the copies in the other cores' caches: ~0.15 ms a token for
+ * tl1b with two vCPUs on one core complex and 0.5 ms on two, where a token
+ * takes 12 ms.  With 64 slots a slot comes round after ~16 layers and its
+ * lines are no longer in the other core's caches (8 slots recovered half).
+ * tl1b Q4_K_M, two threads, conversions 350 -> 130 us a token near, 560 ->
+ * 140 far (same minutes, alternately). */
+static void *act_scratch(const nm_fwd *f, int64_t n_rows) {
+    nm_context *h = f->host;
+    if (n_rows != 1 || h->act_slot == 0) return h->act;
+    return (uint8_t *)h->act + (size_t)(h->act_next++ % NM_ACT_RING) * h->act_slot;
+}
+
 /* What a projection adds after its base product: bias, adapters. */
 static void proj_finish(const nm_fwd *f, int64_t l, nm_proj which, const float *x, float *y) {
     const nm_layer *L = &f->m->layers[l];
@@ -659,7 +677,7 @@ static void proj_finish(const nm_fwd *f, int64_t l, nm_proj which, const float *
 
 void nm_model_proj(const nm_fwd *f, int64_t l, nm_proj which, const float *x, float *y) {
     const nm_mat *w = &f->m->layers[l].w[which];
-    nm_matmul(f->pool, w, x, f->n, y, f->host->act);
+    nm_matmul(f->pool, w, x, f->n, y, act_scratch(f, f->n));
     proj_finish(f, l, which, x, y);
 }
 
@@ -669,7 +687,7 @@ void nm_model_proj(const nm_fwd *f, int64_t l, nm_proj which, const float *x, fl
 static void proj_group(const nm_fwd *f, int64_t l, const nm_proj *which, float *const *y, int n, const float *x) {
     const nm_mat *w[3];
     for (int i = 0; i < n; i++) w[i] = &f->m->layers[l].w[which[i]];
-    nm_matmul_multi(f->pool, w, y, n, x, f->n, f->host->act);
+    nm_matmul_multi(f->pool, w, y, n, x, f->n, act_scratch(f, f->n));
     for (int i = 0; i < n; i++) proj_finish(f, l, which[i], x, y[i]);
 }
 
@@ -815,7 +833,7 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
     for (int s = 0; s < f->n_seqs; s++) adapted = adapted || f->seqs[s].c->loras;
     if (!adapted && nm_matmul_act_shared(gate, up)) {
         /* SwiGLU by the threads that computed the rows (nm_matmul_glu) */
-        nm_matmul_glu(f->pool, gate, up, h->xb, f->n, h->hb, h->hb2, ak->swiglu, h->act);
+        nm_matmul_glu(f->pool, gate, up, h->xb, f->n, h->hb, h->hb2, ak->swiglu, act_scratch(f, f->n));
     } else { /* biases and adapters apply to gate and up before SwiGLU */
         static const nm_proj gate_up[2] = {NM_PROJ_GATE, NM_PROJ_UP};
         proj_group(f, l, gate_up, (float *const[]){h->hb, h->hb2}, 2, h->xb);
@@ -848,7 +866,7 @@ static void output_logits(const nm_fwd *f) {
     if (R == 0) return;
     nm_pool *pool = pool_for(h->pool, (double)R * (double)nv * (double)E);
     if (n_out == 1) {
-        nm_matmul(pool, w, h->xb, R, only->c->logits + only->out_row * nv, h->act);
+        nm_matmul(pool, w, h->xb, R, only->c->logits + only->out_row * nv, act_scratch(f, R));
     } else {
         /* The contexts' logits live apart, so the product goes through the
          * host's FFN scratch (n_batch * n_ff floats, R <= n_batch) in slices

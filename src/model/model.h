@@ -67,6 +67,9 @@ struct nm_model {
  * longer read as stored (packed); NULL: take them from its file. */
 const nm_base_ids *nm_model_base_ids(const nm_model *m);
 
+/* Slots of a context's ring of one-row activation scratch (model.c act_scratch). */
+enum { NM_ACT_RING = 64 };
+
 struct nm_context {
     const nm_model *m;
     nm_pool *pool;                 /* own (own_pool) or borrowed from the params */
@@ -96,8 +99,10 @@ struct nm_context {
     float *hb, *hb2;               /* FFN hidden        [B][n_ff]   */
     float *rope_cs;                /* angles            [B][n_rot]  */
     float *scores;                 /* per thread        [nth][n_head / n_head_kv][n_ctx] */
-    void *act;                     /* converted activations for matmul ([B] rows) */
-    size_t act_bytes;
+    void *act;                     /* converted activations for matmul ([B] rows), */
+    size_t act_bytes;              /* or, one row at a time, a ring of NM_ACT_RING slots */
+    size_t act_slot;               /* bytes of one slot: a row's conversion, 64-aligned */
+    unsigned act_next;             /* the slot the next one-row product takes */
 
     float *logits;                 /* [logits_all ? B : 1][n_vocab] */
     int64_t n_logits;              /* rows valid after the last decode */
