@@ -227,7 +227,7 @@ static int bench_model(int argc, char **argv) {
     nm_log log = cli_logger(false);
     nm_model *m = NULL;
     nm_context *c = NULL;
-    nm_pool *probe_pool = NULL;
+    nm_pool *pool = NULL; /* the context's threads, which also run the probes */
     nm_read_probe *probe = NULL;
     int32_t *ids = NULL;
     double *pp = NULL, *tg = NULL, *tg_beside = NULL, *tg_bw = NULL, *tg_run = NULL, *tg_rt = NULL, best_read = 0;
@@ -242,7 +242,11 @@ static int bench_model(int argc, char **argv) {
     const int64_t longest = n_prompt > n_gen ? n_prompt : n_gen;
     cp.n_ctx = (int32_t)(longest > 16 ? longest : 16);
     cp.n_batch = (int32_t)(n_prompt > 0 ? n_prompt : 1);
-    cp.n_threads = (int32_t)n_threads;
+    /* One pool for the model and the probes: the round trip is then
+     * measured between the threads that run the model, and no second set
+     * of threads spins down beside it at the start of a run. */
+    if (nm_pool_new(n_threads ? (int)n_threads : nm_cpu_count(), &pool, &err)) goto out;
+    cp.pool = pool;
     if (nm_context_new(m, &cp, &c, &err)) goto out;
     ids = nm_calloc((size_t)longest + 1, sizeof *ids);
     pp = nm_calloc((size_t)reps, sizeof *pp);
@@ -265,11 +269,10 @@ static int bench_model(int argc, char **argv) {
     nm_machine_peaks peaks = {0};
     double round_trip = 0; /* ns between two threads; 0 with one */
     if (roofline) {
-        if (nm_pool_new(nm_context_n_threads(c), &probe_pool, &err) ||
-            nm_read_probe_new((size_t)bw_mb << 20, &probe, &err) ||
-            nm_measure_machine(probe_pool, isa, probe, &peaks, &err))
+        if (nm_read_probe_new((size_t)bw_mb << 20, &probe, &err) ||
+            nm_measure_machine(pool, isa, probe, &peaks, &err))
             goto out;
-        if (n_gen == 0) round_trip = nm_measure_round_trip(probe_pool); /* else beside each run */
+        if (n_gen == 0) round_trip = nm_measure_round_trip(pool); /* else beside each run */
     }
     for (int64_t r = 0; r < reps; r++) {
         if (n_prompt > 0) {
@@ -283,15 +286,15 @@ static int bench_model(int argc, char **argv) {
              * the better of the two: generation's roofline as it was during
              * the run (on a shared host it moves by half between seconds) */
             double bw0 = 0, bw1 = 0;
-            if (roofline && nm_measure_read(probe_pool, isa, probe, 2, &bw0, &err)) goto out;
+            if (roofline && nm_measure_read(pool, isa, probe, 2, &bw0, &err)) goto out;
             /* and how far apart the threads are (kernels.h nm_measure_round_trip) */
-            if (roofline) tg_rt[r] = nm_measure_round_trip(probe_pool);
+            if (roofline) tg_rt[r] = nm_measure_round_trip(pool);
             nm_context_truncate(c, 0, NULL);
             double t = now_s();
             for (int64_t i = 0; i < n_gen; i++)
                 if (nm_decode(c, ids + i, 1, &err)) goto out;
             tg[r] = (double)n_gen / (now_s() - t);
-            if (roofline && nm_measure_read(probe_pool, isa, probe, 2, &bw1, &err)) goto out;
+            if (roofline && nm_measure_read(pool, isa, probe, 2, &bw1, &err)) goto out;
             const double bw = bw0 > bw1 ? bw0 : bw1;
             tg_beside[r] = bw > 0 ? tg[r] * cost.bytes / bw : 0;
             tg_bw[r] = bw;
@@ -301,7 +304,7 @@ static int bench_model(int argc, char **argv) {
     }
     if (roofline) { /* again, the best of both: a conservative fraction */
         nm_machine_peaks again;
-        if (nm_measure_machine(probe_pool, isa, probe, &again, &err)) goto out;
+        if (nm_measure_machine(pool, isa, probe, &again, &err)) goto out;
         if (again.read_bytes_s > peaks.read_bytes_s) peaks.read_bytes_s = again.read_bytes_s;
         if (best_read > peaks.read_bytes_s) peaks.read_bytes_s = best_read;
         if (again.fma_s > peaks.fma_s) peaks.fma_s = again.fma_s;
@@ -392,8 +395,8 @@ out:
     free(tg_run);
     free(tg_rt);
     nm_read_probe_free(probe);
-    nm_pool_free(probe_pool);
     nm_context_free(c);
+    nm_pool_free(pool);
     nm_model_free(m);
     return rc;
 }
