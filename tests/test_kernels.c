@@ -1361,6 +1361,18 @@ static void test_row_ops(nm_test *t) {
             if (fabs(want) > 1e-30) wg = ulps(s1[i], (float)want) > wg ? ulps(s1[i], (float)want) : wg;
         }
         CHECKF(t, wg <= 4, "swiglu of %lld: %lld ulps from float64", (long long)n, (long long)wg);
+        /* RMSNorm by up as the weight: float64's scale, then the two float products */
+        float *r0 = malloc(sizeof(float) * (size_t)n);
+        ref->rmsnorm(r0, x, up, n, 1e-5f);
+        double ss = 0;
+        for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+        const float want_scale = (float)(1.0 / sqrt(ss / (double)n + 1e-5));
+        int64_t wr = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t u = ulps(r0[i], (x[i] * want_scale) * up[i]);
+            wr = u > wr ? u : wr;
+        }
+        CHECKF(t, wr <= 2, "rmsnorm of %lld: %lld ulps from a float64 scale", (long long)n, (long long)wr);
         for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
             if (!nm_isa_available((nm_isa)isa)) continue;
             const nm_attn_kernel *k = nm_attn_kernel_get((nm_isa)isa);
@@ -1373,8 +1385,18 @@ static void test_row_ops(nm_test *t) {
             k->swiglu(v, v, up, n); /* in place, as the model calls it */
             CHECKF(t, memcmp(v, s1, sizeof(float) * (size_t)n) == 0, "%s swiglu of %lld differs from the reference",
                    nm_isa_name((nm_isa)isa), (long long)n);
+            k->rmsnorm(v, x, up, n, 1e-5f);
+            CHECKF(t, memcmp(v, r0, sizeof(float) * (size_t)n) == 0, "%s rmsnorm of %lld differs from the reference",
+                   nm_isa_name((nm_isa)isa), (long long)n);
+            float *r1 = malloc(sizeof(float) * (size_t)n);
+            ref->rmsnorm(r1, x, NULL, n, 1e-5f);
+            k->rmsnorm(v, x, NULL, n, 1e-5f);
+            CHECKF(t, memcmp(v, r1, sizeof(float) * (size_t)n) == 0, "%s rmsnorm of %lld without weights differs",
+                   nm_isa_name((nm_isa)isa), (long long)n);
+            free(r1);
             free(v);
         }
+        free(r0);
         free(x);
         free(s0);
         free(s1);

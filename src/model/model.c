@@ -608,8 +608,9 @@ static void embed_tokens(const nm_model *m, const int32_t *tokens, int64_t n, fl
         tr->to_float((const uint8_t *)e->data + (size_t)tokens[t] * e->row_bytes, x + t * e->cols, e->cols);
 }
 
-static void rmsnorm_rows(float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps) {
-    for (int64_t t = 0; t < n; t++) nm_rmsnorm(y + t * dim, x + t * dim, w, dim, eps);
+static void rmsnorm_rows(float *y, const float *x, const float *w, int64_t n, int64_t dim, float eps,
+                         const nm_attn_kernel *ak) {
+    for (int64_t t = 0; t < n; t++) ak->rmsnorm(y + t * dim, x + t * dim, w, dim, eps);
 }
 
 /* Row operations of a batch over the pool, rows split between threads (a
@@ -631,7 +632,7 @@ static void row_op_task(void *arg, int ith, int nth) {
     if (o->up)
         o->ak->swiglu(o->y + lo * o->dim, o->x + lo * o->dim, o->up + lo * o->dim, (hi - lo) * o->dim);
     else
-        rmsnorm_rows(o->y + lo * o->dim, o->x + lo * o->dim, o->w, hi - lo, o->dim, o->eps);
+        rmsnorm_rows(o->y + lo * o->dim, o->x + lo * o->dim, o->w, hi - lo, o->dim, o->eps, o->ak);
 }
 
 static void row_op_run(const nm_fwd *f, row_op *o) {
@@ -639,8 +640,9 @@ static void row_op_run(const nm_fwd *f, row_op *o) {
     else row_op_task(o, 0, 1);
 }
 
-static void rmsnorm_batch(const nm_fwd *f, float *y, const float *x, const float *w, int64_t dim, float eps) {
-    row_op o = {.y = y, .x = x, .w = w, .n = f->n, .dim = dim, .eps = eps};
+static void rmsnorm_batch(const nm_fwd *f, float *y, const float *x, const float *w, int64_t dim, float eps,
+                          const nm_attn_kernel *ak) {
+    row_op o = {.y = y, .x = x, .w = w, .n = f->n, .dim = dim, .eps = eps, .ak = ak};
     row_op_run(f, &o);
 }
 
@@ -798,13 +800,14 @@ static void attention_block(const nm_fwd *f, int64_t l) {
     const nm_hparams *hp = &f->m->hp;
     const nm_layer *L = &f->m->layers[l];
     nm_context *h = f->host;
-    rmsnorm_batch(f, h->xb, h->x, L->attn_norm, hp->n_embd, hp->norm_eps);
+    const nm_attn_kernel *ak = nm_attn_kernel_get(L->w[NM_PROJ_Q].k->isa);
+    rmsnorm_batch(f, h->xb, h->x, L->attn_norm, hp->n_embd, hp->norm_eps, ak);
     static const nm_proj qkv[3] = {NM_PROJ_Q, NM_PROJ_K, NM_PROJ_V};
     proj_group(f, l, qkv, (float *const[]){h->q, h->k, h->v}, 3, h->xb);
     rope_rows(f, h->q, hp->n_head);
     rope_rows(f, h->k, hp->n_head_kv);
 
-    attn_task a = {.f = f, .l = l, .nth = nm_pool_size(f->pool), .ak = nm_attn_kernel_get(L->w[NM_PROJ_Q].k->isa)};
+    attn_task a = {.f = f, .l = l, .nth = nm_pool_size(f->pool), .ak = ak};
     for (int s = 0; s < f->n_seqs; s++) {
         const nm_seq *q = &f->seqs[s];
         kv_store(q->c, l, q->pos0, h->k + q->row0 * hp->kv_dim, h->v + q->row0 * hp->kv_dim, q->n, a.ak);
@@ -826,9 +829,9 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
     const nm_hparams *hp = &f->m->hp;
     const nm_layer *L = &f->m->layers[l];
     nm_context *h = f->host;
-    rmsnorm_batch(f, h->xb, h->x, L->ffn_norm, hp->n_embd, hp->norm_eps);
     const nm_mat *gate = &L->w[NM_PROJ_GATE], *up = &L->w[NM_PROJ_UP];
     const nm_attn_kernel *ak = nm_attn_kernel_get(gate->k->isa);
+    rmsnorm_batch(f, h->xb, h->x, L->ffn_norm, hp->n_embd, hp->norm_eps, ak);
     bool adapted = L->bias[NM_PROJ_GATE] || L->bias[NM_PROJ_UP];
     for (int s = 0; s < f->n_seqs; s++) adapted = adapted || f->seqs[s].c->loras;
     if (!adapted && nm_matmul_act_shared(gate, up)) {
@@ -858,7 +861,8 @@ static void output_logits(const nm_fwd *f) {
         const nm_seq *q = &f->seqs[s];
         const int64_t k = q->n - q->out_first;
         if (k <= 0) continue;
-        rmsnorm_rows(h->xb + R * E, h->x + (q->row0 + q->out_first) * E, f->m->output_norm, k, E, hp->norm_eps);
+        rmsnorm_rows(h->xb + R * E, h->x + (q->row0 + q->out_first) * E, f->m->output_norm, k, E, hp->norm_eps,
+                     nm_attn_kernel_get(w->k->isa));
         R += k;
         n_out++;
         only = q;

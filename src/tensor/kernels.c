@@ -13,6 +13,7 @@
  * conversions, instruction-set detection and the dispatch tables. */
 #include "kernels.h"
 #include "kernels_impl.h"
+#include "ops.h"
 #include "quants.h"
 #include "types.h"
 #include "base/base.h"
@@ -619,8 +620,8 @@ static void swiglu_scalar(float *out, const float *gate, const float *up, int64_
     }
 }
 
-static const nm_attn_kernel ATTN_SCALAR = {attn_scores_scalar, attn_values_scalar, to_f16_scalar,
-                                           round_f16_scalar,   softmax_scalar,     swiglu_scalar};
+static const nm_attn_kernel ATTN_SCALAR = {attn_scores_scalar, attn_values_scalar, to_f16_scalar, round_f16_scalar,
+                                           softmax_scalar,     swiglu_scalar,      nm_rmsnorm};
 
 const nm_attn_kernel *nm_attn_kernel_get(nm_isa isa) {
     const nm_attn_kernel *k = NULL;

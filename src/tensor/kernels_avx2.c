@@ -18,6 +18,7 @@
  * Block sums are therefore exact, and the float arithmetic follows the
  * scalar reference: every level's quantized results are the reference's. */
 #include "kernels_impl.h"
+#include "ops.h"
 
 #include <math.h>
 
@@ -1549,7 +1550,28 @@ T2 static void swiglu_2(float *out, const float *gate, const float *up, int64_t 
     }
 }
 
-static const nm_attn_kernel ATTN_2 = {attn_scores_2, attn_values_2, to_f16_2, round_f16_2, softmax_2, swiglu_2};
+T2 static void rmsnorm_2(float *y, const float *x, const float *w, int64_t n, float eps) {
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0; /* lanes k and 4 + k: nm_rmsnorm's s[k], s[4 + k] */
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256d v0 = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), v1 = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        a0 = _mm256_add_pd(a0, _mm256_mul_pd(v0, v0));
+        a1 = _mm256_add_pd(a1, _mm256_mul_pd(v1, v1));
+    }
+    double s[8];
+    _mm256_storeu_pd(s, a0);
+    _mm256_storeu_pd(s + 4, a1);
+    const float scale = nm_rms_scale(s, x, i, n, eps);
+    const __m256 vs = _mm256_set1_ps(scale);
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vs);
+        _mm256_storeu_ps(y + i, w ? _mm256_mul_ps(v, _mm256_loadu_ps(w + i)) : v);
+    }
+    for (; i < n; i++) y[i] = w ? (x[i] * scale) * w[i] : x[i] * scale;
+}
+
+static const nm_attn_kernel ATTN_2 = {attn_scores_2, attn_values_2, to_f16_2, round_f16_2,
+                                      softmax_2,     swiglu_2,      rmsnorm_2};
 
 const nm_attn_kernel *nm_attn_kernel_avx2(void) { return &ATTN_2; }
 

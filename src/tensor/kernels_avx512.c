@@ -29,6 +29,7 @@
  * shift is taken back exactly with the activation block's sum:
  * sum (q + c) x = sum q x + c sum x. */
 #include "kernels_impl.h"
+#include "ops.h"
 
 #include <math.h>
 
@@ -2182,8 +2183,26 @@ T512 static void swiglu_512(float *out, const float *gate, const float *up, int6
     }
 }
 
-static const nm_attn_kernel ATTN_512 = {attn_scores_512, attn_values_512, to_f16_512,
-                                        round_f16_512,   softmax_512,     swiglu_512};
+T512 static void rmsnorm_512(float *y, const float *x, const float *w, int64_t n, float eps) {
+    __m512d acc = _mm512_setzero_pd(); /* lane k: nm_rmsnorm's s[k] */
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
+        acc = _mm512_add_pd(acc, _mm512_mul_pd(v, v));
+    }
+    double s[8];
+    _mm512_storeu_pd(s, acc);
+    const float scale = nm_rms_scale(s, x, i, n, eps);
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (i = 0; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), vs);
+        _mm512_storeu_ps(y + i, w ? _mm512_mul_ps(v, _mm512_loadu_ps(w + i)) : v);
+    }
+    for (; i < n; i++) y[i] = w ? (x[i] * scale) * w[i] : x[i] * scale;
+}
+
+static const nm_attn_kernel ATTN_512 = {attn_scores_512, attn_values_512, to_f16_512, round_f16_512,
+                                        softmax_512,     swiglu_512,      rmsnorm_512};
 
 const nm_attn_kernel *nm_attn_kernel_avx512(void) { return &ATTN_512; }
 

@@ -15,6 +15,7 @@
  * inline assembly (so the compiler needs no ARMv8.2 flag), and the table
  * picks the variant from the CPU's HWCAP_ASIMDDP at run time. */
 #include "kernels_impl.h"
+#include "ops.h"
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
@@ -875,8 +876,27 @@ static void swiglu_neon(float *out, const float *gate, const float *up, int64_t 
     }
 }
 
-static const nm_attn_kernel ATTN_NEON = {attn_scores_neon, attn_values_neon, to_f16_neon,
-                                         round_f16_neon,   softmax_neon,     swiglu_neon};
+static void rmsnorm_neon(float *y, const float *x, const float *w, int64_t n, float eps) {
+    float64x2_t a[4] = {vdupq_n_f64(0), vdupq_n_f64(0), vdupq_n_f64(0), vdupq_n_f64(0)}; /* lanes 2j, 2j + 1 */
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 4; j++) {
+            const float64x2_t v = vcvt_f64_f32(vld1_f32(x + i + 2 * j));
+            a[j] = vaddq_f64(a[j], vmulq_f64(v, v));
+        }
+    double s[8];
+    for (int j = 0; j < 4; j++) vst1q_f64(s + 2 * j, a[j]);
+    const float scale = nm_rms_scale(s, x, i, n, eps);
+    const float32x4_t vs = vdupq_n_f32(scale);
+    for (i = 0; i + 4 <= n; i += 4) {
+        const float32x4_t v = vmulq_f32(vld1q_f32(x + i), vs);
+        vst1q_f32(y + i, w ? vmulq_f32(v, vld1q_f32(w + i)) : v);
+    }
+    for (; i < n; i++) y[i] = w ? (x[i] * scale) * w[i] : x[i] * scale;
+}
+
+static const nm_attn_kernel ATTN_NEON = {attn_scores_neon, attn_values_neon, to_f16_neon, round_f16_neon,
+                                         softmax_neon,     swiglu_neon,      rmsnorm_neon};
 
 const nm_attn_kernel *nm_attn_kernel_neon(void) { return &ATTN_NEON; }
 

@@ -10,14 +10,18 @@
 /* The sum of squares is in double (as ggml's), in 8 interleaved partial
  * sums added in a fixed order: one running sum was a chain of dependent
  * double additions, 4 cycles an element, 2% of prompt processing. */
+float nm_rms_scale(const double s[8], const float *x, int64_t n8, int64_t n, float eps) {
+    double ss = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    for (int64_t i = n8; i < n; i++) ss += (double)x[i] * x[i];
+    return 1.0f / sqrtf((float)(ss / (double)n) + eps);
+}
+
 void nm_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
     double s[8] = {0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (int k = 0; k < 8; k++) s[k] += (double)x[i + k] * x[i + k];
-    double ss = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-    for (; i < n; i++) ss += (double)x[i] * x[i];
-    const float scale = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+    const float scale = nm_rms_scale(s, x, i, n, eps);
     if (w)
         for (i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
     else

@@ -10,6 +10,11 @@
 
 /* y = x / sqrt(mean(x^2) + eps) * w (w may be NULL: no gain).  y may be x. */
 void nm_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);
+/* nm_rmsnorm's scale from its 8 partial sums of squares s[k] (elements
+ * i % 8 == k of the first n8 = n / 8 * 8, in order): the kernel levels'
+ * RMSNorm (nm_attn_kernel.rmsnorm) sums in vector lanes and ends here, so
+ * every level gets its bits. */
+float nm_rms_scale(const double s[8], const float *x, int64_t n8, int64_t n, float eps);
 
 /* y[i] += x[i] */
 void nm_add(float *y, const float *x, int64_t n);
