@@ -48,10 +48,12 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Sorts v[0..n) (n >= 1) and returns its median. */
-static double sort_median(double *v, int64_t n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+/* The median of v[0..n) (n >= 1), sorted in scratch (which may be v
+ * itself when its order no longer matters). */
+static double median(const double *v, int64_t n, double *scratch) {
+    if (scratch != v) memcpy(scratch, v, (size_t)n * sizeof *v);
+    qsort(scratch, (size_t)n, sizeof *scratch, cmp_double);
+    return n % 2 ? scratch[n / 2] : 0.5 * (scratch[n / 2 - 1] + scratch[n / 2]);
 }
 
 /* ---- --tokenize ---- */
@@ -113,7 +115,7 @@ static int bench_tokenize(int argc, char **argv) {
     }
     if (!mbs || !cpu) rc = cli_fail(&(nm_err){NM_ERR_NOMEM, "out of memory"});
     if (rc == 0) {
-        const double med = sort_median(mbs, reps), med_cpu = sort_median(cpu, reps);
+        const double med = median(mbs, reps, mbs), med_cpu = median(cpu, reps, cpu);
         if (json) {
             nm_buf b;
             nm_buf_init(&b);
@@ -230,7 +232,7 @@ static int bench_model(int argc, char **argv) {
     nm_pool *pool = NULL; /* the context's threads, which also run the probes */
     nm_read_probe *probe = NULL;
     int32_t *ids = NULL;
-    double *pp = NULL, *tg = NULL, *tg_beside = NULL, *tg_bw = NULL, *tg_run = NULL, *tg_rt = NULL, best_read = 0;
+    double *pp = NULL, *tg = NULL, *tg_beside = NULL, *tg_bw = NULL, *tg_rt = NULL, *sorted = NULL, best_read = 0;
     int rc = 1;
     nm_isa isa;
     if (nm_isa_select(&isa, &err)) goto out;
@@ -253,9 +255,9 @@ static int bench_model(int argc, char **argv) {
     tg = nm_calloc((size_t)reps, sizeof *tg);
     tg_beside = nm_calloc((size_t)reps, sizeof *tg_beside);
     tg_bw = nm_calloc((size_t)reps, sizeof *tg_bw);
-    tg_run = nm_calloc((size_t)reps, sizeof *tg_run);
+    sorted = nm_calloc((size_t)reps, sizeof *sorted);
     tg_rt = nm_calloc((size_t)reps, sizeof *tg_rt);
-    if (!ids || !pp || !tg || !tg_beside || !tg_bw || !tg_run || !tg_rt) {
+    if (!ids || !pp || !tg || !tg_beside || !tg_bw || !tg_rt || !sorted) {
         nm_err_set(&err, NM_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -298,7 +300,6 @@ static int bench_model(int argc, char **argv) {
             const double bw = bw0 > bw1 ? bw0 : bw1;
             tg_beside[r] = bw > 0 ? tg[r] * cost.bytes / bw : 0;
             tg_bw[r] = bw;
-            tg_run[r] = tg[r];
             if (bw > best_read) best_read = bw;
         }
     }
@@ -310,12 +311,11 @@ static int bench_model(int argc, char **argv) {
         if (again.fma_s > peaks.fma_s) peaks.fma_s = again.fma_s;
         if (again.int8_s > peaks.int8_s) peaks.int8_s = again.int8_s;
     }
-    const double pp_med = sort_median(pp, reps), tg_med = sort_median(tg, reps);
-    const double beside_med = sort_median(tg_beside, reps);
-    if (n_gen > 0 && roofline) { /* the runs' median round trip; tg_rt stays in run order */
-        memcpy(tg_beside, tg_rt, (size_t)reps * sizeof *tg_beside); /* no longer needed: scratch */
-        round_trip = sort_median(tg_beside, reps);
-    }
+    /* tg, tg_bw and tg_rt stay in run order for --json's tg_runs */
+    const double pp_med = median(pp, reps, pp), tg_med = median(tg, reps, sorted);
+    const double tg_min = sorted[0], tg_max = sorted[reps - 1];
+    const double beside_med = median(tg_beside, reps, tg_beside);
+    if (n_gen > 0 && roofline) round_trip = median(tg_rt, reps, sorted);
     const double peak = cost.int8 ? peaks.int8_s : peaks.fma_s;
     const double pp_frac = roofline && peak > 0 ? pp_med * pp_macs(&cost, n_prompt) / peak : 0;
     const double tg_frac = roofline && peaks.read_bytes_s > 0 ? tg_med * cost.bytes / peaks.read_bytes_s : 0;
@@ -334,7 +334,7 @@ static int bench_model(int argc, char **argv) {
                       "\"pp_peak\": \"%s\", \"in_memory\": %s, \"packed_matrices\": %d",
                       (unsigned long long)info.n_params, (unsigned long long)info.weight_bytes,
                       nm_context_n_threads(c), nm_isa_name(isa), (long long)reps, (long long)n_prompt, (long long)n_gen,
-                      pp_med, pp[0], pp[reps - 1], tg_med, tg[0], tg[reps - 1], (long long)ru.ru_maxrss * 1024,
+                      pp_med, pp[0], pp[reps - 1], tg_med, tg_min, tg_max, (long long)ru.ru_maxrss * 1024,
                       cost.bytes, cost.macs, pp_macs(&cost, n_prompt), cost.int8 ? "int8" : "f32_fma",
                       info.in_memory ? "true" : "false", (int)info.n_packed);
         if (roofline)
@@ -347,7 +347,7 @@ static int bench_model(int argc, char **argv) {
             nm_buf_printf(&b, ", \"tg_runs\": [");
             for (int64_t r = 0; r < reps; r++)
                 nm_buf_printf(&b, "%s{\"tokens_s\": %.3f, \"read_bytes_s\": %.0f, \"round_trip_ns\": %.1f}", r ? ", " : "",
-                              tg_run[r], tg_bw[r], tg_rt[r]);
+                              tg[r], tg_bw[r], tg_rt[r]);
             nm_buf_printf(&b, "]");
         }
         nm_buf_printf(&b, "}\n");
@@ -368,7 +368,7 @@ static int bench_model(int argc, char **argv) {
             printf("\n");
         }
         if (n_gen > 0) {
-            printf("  tg%-5lld %10.2f tokens/s (min %.2f, max %.2f)", (long long)n_gen, tg_med, tg[0], tg[reps - 1]);
+            printf("  tg%-5lld %10.2f tokens/s (min %.2f, max %.2f)", (long long)n_gen, tg_med, tg_min, tg_max);
             if (roofline)
                 printf("   %5.1f%% of memory bandwidth (%.1f MB read a token); %.1f%% of the bandwidth measured "
                        "beside each run (median)",
@@ -392,7 +392,7 @@ out:
     free(tg);
     free(tg_beside);
     free(tg_bw);
-    free(tg_run);
+    free(sorted);
     free(tg_rt);
     nm_read_probe_free(probe);
     nm_context_free(c);
