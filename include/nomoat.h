@@ -672,6 +672,44 @@ nm_status nm_context_truncate(nm_context *c, int32_t n_past, nm_err *err);
 size_t nm_context_bytes(const nm_context *c);
 size_t nm_context_kv_bytes(const nm_context *c);
 
+/* Where a context's forward passes spend their time (nomoat bench
+ * --profile).  Each pass is cut into the phases below; a phase's wall time
+ * on the calling thread is split into time inside parallel regions of the
+ * pool (every thread working; of that, `waiting` is the caller done with its
+ * share and waiting for the others) and the rest, which the calling thread
+ * did alone while the other threads idled (activation conversions before
+ * products, small steps, region start-up).  nm_decode_batch adds its
+ * passes to the first context's profile. */
+typedef enum nm_phase {
+    NM_PHASE_EMBED,     /* token embeddings                                 */
+    NM_PHASE_NORM,      /* RMSNorm before attention and FFN                 */
+    NM_PHASE_QKV,       /* Q, K, V projections (with their adapters)        */
+    NM_PHASE_ROPE_KV,   /* RoPE, storing keys and values in the cache       */
+    NM_PHASE_ATTENTION, /* softmax(q k) v over the cache                    */
+    NM_PHASE_ATTN_OUT,  /* output projection of attention                   */
+    NM_PHASE_FFN_UP,    /* gate and up projections, SwiGLU                  */
+    NM_PHASE_FFN_DOWN,  /* down projection                                  */
+    NM_PHASE_RESIDUAL,  /* adding each block's output to the residual stream */
+    NM_PHASE_LOGITS,    /* final norm and the output matrix                 */
+    NM_PHASE_COUNT
+} nm_phase;
+typedef struct nm_profile {
+    int64_t passes, rows;                  /* forward passes and their rows (tokens) */
+    double seconds[NM_PHASE_COUNT];        /* wall time of each phase                */
+    double in_regions[NM_PHASE_COUNT];     /* of which inside pool regions           */
+    double waiting[NM_PHASE_COUNT];        /* of that, the caller waiting for others */
+    int64_t regions[NM_PHASE_COUNT];       /* parallel regions run                   */
+} nm_profile;
+/* Starts (clearing the totals) or stops profiling the context's passes.
+ * Timing costs two clock reads per phase and region (~0.1% of a token);
+ * off, nothing.  The pool's region timer is switched with it, so contexts
+ * that share a pool should profile one at a time.  Results never change. */
+void nm_context_set_profiling(nm_context *c, bool on);
+/* The totals since profiling started (zeros if it never did). */
+void nm_context_profile(const nm_context *c, nm_profile *out);
+/* Short name of a phase ("qkv", "attention"...), NULL if out of range. */
+const char *nm_phase_name(nm_phase ph);
+
 /* Index of the largest of n logits (the first one on ties; NaN never wins). */
 int32_t nm_logits_argmax(const float *logits, int32_t n);
 

@@ -485,13 +485,34 @@ static void test_pool(nm_test *t) {
             nm_pool_run(p, count_fn, &c);
         }
         CHECKF(t, atomic_load(&c.calls) == 3 * n, "%d sleeping threads: %d calls", n, atomic_load(&c.calls));
+        /* with region timing on (profiles): the caller's wall time covers
+         * the 40 ms workers, and its wait is part of it; off, no counting */
+        CHECK(t, nm_pool_times_get(p).regions == 0);
+        nm_pool_set_timing(p, true);
         slow_task s = {{0}};
         nm_pool_run(p, slow_fn, &s);
         bool all = true;
         for (int i = 1; i < n; i++) all &= s.done[i] == 1;
         CHECKF(t, all, "%d threads: the caller returned before a slow worker finished", n);
+        const nm_pool_times tm = nm_pool_times_get(p);
+        CHECKF(t, tm.regions == 1 && tm.region_ns >= 40000000u && tm.wait_ns > 0 && tm.wait_ns <= tm.region_ns,
+               "%d threads: %llu regions, %llu ns, waiting %llu", n, (unsigned long long)tm.regions,
+               (unsigned long long)tm.region_ns, (unsigned long long)tm.wait_ns);
+        nm_pool_set_timing(p, false);
+        nm_pool_run(p, slow_fn, &s);
+        CHECK(t, nm_pool_times_get(p).regions == 1 && nm_pool_times_get(p).region_ns == tm.region_ns);
         nm_pool_free(p);
     }
+    /* one thread: the region is the caller's own work, no waiting */
+    nm_pool *one;
+    if (CHECK_OK(t, nm_pool_new(1, &one, &err), err)) {
+        nm_pool_set_timing(one, true);
+        slow_task s = {{0}};
+        nm_pool_run(one, slow_fn, &s);
+        CHECK(t, nm_pool_times_get(one).regions == 1 && nm_pool_times_get(one).wait_ns == 0);
+        nm_pool_free(one);
+    }
+    CHECK(t, nm_pool_times_get(NULL).regions == 0);
     nm_pool *p;
     CHECK(t, nm_pool_new(0, &p, &err) == NM_ERR_ARG);
     CHECK(t, nm_cpu_count() >= 1);

@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- golden files ---- */
 
@@ -577,6 +578,79 @@ static void test_batching_and_threads(nm_test *t) {
             nm_context_free(cb);
             nm_model_free(m);
         }
+}
+
+static double wall_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Profiles (nm_context_set_profiling): every phase of a pass gets time,
+ * the parts nest (waiting within regions within the phase), the phases
+ * together fit in the wall time of the decode calls, the batch's row steps
+ * (RoPE/KV, residual adds) run as regions of the pool, results do not
+ * change, and off means no counting. */
+static void test_profile(nm_test *t) {
+    for (int i = 0; i < NM_PHASE_COUNT; i++) {
+        const char *name = nm_phase_name((nm_phase)i);
+        CHECKF(t, name && *name, "phase %d has no name", i);
+        for (int j = 0; j < i && name; j++) CHECK(t, strcmp(name, nm_phase_name((nm_phase)j)) != 0);
+    }
+    CHECK(t, nm_phase_name(NM_PHASE_COUNT) == NULL && nm_phase_name((nm_phase)-1) == NULL);
+
+    nm_model *m = load(t, "t256-q8_0.gguf");
+    if (!m) return;
+    nm_model_info info;
+    nm_model_get_info(m, &info);
+    nm_context *c = context(t, m, 64, 3), *ref = context(t, m, 64, 1);
+    nm_err err = {0};
+    const int32_t ids[11] = {1, 450, 4996, 173, 1701, 299, 338, 263, 143, 310, 278};
+    if (c && ref) {
+        nm_profile p;
+        nm_context_profile(c, &p);
+        CHECK(t, p.passes == 0 && p.seconds[NM_PHASE_QKV] == 0);
+        nm_context_set_profiling(c, true);
+        const double t0 = wall_s();
+        CHECK_OK(t, nm_decode(c, ids, 9, &err), err);
+        for (int i = 9; i < 11; i++) CHECK_OK(t, nm_decode(c, ids + i, 1, &err), err);
+        const double wall = wall_s() - t0;
+        CHECK_OK(t, nm_decode(ref, ids, 11, &err), err);
+        CHECK(t, memcmp(nm_get_logits(c), nm_get_logits(ref), sizeof(float) * (size_t)info.n_vocab) == 0);
+        nm_context_profile(c, &p);
+        CHECKF(t, p.passes == 3 && p.rows == 11, "%lld passes, %lld rows", (long long)p.passes, (long long)p.rows);
+        double sum = 0;
+        for (int i = 0; i < NM_PHASE_COUNT; i++) {
+            sum += p.seconds[i];
+            CHECKF(t, p.seconds[i] > 0, "%s: no time", nm_phase_name((nm_phase)i));
+            CHECKF(t, p.in_regions[i] <= p.seconds[i] + 1e-9 && p.waiting[i] <= p.in_regions[i] + 1e-9 &&
+                          p.waiting[i] >= 0,
+                   "%s: %g s, %g in regions, %g waiting", nm_phase_name((nm_phase)i), p.seconds[i], p.in_regions[i],
+                   p.waiting[i]);
+        }
+        CHECKF(t, sum <= wall, "phases %g s > wall %g s", sum, wall);
+        /* the 9-row pass runs its row steps on the pool, once a layer; the
+         * single tokens' passes are small enough to run on the caller */
+        CHECKF(t, p.regions[NM_PHASE_ROPE_KV] == info.n_layer && p.regions[NM_PHASE_RESIDUAL] == 2 * info.n_layer,
+               "rope/kv regions %lld, residual %lld", (long long)p.regions[NM_PHASE_ROPE_KV],
+               (long long)p.regions[NM_PHASE_RESIDUAL]);
+        CHECK(t, p.regions[NM_PHASE_QKV] >= info.n_layer && p.in_regions[NM_PHASE_QKV] > 0);
+        CHECK(t, p.regions[NM_PHASE_EMBED] == 0 && p.in_regions[NM_PHASE_EMBED] == 0);
+        /* off: the totals stay; on again: cleared */
+        nm_context_set_profiling(c, false);
+        CHECK_OK(t, nm_context_truncate(c, 0, &err), err);
+        CHECK_OK(t, nm_decode(c, ids, 9, &err), err);
+        nm_profile q;
+        nm_context_profile(c, &q);
+        CHECK(t, q.passes == 3 && q.seconds[NM_PHASE_QKV] == p.seconds[NM_PHASE_QKV]);
+        nm_context_set_profiling(c, true);
+        nm_context_profile(c, &q);
+        CHECK(t, q.passes == 0 && q.rows == 0 && q.seconds[NM_PHASE_FFN_UP] == 0 && q.regions[NM_PHASE_QKV] == 0);
+        nm_context_set_profiling(c, false);
+    }
+    nm_context_free(c);
+    nm_context_free(ref);
+    nm_model_free(m);
 }
 
 static void test_context_limits(nm_test *t) {
@@ -1205,6 +1279,44 @@ static void test_cli_bench(nm_test *t) {
         json_decref(o);
     }
     free(out);
+    /* --profile: a profile of each kind of run, every phase named, passes
+     * and rows counted over the repetitions; the phases fit in the runs */
+    snprintf(cmd, sizeof cmd, "%s bench -m %s -p 12 -n 3 --reps 2 -t 2 --no-roofline --profile --json 2>/dev/null",
+             nm_test_bin(), nm_test_shared("models/t256-q4_0.gguf"));
+    out = NULL;
+    CHECK(t, sh(cmd, &out) == 0);
+    o = out ? json_loads(out, 0, NULL) : NULL;
+    if (CHECKF(t, o != NULL, "output: %s", out ? out : "")) {
+        static const char *kinds[2] = {"profile_pp", "profile_tg"};
+        const long long passes[2] = {2, 6}, rows[2] = {24, 6};
+        for (int k = 0; k < 2; k++) {
+            json_t *pr = json_object_get(o, kinds[k]), *ph = json_object_get(pr, "phases");
+            if (!CHECKF(t, json_is_object(ph), "%s missing: %s", kinds[k], out)) continue;
+            CHECK(t, json_integer_value(json_object_get(pr, "passes")) == passes[k]);
+            CHECK(t, json_integer_value(json_object_get(pr, "rows")) == rows[k]);
+            double sum = 0;
+            for (int i = 0; i < NM_PHASE_COUNT; i++) {
+                json_t *one = json_object_get(ph, nm_phase_name((nm_phase)i));
+                CHECKF(t, json_number_value(json_object_get(one, "s")) > 0, "%s %s", kinds[k],
+                       nm_phase_name((nm_phase)i));
+                sum += json_number_value(json_object_get(one, "s"));
+            }
+            const double wall = json_number_value(json_object_get(pr, "wall_s"));
+            const double outside = json_number_value(json_object_get(pr, "outside_s"));
+            CHECKF(t, sum <= wall + 1e-8 && fabs(wall - sum - outside) < 1e-7, "%s: phases %g, wall %g, outside %g", kinds[k],
+                   sum, wall, outside);
+        }
+        json_decref(o);
+    }
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s bench -m %s -p 8 -n 2 --reps 1 --no-roofline --profile 2>/dev/null", nm_test_bin(),
+             nm_test_shared("models/stories260K.gguf"));
+    out = NULL;
+    CHECK(t, sh(cmd, &out) == 0);
+    CHECKF(t, out && strstr(out, "profile of pp8, ms a prompt") && strstr(out, "profile of tg2, ms a token") &&
+                  strstr(out, "ffn_down"),
+           "output: %s", out ? out : "");
+    free(out);
     snprintf(cmd, sizeof cmd, "%s bench -p 16 2>/dev/null", nm_test_bin());
     CHECK(t, sh(cmd, NULL) == 2);
 }
@@ -1248,6 +1360,7 @@ int main(void) {
     nm_test_run("cli_run_errors", test_cli_run_errors);
     nm_test_run("cli_perplexity", test_cli_perplexity);
     nm_test_run("cli_convert_then_run", test_cli_convert_then_run);
+    nm_test_run("profile", test_profile);
     nm_test_run("cli_bench", test_cli_bench);
     nm_test_run("example_simple", test_example_simple);
     return nm_test_finish();

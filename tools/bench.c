@@ -180,6 +180,67 @@ static token_cost model_cost(const nm_gguf *g) {
     return c;
 }
 
+/* --profile: the phases of the timed runs (nm_context_profile), summed
+ * over the repetitions, and the wall time of those runs. */
+typedef struct run_profile {
+    nm_profile p;
+    double wall;
+} run_profile;
+
+static void profile_add(run_profile *sum, const nm_context *c, double wall) {
+    nm_profile p;
+    nm_context_profile(c, &p);
+    sum->p.passes += p.passes;
+    sum->p.rows += p.rows;
+    for (int i = 0; i < NM_PHASE_COUNT; i++) {
+        sum->p.seconds[i] += p.seconds[i];
+        sum->p.in_regions[i] += p.in_regions[i];
+        sum->p.waiting[i] += p.waiting[i];
+        sum->p.regions[i] += p.regions[i];
+    }
+    sum->wall += wall;
+}
+
+/* Time outside every phase: the decode calls themselves (checks, setting
+ * up passes) and the timer's own cost. */
+static double profile_outside(const run_profile *r) {
+    double in = 0;
+    for (int i = 0; i < NM_PHASE_COUNT; i++) in += r->p.seconds[i];
+    return r->wall - in;
+}
+
+/* Milliseconds per `unit` (a prompt, a token), each phase's total split
+ * into the part inside parallel regions (and of that, the calling thread
+ * waiting for the others) and the part the calling thread ran alone. */
+static void profile_print(const char *what, const run_profile *r, double units, const char *unit) {
+    if (units <= 0) return;
+    const double ms = 1e3 / units;
+    printf("  profile of %s, ms a %s (%lld passes, %lld rows): 'alone' = the calling thread working while the\n"
+           "  others wait for the next region; 'waiting' = inside a region, the caller done with its share\n",
+           what, unit, (long long)r->p.passes, (long long)r->p.rows);
+    printf("    %-10s %9s %8s %11s %9s %9s %8s\n", "phase", "total", "share", "in regions", "waiting", "alone",
+           "regions");
+    for (int i = 0; i < NM_PHASE_COUNT; i++) {
+        const double t = r->p.seconds[i], in = r->p.in_regions[i];
+        printf("    %-10s %9.3f %7.1f%% %11.3f %9.3f %9.3f %8.1f\n", nm_phase_name((nm_phase)i), t * ms,
+               r->wall > 0 ? 100 * t / r->wall : 0, in * ms, r->p.waiting[i] * ms, (t - in) * ms,
+               (double)r->p.regions[i] / units);
+    }
+    const double out = profile_outside(r);
+    printf("    %-10s %9.3f %7.1f%%\n", "(outside)", out * ms, r->wall > 0 ? 100 * out / r->wall : 0);
+    printf("    %-10s %9.3f\n", "(all)", r->wall * ms);
+}
+
+static void profile_json(nm_buf *b, const char *key, const run_profile *r) {
+    nm_buf_printf(b, ", \"%s\": {\"passes\": %lld, \"rows\": %lld, \"wall_s\": %.9f, \"outside_s\": %.9f, \"phases\": {",
+                  key, (long long)r->p.passes, (long long)r->p.rows, r->wall, profile_outside(r));
+    for (int i = 0; i < NM_PHASE_COUNT; i++)
+        nm_buf_printf(b, "%s\"%s\": {\"s\": %.9f, \"in_regions_s\": %.9f, \"waiting_s\": %.9f, \"regions\": %lld}",
+                      i ? ", " : "", nm_phase_name((nm_phase)i), r->p.seconds[i], r->p.in_regions[i], r->p.waiting[i],
+                      (long long)r->p.regions[i]);
+    nm_buf_printf(b, "}}");
+}
+
 /* Like llama-bench: random token ids (speed does not depend on them), a
  * warm-up pass that also pages the mapped weights in, then per repetition a
  * prompt of n_prompt tokens decoded as one batch from an empty cache, and
@@ -200,7 +261,8 @@ static token_cost model_cost(const nm_gguf *g) {
 static int bench_model(int argc, char **argv) {
     const char *model = NULL;
     int64_t n_prompt = 512, n_gen = 128, n_threads = 0, reps = 5, bw_mb = 512;
-    bool json = false, roofline = true;
+    bool json = false, roofline = true, profile = false;
+    run_profile prof_pp = {0}, prof_tg = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
@@ -218,6 +280,8 @@ static int bench_model(int argc, char **argv) {
             roofline = false;
         } else if (!strcmp(a, "--json")) {
             json = true;
+        } else if (!strcmp(a, "--profile")) {
+            profile = true;
         } else {
             return cli_usage("bench", "unknown argument '%s'", a);
         }
@@ -279,9 +343,12 @@ static int bench_model(int argc, char **argv) {
     for (int64_t r = 0; r < reps; r++) {
         if (n_prompt > 0) {
             nm_context_truncate(c, 0, NULL);
+            nm_context_set_profiling(c, profile);
             double t = now_s();
             if (nm_decode(c, ids, (int32_t)n_prompt, &err)) goto out;
-            pp[r] = (double)n_prompt / (now_s() - t);
+            const double took = now_s() - t;
+            pp[r] = (double)n_prompt / took;
+            if (profile) profile_add(&prof_pp, c, took);
         }
         if (n_gen > 0) {
             /* memory read bandwidth right before and right after this run,
@@ -292,10 +359,14 @@ static int bench_model(int argc, char **argv) {
             /* and how far apart the threads are (kernels.h nm_measure_round_trip) */
             if (roofline) tg_rt[r] = nm_measure_round_trip(pool);
             nm_context_truncate(c, 0, NULL);
+            nm_context_set_profiling(c, profile);
             double t = now_s();
             for (int64_t i = 0; i < n_gen; i++)
                 if (nm_decode(c, ids + i, 1, &err)) goto out;
-            tg[r] = (double)n_gen / (now_s() - t);
+            const double took = now_s() - t;
+            tg[r] = (double)n_gen / took;
+            if (profile) profile_add(&prof_tg, c, took);
+            nm_context_set_profiling(c, false); /* the probes' regions are not the model's */
             if (roofline && nm_measure_read(pool, isa, probe, 2, &bw1, &err)) goto out;
             const double bw = bw0 > bw1 ? bw0 : bw1;
             tg_beside[r] = bw > 0 ? tg[r] * cost.bytes / bw : 0;
@@ -350,6 +421,8 @@ static int bench_model(int argc, char **argv) {
                               tg[r], tg_bw[r], tg_rt[r]);
             nm_buf_printf(&b, "]");
         }
+        if (profile && n_prompt > 0) profile_json(&b, "profile_pp", &prof_pp);
+        if (profile && n_gen > 0) profile_json(&b, "profile_tg", &prof_tg);
         nm_buf_printf(&b, "}\n");
         if (!b.oom) fwrite(b.data, 1, b.len, stdout);
         nm_buf_deinit(&b);
@@ -383,6 +456,16 @@ static int bench_model(int argc, char **argv) {
             printf("\n");
         }
         printf("  peak RSS %.1f MiB\n", ru.ru_maxrss / 1024.0);
+        if (profile && n_prompt > 0) {
+            char what[32];
+            snprintf(what, sizeof what, "pp%lld", (long long)n_prompt);
+            profile_print(what, &prof_pp, (double)reps, "prompt");
+        }
+        if (profile && n_gen > 0) {
+            char what[32];
+            snprintf(what, sizeof what, "tg%lld", (long long)n_gen);
+            profile_print(what, &prof_tg, (double)(reps * n_gen), "token");
+        }
     }
     rc = 0;
 out:
@@ -686,7 +769,8 @@ static int bench_train(int argc, char **argv) {
 }
 
 static const bench_mode MODES[] = {
-    {"--infer", "-m MODEL.gguf [-p 512] [-n 128] [--threads N] [--reps N] [--no-roofline] [--bw-mb 512] [--json]:\n"
+    {"--infer", "-m MODEL.gguf [-p 512] [-n 128] [--threads N] [--reps N] [--no-roofline] [--bw-mb 512] [--profile]\n"
+                "          [--json]:\n"
                 "          prompt processing and generation speed, median tokens/s (the default: --infer may be\n"
                 "          left out), each as a fraction of its roofline measured in the same run with the same\n"
                 "          threads: generation x bytes read a token / memory read bandwidth, prompt processing x\n"
@@ -696,7 +780,10 @@ static const bench_mode MODES[] = {
                 "          bandwidth buffer.  The model line says how many matrices were packed for the\n"
                 "          kernels; NOMOAT_PACK=0 (or NOMOAT_MMAP=1) measures them as stored.  The machine\n"
                 "          line adds the threads' round trip (one cache line between two of them, beside each\n"
-                "          generation run): a VM's vCPUs on two core complexes hand rows over ~5x slower",
+                "          generation run): a VM's vCPUs on two core complexes hand rows over ~5x slower.\n"
+                "          --profile adds where the time goes: per phase of the forward pass (norms, Q/K/V,\n"
+                "          attention, FFN, ...) the time inside parallel regions, the calling thread's waits\n"
+                "          there, and the time it worked alone while the other threads idled",
      bench_model},
     {"--tokenize", "-m MODEL.gguf -f FILE [--reps N] [--json]: tokenizer throughput (median MB/s)", bench_tokenize},
     {"--train", "-m MODEL.gguf [--rank 8] [--seq 256] [--batch 1] [--threads N] [--steps 3] [--full]: LoRA\n"

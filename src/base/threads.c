@@ -23,6 +23,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Waiting: PAUSE_ITERS busy polls (the next region usually comes within a
@@ -57,6 +58,9 @@ struct nm_pool {
     atomic_bool quit;
     nm_pool_fn fn;
     void *arg;
+
+    bool timing;        /* nm_pool_set_timing; the caller's fields below */
+    nm_pool_times times;
 };
 
 static inline void cpu_relax(int iter) {
@@ -171,25 +175,52 @@ void nm_pool_free(nm_pool *p) {
 int nm_pool_size(const nm_pool *p) { return p ? p->n : 1; }
 
 void nm_pool_run(nm_pool *p, nm_pool_fn fn, void *arg) {
-    if (!p || p->n == 1) {
+    if (!p) {
         fn(arg, 0, 1);
         return;
     }
-    p->fn = fn;
-    p->arg = arg;
-    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
-    wake_all(p);
-    fn(arg, 0, p->n);
-    int spins = 0;
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {
-        if (++spins < SPIN_ITERS) {
-            cpu_relax(spins);
-            continue;
+    const uint64_t t0 = p->timing ? nm_now_ns() : 0;
+    uint64_t t1 = t0;
+    if (p->n == 1) {
+        fn(arg, 0, 1);
+    } else {
+        p->fn = fn;
+        p->arg = arg;
+        atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+        wake_all(p);
+        fn(arg, 0, p->n);
+        if (p->timing) t1 = nm_now_ns();
+        int spins = 0;
+        while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {
+            if (++spins < SPIN_ITERS) {
+                cpu_relax(spins);
+                continue;
+            }
+            pthread_mutex_lock(&p->mu);
+            atomic_store(&p->caller_asleep, true);
+            while (atomic_load(&p->pending) != 0) pthread_cond_wait(&p->cv_done, &p->mu);
+            atomic_store(&p->caller_asleep, false);
+            pthread_mutex_unlock(&p->mu);
         }
-        pthread_mutex_lock(&p->mu);
-        atomic_store(&p->caller_asleep, true);
-        while (atomic_load(&p->pending) != 0) pthread_cond_wait(&p->cv_done, &p->mu);
-        atomic_store(&p->caller_asleep, false);
-        pthread_mutex_unlock(&p->mu);
     }
+    if (p->timing) {
+        const uint64_t t2 = nm_now_ns();
+        p->times.regions++;
+        p->times.region_ns += t2 - t0;
+        p->times.wait_ns += p->n == 1 ? 0 : t2 - t1;
+    }
+}
+
+void nm_pool_set_timing(nm_pool *p, bool on) {
+    if (p) p->timing = on;
+}
+
+nm_pool_times nm_pool_times_get(const nm_pool *p) {
+    return p ? p->times : (nm_pool_times){0};
+}
+
+uint64_t nm_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }

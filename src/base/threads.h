@@ -28,6 +28,20 @@ int nm_pool_size(const nm_pool *p);
  * Not reentrant: one nm_pool_run at a time per pool. */
 void nm_pool_run(nm_pool *p, nm_pool_fn fn, void *arg);
 
+/* Region timing, for profiles (nm_context_set_profiling): while on, each
+ * nm_pool_run adds its wall time on the calling thread to region_ns and,
+ * of that, the time the caller spent waiting for the other threads after
+ * its own share to wait_ns.  Only the caller touches these (a pool runs
+ * one region at a time), so readers between regions see exact totals. */
+typedef struct nm_pool_times {
+    uint64_t regions, region_ns, wait_ns;
+} nm_pool_times;
+void nm_pool_set_timing(nm_pool *p, bool on);
+nm_pool_times nm_pool_times_get(const nm_pool *p);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t nm_now_ns(void);
+
 /* CPUs this process may run on (affinity mask), at least 1. */
 int nm_cpu_count(void);
 

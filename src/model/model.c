@@ -560,7 +560,48 @@ int32_t nm_logits_argmax(const float *logits, int32_t n) {
  * one call or token by token, on any number of threads.
  */
 
-enum { BATCH_SEQS = 64 }; /* sequences in one pass; more contexts take more passes */
+enum { BATCH_SEQS = 64 };
+
+/* Profiles (nm_context_set_profiling): a pass marks the end of each of its
+ * steps, and the time since the previous mark, with the pool's region
+ * counters over the same span, goes to that step's phase. */
+static const char *const PHASE_NAMES[NM_PHASE_COUNT] = {
+    "embed", "norm", "qkv", "rope_kv", "attention", "attn_out", "ffn_up", "ffn_down", "residual", "logits"};
+
+const char *nm_phase_name(nm_phase ph) {
+    return (int)ph >= 0 && ph < NM_PHASE_COUNT ? PHASE_NAMES[ph] : NULL;
+}
+
+void nm_context_set_profiling(nm_context *c, bool on) {
+    c->profiling = on;
+    nm_pool_set_timing(c->pool, on);
+    if (on) c->prof = (nm_profile){0};
+}
+
+void nm_context_profile(const nm_context *c, nm_profile *out) { *out = c->prof; }
+
+static void prof_start(const nm_fwd *f) {
+    nm_context *h = f->host;
+    if (!h->profiling) return;
+    h->prof.passes++;
+    h->prof.rows += f->n;
+    h->prof_pool = nm_pool_times_get(h->pool);
+    h->prof_t = nm_now_ns();
+}
+
+static void prof_mark(const nm_fwd *f, nm_phase ph) {
+    nm_context *h = f->host;
+    if (!h->profiling) return;
+    const uint64_t t = nm_now_ns();
+    const nm_pool_times now = nm_pool_times_get(h->pool), *was = &h->prof_pool;
+    nm_profile *p = &h->prof;
+    p->seconds[ph] += 1e-9 * (double)(t - h->prof_t);
+    p->in_regions[ph] += 1e-9 * (double)(now.region_ns - was->region_ns);
+    p->waiting[ph] += 1e-9 * (double)(now.wait_ns - was->wait_ns);
+    p->regions[ph] += (int64_t)(now.regions - was->regions);
+    h->prof_pool = now;
+    h->prof_t = t;
+} /* sequences in one pass; more contexts take more passes */
 
 /* Below this many multiply-adds per parallel region (a product or the
  * attention of one layer), a pass runs on the calling thread alone: waking
@@ -586,18 +627,15 @@ static void kv_put(const nm_context *c, uint8_t *dst, const float *src, int64_t 
     else ak->to_f16(src, (uint16_t *)(void *)dst, n);
 }
 
-/* Stores n rows of keys k and values v ([n][kv_dim]) at positions pos0..
- * of layer l, each KV head's part into its own run. */
-static void kv_store(nm_context *c, int64_t l, int64_t pos0, const float *k, const float *v, int64_t n,
-                     const nm_attn_kernel *ak) {
+/* Stores one row's keys k and values v ([kv_dim]) at position pos of
+ * layer l, each KV head's part into its own run. */
+static void kv_store(nm_context *c, int64_t l, int64_t pos, const float *k, const float *v, const nm_attn_kernel *ak) {
     const nm_hparams *hp = &c->m->hp;
-    for (int64_t g = 0; g < hp->n_head_kv; g++)
-        for (int64_t t = 0; t < n; t++) {
-            const size_t at = kv_offset(c, l, g, pos0 + t);
-            const int64_t from = t * hp->kv_dim + g * hp->head_dim;
-            kv_put(c, c->k_cache + at, k + from, hp->head_dim, ak);
-            kv_put(c, c->v_cache + at, v + from, hp->head_dim, ak);
-        }
+    for (int64_t g = 0; g < hp->n_head_kv; g++) {
+        const size_t at = kv_offset(c, l, g, pos);
+        kv_put(c, c->k_cache + at, k + g * hp->head_dim, hp->head_dim, ak);
+        kv_put(c, c->v_cache + at, v + g * hp->head_dim, hp->head_dim, ak);
+    }
 }
 
 /* x[t] = embedding row of tokens[t] (dequantized from the stored type). */
@@ -616,9 +654,11 @@ static void rmsnorm_rows(float *y, const float *x, const float *w, int64_t n, in
 /* Row operations of a batch over the pool, rows split between threads (a
  * row's result does not depend on who computes it): on one thread they
  * were ~2% of a 512-token prompt while the other thread waited. */
+typedef enum row_kind { ROW_NORM, ROW_SWIGLU, ROW_ADD } row_kind;
 typedef struct row_op {
+    row_kind kind;
     float *y;
-    const float *x, *w, *up; /* swiglu when up is set: y = silu(x) * up */
+    const float *x, *w, *up; /* ROW_NORM: y = norm(x) w; ROW_SWIGLU: y = silu(x) * up; ROW_ADD: y += x */
     int64_t n, dim;
     float eps;
     const nm_attn_kernel *ak;
@@ -629,10 +669,15 @@ static void row_op_task(void *arg, int ith, int nth) {
     int64_t lo, hi;
     nm_split_range(o->n, ith, nth, 1, &lo, &hi);
     if (lo >= hi) return;
-    if (o->up)
-        o->ak->swiglu(o->y + lo * o->dim, o->x + lo * o->dim, o->up + lo * o->dim, (hi - lo) * o->dim);
-    else
-        rmsnorm_rows(o->y + lo * o->dim, o->x + lo * o->dim, o->w, hi - lo, o->dim, o->eps, o->ak);
+    float *y = o->y + lo * o->dim;
+    const float *x = o->x + lo * o->dim;
+    switch (o->kind) {
+    case ROW_NORM: rmsnorm_rows(y, x, o->w, hi - lo, o->dim, o->eps, o->ak); break;
+    case ROW_SWIGLU: o->ak->swiglu(y, x, o->up + lo * o->dim, (hi - lo) * o->dim); break;
+    case ROW_ADD:
+        for (int64_t i = 0; i < (hi - lo) * o->dim; i++) y[i] += x[i];
+        break;
+    }
 }
 
 static void row_op_run(const nm_fwd *f, row_op *o) {
@@ -640,9 +685,15 @@ static void row_op_run(const nm_fwd *f, row_op *o) {
     else row_op_task(o, 0, 1);
 }
 
+/* x += xb over the pass's rows (the block's output into the stream) */
+static void residual_add(const nm_fwd *f) {
+    row_op o = {.kind = ROW_ADD, .y = f->host->x, .x = f->host->xb, .n = f->n, .dim = f->m->hp.n_embd};
+    row_op_run(f, &o);
+}
+
 static void rmsnorm_batch(const nm_fwd *f, float *y, const float *x, const float *w, int64_t dim, float eps,
                           const nm_attn_kernel *ak) {
-    row_op o = {.y = y, .x = x, .w = w, .n = f->n, .dim = dim, .eps = eps, .ak = ak};
+    row_op o = {.kind = ROW_NORM, .y = y, .x = x, .w = w, .n = f->n, .dim = dim, .eps = eps, .ak = ak};
     row_op_run(f, &o);
 }
 
@@ -704,11 +755,39 @@ static void rope_prepare(const nm_fwd *f) {
     }
 }
 
-static void rope_rows(const nm_fwd *f, float *x, int64_t n_heads) {
+/* Rows [lo, hi) of a pass: RoPE on the queries and keys, the keys and
+ * values into their sequence's cache, and the queries rounded to F16 where
+ * that cache is F16 (attend) - each row on its own, so rows can be split
+ * between threads: on the calling thread alone this was 1.7% of a
+ * 512-token prompt while the others waited. */
+typedef struct rope_kv_task {
+    const nm_fwd *f;
+    int64_t l;
+    const nm_attn_kernel *ak;
+} rope_kv_task;
+
+static void rope_kv_rows(const rope_kv_task *r, int64_t lo, int64_t hi) {
+    const nm_fwd *f = r->f;
     const nm_hparams *hp = &f->m->hp;
-    for (int64_t t = 0; t < f->n; t++)
-        nm_rope_apply(x + t * n_heads * hp->head_dim, (int)n_heads, (int)hp->head_dim, (int)hp->n_rot,
-                      f->host->rope_cs + t * hp->n_rot, hp->rope_type);
+    const nm_context *h = f->host;
+    int s = 0;
+    for (int64_t t = lo; t < hi; t++) {
+        while (t >= f->seqs[s].row0 + f->seqs[s].n) s++;
+        const nm_seq *q = &f->seqs[s];
+        const float *cs = h->rope_cs + t * hp->n_rot;
+        float *qt = h->q + t * hp->q_dim, *kt = h->k + t * hp->kv_dim;
+        nm_rope_apply(qt, (int)hp->n_head, (int)hp->head_dim, (int)hp->n_rot, cs, hp->rope_type);
+        nm_rope_apply(kt, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->n_rot, cs, hp->rope_type);
+        kv_store(q->c, r->l, q->pos0 + (t - q->row0), kt, h->v + t * hp->kv_dim, r->ak);
+        if (q->c->kv_type == NM_TYPE_F16) r->ak->round_f16(qt, hp->q_dim);
+    }
+}
+
+static void rope_kv_run(void *arg, int ith, int nth) {
+    const rope_kv_task *r = arg;
+    int64_t lo, hi;
+    nm_split_range(r->f->n, ith, nth, 1, &lo, &hi);
+    rope_kv_rows(r, lo, hi);
 }
 
 /* The attention work of a pass: items are (row, head) pairs numbered
@@ -802,26 +881,31 @@ static void attention_block(const nm_fwd *f, int64_t l) {
     nm_context *h = f->host;
     const nm_attn_kernel *ak = nm_attn_kernel_get(L->w[NM_PROJ_Q].k->isa);
     rmsnorm_batch(f, h->xb, h->x, L->attn_norm, hp->n_embd, hp->norm_eps, ak);
+    prof_mark(f, NM_PHASE_NORM);
     static const nm_proj qkv[3] = {NM_PROJ_Q, NM_PROJ_K, NM_PROJ_V};
     proj_group(f, l, qkv, (float *const[]){h->q, h->k, h->v}, 3, h->xb);
-    rope_rows(f, h->q, hp->n_head);
-    rope_rows(f, h->k, hp->n_head_kv);
+    prof_mark(f, NM_PHASE_QKV);
+    rope_kv_task r = {.f = f, .l = l, .ak = ak};
+    if (f->n >= 8 && f->pool) nm_pool_run(f->pool, rope_kv_run, &r);
+    else rope_kv_rows(&r, 0, f->n);
 
     attn_task a = {.f = f, .l = l, .nth = nm_pool_size(f->pool), .ak = ak};
     for (int s = 0; s < f->n_seqs; s++) {
         const nm_seq *q = &f->seqs[s];
-        kv_store(q->c, l, q->pos0, h->k + q->row0 * hp->kv_dim, h->v + q->row0 * hp->kv_dim, q->n, a.ak);
-        if (q->c->kv_type == NM_TYPE_F16) a.ak->round_f16(h->q + q->row0 * hp->q_dim, q->n * hp->q_dim);
         a.item0[s + 1] = a.item0[s] + q->n * hp->n_head_kv;
         if (q->c->n_scratch_threads < a.nth) a.nth = q->c->n_scratch_threads;
     }
     a.chunk = a.item0[f->n_seqs] / ((int64_t)a.nth * 8);
     if (a.chunk < 1) a.chunk = 1;
     atomic_init(&a.next, 0);
+    prof_mark(f, NM_PHASE_ROPE_KV);
     nm_pool_run(f->pool, attention_task, &a);
+    prof_mark(f, NM_PHASE_ATTENTION);
 
     nm_model_proj(f, l, NM_PROJ_O, h->att, h->xb);
-    for (int64_t t = 0; t < f->n * hp->n_embd; t++) h->x[t] += h->xb[t];
+    prof_mark(f, NM_PHASE_ATTN_OUT);
+    residual_add(f);
+    prof_mark(f, NM_PHASE_RESIDUAL);
 }
 
 /* x += Wdown (silu(Wgate xn) * Wup xn), xn = norm(x) */
@@ -832,6 +916,7 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
     const nm_mat *gate = &L->w[NM_PROJ_GATE], *up = &L->w[NM_PROJ_UP];
     const nm_attn_kernel *ak = nm_attn_kernel_get(gate->k->isa);
     rmsnorm_batch(f, h->xb, h->x, L->ffn_norm, hp->n_embd, hp->norm_eps, ak);
+    prof_mark(f, NM_PHASE_NORM);
     bool adapted = L->bias[NM_PROJ_GATE] || L->bias[NM_PROJ_UP];
     for (int s = 0; s < f->n_seqs; s++) adapted = adapted || f->seqs[s].c->loras;
     if (!adapted && nm_matmul_act_shared(gate, up)) {
@@ -840,11 +925,14 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
     } else { /* biases and adapters apply to gate and up before SwiGLU */
         static const nm_proj gate_up[2] = {NM_PROJ_GATE, NM_PROJ_UP};
         proj_group(f, l, gate_up, (float *const[]){h->hb, h->hb2}, 2, h->xb);
-        row_op sw = {.y = h->hb, .x = h->hb, .up = h->hb2, .n = f->n, .dim = hp->n_ff, .ak = ak};
+        row_op sw = {.kind = ROW_SWIGLU, .y = h->hb, .x = h->hb, .up = h->hb2, .n = f->n, .dim = hp->n_ff, .ak = ak};
         row_op_run(f, &sw);
     }
+    prof_mark(f, NM_PHASE_FFN_UP);
     nm_model_proj(f, l, NM_PROJ_DOWN, h->hb, h->xb);
-    for (int64_t t = 0; t < f->n * hp->n_embd; t++) h->x[t] += h->xb[t];
+    prof_mark(f, NM_PHASE_FFN_DOWN);
+    residual_add(f);
+    prof_mark(f, NM_PHASE_RESIDUAL);
 }
 
 /* The logits each sequence asks for, normed rows gathered in the host's xb
@@ -898,14 +986,18 @@ static void output_logits(const nm_fwd *f) {
 
 static void forward(const nm_fwd *f) {
     const int64_t E = f->m->hp.n_embd;
+    prof_start(f);
     for (int s = 0; s < f->n_seqs; s++)
         embed_tokens(f->m, f->seqs[s].tokens, f->seqs[s].n, f->host->x + f->seqs[s].row0 * E);
+    prof_mark(f, NM_PHASE_EMBED);
     rope_prepare(f);
+    prof_mark(f, NM_PHASE_ROPE_KV);
     for (int64_t l = 0; l < f->m->hp.n_layer; l++) {
         attention_block(f, l);
         ffn_block(f, l);
     }
     output_logits(f);
+    prof_mark(f, NM_PHASE_LOGITS);
     for (int s = 0; s < f->n_seqs; s++) f->seqs[s].c->n_past += f->seqs[s].n;
 }
 

@@ -108,6 +108,12 @@ struct nm_context {
     int64_t n_logits;              /* rows valid after the last decode */
     size_t bytes;                  /* everything allocated above */
     struct nm_lora_stack *loras;   /* attached adapters (src/model/lora.c), or NULL */
+
+    /* nm_context_set_profiling: totals, and where the last mark left off */
+    bool profiling;
+    nm_profile prof;
+    uint64_t prof_t;               /* clock at the last mark (ns)        */
+    nm_pool_times prof_pool;       /* the pool's counters at the last mark */
 };
 
 /* One context's share of a forward pass: its tokens are rows

@@ -312,7 +312,13 @@ T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8, b
             q0_fill(a, r, 16, b0, kb, &p, q8, packed);
             q0_fill(a, r + 16, nr1, b0, kb, &p1, q8, packed);
             int64_t t = 0;
-            for (; t + QT2 <= a->n_tok; t += QT2) q0_tokens2(QT2, a, &p, &p1, r, m1, t, b0, kb, corr);
+            for (; t + QT2 <= a->n_tok; t += QT2) {
+                for (int64_t u = t + QT2; u < t + 2 * QT2 && u < a->n_tok; u++) {
+                    const uint8_t *q = a->act + (size_t)u * a->act_stride + (size_t)b0 * 34;
+                    for (int l = 0; l < kb * 34; l += 64) _mm_prefetch((const char *)q + l, _MM_HINT_T0);
+                }
+                q0_tokens2(QT2, a, &p, &p1, r, m1, t, b0, kb, corr);
+            }
             for (; t < a->n_tok; t++) q0_tokens2(1, a, &p, &p1, r, m1, t, b0, kb, corr);
         }
     }
