@@ -1188,13 +1188,15 @@ static int64_t ulps(float a, float b) {
  * a few units of 2^-50 of the exact value, far below float's rounding: the
  * float results agree to one ulp), and every level against the reference
  * bit for bit, one query at a time and in groups (GQA: nq heads share the
- * keys), on head widths that take the 16-lane order (16, 64, 128), wider
- * ones the levels hand to the reference (256) and ones that go element by
- * element (8, 100).  Queries are unrounded floats in some cases: products
- * in double keep them exact too. */
+ * keys), on head widths that take the 16-lane order (16, 64, 128, 256),
+ * wider ones the levels hand to the reference (320) and ones that go
+ * element by element (8, 100), over whole and partial key tiles (16, 7,
+ * 300 keys; the lanes past the last key hold infinities and NaNs, and the
+ * gaps between score rows must stay untouched).  Queries are unrounded
+ * floats in some cases: products in double keep them exact too. */
 static void test_attention(nm_test *t) {
-    static const int64_t hds[] = {8, 16, 64, 100, 128, 256};
-    static const int64_t ns[] = {1, 7, 300};
+    static const int64_t hds[] = {8, 16, 64, 100, 128, 256, 320};
+    static const int64_t ns[] = {1, 7, 16, 300};
     static const int nqs[] = {1, 3, 8, 11};
     nm_rng r;
     nm_rng_seed(&r, 31);
@@ -1220,7 +1222,14 @@ static void test_attention(nm_test *t) {
                 }
                 for (int64_t i = 0; i < n * stride; i++) cache[i] = nm_f32_to_f16((float)nm_rng_normal(&r));
                 const uint16_t *kv = cache + hd;
-                ref->scores(q, (size_t)hd, nq, kv, (size_t)stride, n, hd, 0.125f, s0, sst);
+                /* the keys as the model stores them, in key tiles; the lanes
+                 * past n hold infinities and NaNs, which no score may see */
+                const int64_t n_tiles = (n + NM_KEY_TILE - 1) / NM_KEY_TILE;
+                uint16_t *kt = malloc(sizeof(uint16_t) * (size_t)(n_tiles * NM_KEY_TILE * hd));
+                for (int64_t i = 0; i < n_tiles * NM_KEY_TILE * hd; i++) kt[i] = i % 2 ? 0x7c00 : 0xfe01;
+                for (int64_t p = 0; p < n; p++)
+                    for (int64_t i = 0; i < hd; i++) kt[nm_key_index(hd, p, i)] = kv[p * stride + i];
+                ref->scores(q, (size_t)hd, nq, kt, n, hd, 0.125f, s0, sst);
                 ref->values(w, sst, nq, kv, (size_t)stride, n, hd, o0, ost);
                 /* Float sums, one rounding per addition: the textbook bound
                  * |sum - exact| <= (longest chain of additions + 1) x 2^-24 x
@@ -1256,14 +1265,14 @@ static void test_attention(nm_test *t) {
                 for (int isa = 1; isa < NM_ISA_COUNT; isa++) {
                     if (!nm_isa_available((nm_isa)isa)) continue;
                     const nm_attn_kernel *k = nm_attn_kernel_get((nm_isa)isa);
-                    k->scores(q, (size_t)hd, nq, kv, (size_t)stride, n, hd, 0.125f, s1, sst);
+                    k->scores(q, (size_t)hd, nq, kt, n, hd, 0.125f, s1, sst);
                     k->values(w, sst, nq, kv, (size_t)stride, n, hd, o1, ost);
                     CHECKF(t, memcmp(s0, s1, sizeof(float) * sst * (size_t)nq) == 0 &&
                                   memcmp(o0, o1, sizeof(float) * ost * (size_t)nq) == 0,
                            "%s attention, head %lld, %lld keys, %d queries%s: differs from the scalar loops",
                            nm_isa_name((nm_isa)isa), (long long)hd, (long long)n, nq, rounded ? "" : " (unrounded)");
                     /* one query alone gives the bits it gets in a group */
-                    k->scores(q + hd * (nq - 1), (size_t)hd, 1, kv, (size_t)stride, n, hd, 0.125f, s1, sst);
+                    k->scores(q + hd * (nq - 1), (size_t)hd, 1, kt, n, hd, 0.125f, s1, sst);
                     CHECKF(t, memcmp(s1, s0 + (size_t)(nq - 1) * sst, sizeof(float) * (size_t)n) == 0,
                            "%s attention scores, head %lld: the last query alone differs from the group",
                            nm_isa_name((nm_isa)isa), (long long)hd);
@@ -1271,6 +1280,7 @@ static void test_attention(nm_test *t) {
                 free(q);
                 free(w);
                 free(cache);
+                free(kt);
                 free(s0);
                 free(s1);
                 free(o0);

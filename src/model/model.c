@@ -458,8 +458,10 @@ nm_status nm_context_new(const nm_model *m, const nm_context_params *p, nm_conte
     const int64_t B = c->n_batch, n_out = c->logits_all ? B : 1;
     c->kv_type = p->kv_type;
     c->kv_elt = p->kv_type == NM_TYPE_F16 ? 2 : 4;
-    c->k_cache = ctx_alloc(c, hp->n_layer, c->n_ctx, hp->kv_dim, c->kv_elt);
-    c->v_cache = ctx_alloc(c, hp->n_layer, c->n_ctx, hp->kv_dim, c->kv_elt);
+    /* whole key tiles of NM_KEY_TILE positions (F16 keys, kernels.h) */
+    c->n_kv_pos = (c->n_ctx + NM_KEY_TILE - 1) / NM_KEY_TILE * NM_KEY_TILE;
+    c->k_cache = ctx_alloc(c, hp->n_layer, c->n_kv_pos, hp->kv_dim, c->kv_elt);
+    c->v_cache = ctx_alloc(c, hp->n_layer, c->n_kv_pos, hp->kv_dim, c->kv_elt);
     size_t kv = c->bytes;
     c->x = ctx_floats(c, B, hp->n_embd, 1);
     c->xb = ctx_floats(c, B, hp->n_embd, 1);
@@ -618,7 +620,7 @@ static nm_pool *pool_for(nm_pool *pool, double macs_per_region) {
 /* Offset of KV head g's entry at position pos of layer l (see model.h). */
 static size_t kv_offset(const nm_context *c, int64_t l, int64_t g, int64_t pos) {
     const nm_hparams *hp = &c->m->hp;
-    return (size_t)(((l * hp->n_head_kv + g) * c->n_ctx + pos) * hp->head_dim) * c->kv_elt;
+    return (size_t)(((l * hp->n_head_kv + g) * c->n_kv_pos + pos) * hp->head_dim) * c->kv_elt;
 }
 
 /* Writes n floats into the cache at dst, in the cache's element type. */
@@ -627,14 +629,28 @@ static void kv_put(const nm_context *c, uint8_t *dst, const float *src, int64_t 
     else ak->to_f16(src, (uint16_t *)(void *)dst, n);
 }
 
+/* One head's keys at position pos of an F16 key run, in key tiles: element
+ * i at nm_key_index (kernels.h), converted by the level a piece at a time. */
+static void key_put(uint16_t *run, const float *k, int64_t hd, int64_t pos, const nm_attn_kernel *ak) {
+    uint16_t h[64];
+    for (int64_t i0 = 0; i0 < hd; i0 += 64) {
+        const int64_t m = hd - i0 < 64 ? hd - i0 : 64;
+        ak->to_f16(k + i0, h, m);
+        for (int64_t i = 0; i < m; i++) run[nm_key_index(hd, pos, i0 + i)] = h[i];
+    }
+}
+
 /* Stores one row's keys k and values v ([kv_dim]) at position pos of
- * layer l, each KV head's part into its own run. */
+ * layer l, each KV head's part into its own run (F16 keys in key tiles). */
 static void kv_store(nm_context *c, int64_t l, int64_t pos, const float *k, const float *v, const nm_attn_kernel *ak) {
     const nm_hparams *hp = &c->m->hp;
+    const int64_t hd = hp->head_dim;
     for (int64_t g = 0; g < hp->n_head_kv; g++) {
-        const size_t at = kv_offset(c, l, g, pos);
-        kv_put(c, c->k_cache + at, k + g * hp->head_dim, hp->head_dim, ak);
-        kv_put(c, c->v_cache + at, v + g * hp->head_dim, hp->head_dim, ak);
+        if (c->kv_type == NM_TYPE_F16)
+            key_put((uint16_t *)(void *)(c->k_cache + kv_offset(c, l, g, 0)), k + g * hd, hd, pos, ak);
+        else
+            kv_put(c, c->k_cache + kv_offset(c, l, g, pos), k + g * hd, hd, ak);
+        kv_put(c, c->v_cache + kv_offset(c, l, g, pos), v + g * hd, hd, ak);
     }
 }
 
@@ -816,7 +832,7 @@ static void attend(const nm_context *c, int64_t l, const float *q, int nq, int64
     const float scale = 1.0f / sqrtf((float)hd);
     const uint8_t *keys = c->k_cache + kv_offset(c, l, g, 0), *vals = c->v_cache + kv_offset(c, l, g, 0);
     if (c->kv_type == NM_TYPE_F16) {
-        ak->scores(q, (size_t)hd, nq, (const uint16_t *)(const void *)keys, (size_t)hd, n_keys, hd, scale, scores,
+        ak->scores(q, (size_t)hd, nq, (const uint16_t *)(const void *)keys, n_keys, hd, scale, scores,
                    (size_t)c->n_ctx);
         for (int j = 0; j < nq; j++) {
             float *s = scores + (int64_t)j * c->n_ctx;

@@ -78,13 +78,17 @@ struct nm_context {
     int64_t n_ctx, n_batch, n_past;
     bool logits_all;
 
-    /* [n_layer][n_head_kv][n_ctx][head_dim] in kv_type (F16: as llama.cpp,
-     * half the memory; F32: exact).  Head-major, so attention reads each
-     * KV head's keys and values as one contiguous stream: position-major
-     * rows interleave the heads, and the 512-byte stride of tl1b's rows
-     * cost ~5 us a layer in cache misses the prefetchers did not cover. */
+    /* [n_layer][n_head_kv][n_kv_pos][head_dim] in kv_type (F16: as
+     * llama.cpp, half the memory; F32: exact).  Head-major, so attention
+     * reads each KV head's keys and values as one contiguous stream:
+     * position-major rows interleave the heads, and the 512-byte stride of
+     * tl1b's rows cost ~5 us a layer in cache misses the prefetchers did not
+     * cover.  F16 keys are stored in key tiles (16 positions side by side
+     * for each element, nm_key_index in kernels.h), so that the score
+     * kernels compute 16 keys a vector without reductions across lanes. */
     nm_type kv_type;
     size_t kv_elt;                 /* bytes per cached element */
+    int64_t n_kv_pos;              /* positions a run holds: n_ctx up to whole key tiles */
     uint8_t *k_cache, *v_cache;
 
     /* Scratch for n_batch rows of a forward pass.  In nm_decode_batch the

@@ -550,25 +550,23 @@ nm_nn_fn nm_nn_kernel(nm_isa isa) {
  * element in key order.  (Until this was measured, both ran in double:
  * exact products without FMA, but half the lanes; attention was 15% of a
  * 512-token prompt on tl1b.) */
-static void attn_scores_scalar(const float *q, size_t q_stride, int nq, const uint16_t *k0, size_t stride, int64_t n,
-                               int64_t hd, float scale, float *scores, size_t s_stride) {
-    for (int j = 0; j < nq; j++, q += q_stride, scores += s_stride) {
-        const uint16_t *k = k0;
-        for (int64_t p = 0; p < n; p++, k += stride) {
+static void attn_scores_scalar(const float *q, size_t q_stride, int nq, const uint16_t *k, int64_t n, int64_t hd,
+                               float scale, float *scores, size_t s_stride) {
+    for (int j = 0; j < nq; j++, q += q_stride, scores += s_stride)
+        for (int64_t p = 0; p < n; p++) {
             float dot = 0.0f;
             if (hd % 16) {
-                for (int64_t i = 0; i < hd; i++) dot = fmaf(q[i], nm_half_to_f32(k[i]), dot);
+                for (int64_t i = 0; i < hd; i++) dot = fmaf(q[i], nm_half_to_f32(k[nm_key_index(hd, p, i)]), dot);
             } else {
                 float a[16] = {0};
                 for (int64_t i = 0; i < hd; i += 16)
-                    for (int l = 0; l < 16; l++) a[l] = fmaf(q[i + l], nm_half_to_f32(k[i + l]), a[l]);
+                    for (int l = 0; l < 16; l++) a[l] = fmaf(q[i + l], nm_half_to_f32(k[nm_key_index(hd, p, i + l)]), a[l]);
                 for (int w = 8; w >= 1; w /= 2)
                     for (int l = 0; l < w; l++) a[l] += a[l + w];
                 dot = a[0];
             }
             scores[p] = dot * scale;
         }
-    }
 }
 
 static void attn_values_scalar(const float *w, size_t w_stride, int nq, const uint16_t *v, size_t stride, int64_t n,

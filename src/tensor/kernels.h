@@ -169,10 +169,19 @@ nm_nn_fn nm_nn_kernel(nm_isa isa);
  *   scores: scores[j * s_stride + p] = (float)(sum_i q_j[i] * K_p[i]) * scale
  *   values: out[j * o_stride + i] = (float)(sum_p w_j[p] * V_p[i])
  * for j < nq, p < n, i < hd, with q_j = q + j * q_stride, w_j = w + j *
- * w_stride, K_p = k + p * stride, V_p = v + p * stride (halves). */
+ * w_stride, V_p = v + p * stride (halves) and the keys in *key tiles*:
+ * K_p[i] = k[nm_key_index(hd, p, i)], 16 positions side by side for each
+ * element, so that a vector holds one element of 16 keys and the scores of
+ * 16 keys come out of vertical operations, the reference's lane tree
+ * included (no reduction across lanes per key).  Tile lanes past n are
+ * read (any finite or non-finite halves) but never stored. */
+enum { NM_KEY_TILE = 16 };
+static inline size_t nm_key_index(int64_t hd, int64_t p, int64_t i) {
+    return (size_t)((p / NM_KEY_TILE) * NM_KEY_TILE * hd + i * NM_KEY_TILE + p % NM_KEY_TILE);
+}
 typedef struct nm_attn_kernel {
-    void (*scores)(const float *q, size_t q_stride, int nq, const uint16_t *k, size_t stride, int64_t n, int64_t hd,
-                   float scale, float *scores, size_t s_stride);
+    void (*scores)(const float *q, size_t q_stride, int nq, const uint16_t *k, int64_t n, int64_t hd, float scale,
+                   float *scores, size_t s_stride);
     void (*values)(const float *w, size_t w_stride, int nq, const uint16_t *v, size_t stride, int64_t n, int64_t hd,
                    float *out, size_t o_stride);
     /* Rows to half precision (the cache) and rounded to it in place (queries,

@@ -1434,24 +1434,54 @@ T2 static void convert_bf16(const float *x, uint8_t *act, uint8_t *extra, int64_
 
 T2_INLINE __m256 ld_h8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p)); }
 
-T2 static void attn_scores_2(const float *q, size_t q_stride, int nq, const uint16_t *k0, size_t stride, int64_t n,
-                             int64_t hd, float scale, float *scores, size_t s_stride) {
-    if (hd % 16 || hd > 256) {
-        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k0, stride, n, hd, scale, scores, s_stride);
+/* Scores by key tiles (kernels.h): a tile's 16 keys converted once into kf
+ * for all the queries, then per head and half tile (8 keys a vector) the
+ * reference's 16 lane chains, lanes l and l + 8 added as soon as both are
+ * done, and the rest of the lane tree as vertical adds. */
+T2 static void attn_scores_2(const float *q, size_t q_stride, int nq, const uint16_t *k, int64_t n, int64_t hd,
+                             float scale, float *scores, size_t s_stride) {
+    if (hd > 256) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k, n, hd, scale, scores, s_stride);
         return;
     }
-    for (int j = 0; j < nq; j++, q += q_stride, scores += s_stride) {
-        const uint16_t *k = k0;
-        for (int64_t p = 0; p < n; p++, k += stride) {
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(); /* lanes 0-7, 8-15 */
-            for (int64_t i = 0; i < hd; i += 16) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ld_h8(k + i), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), ld_h8(k + i + 8), a1);
+    _Alignas(32) float kf[256 * NM_KEY_TILE];
+    const __m256 vs = _mm256_set1_ps(scale);
+    for (int64_t p0 = 0; p0 < n; p0 += NM_KEY_TILE, k += NM_KEY_TILE * hd) {
+        for (int64_t i = 0; i < 16 * hd; i += 8) _mm256_store_ps(kf + i, ld_h8(k + i));
+        for (int j = 0; j < nq; j++) {
+            const float *qj = q + (size_t)j * q_stride;
+            for (int64_t h = 0; h < 16 && p0 + h < n; h += 8) {
+                const float *kh = kf + h;
+                __m256 r;
+                if (hd % 16 == 0) {
+                    __m256 b[8];
+                    for (int l = 0; l < 8; l++) {
+                        __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+                        for (int64_t i = 0; i < hd; i += 16) {
+                            lo = _mm256_fmadd_ps(_mm256_set1_ps(qj[i + l]), _mm256_load_ps(kh + 16 * (i + l)), lo);
+                            hi = _mm256_fmadd_ps(_mm256_set1_ps(qj[i + l + 8]), _mm256_load_ps(kh + 16 * (i + l + 8)), hi);
+                        }
+                        b[l] = _mm256_add_ps(lo, hi); /* l + 8 */
+                    }
+                    for (int l = 0; l < 4; l++) b[l] = _mm256_add_ps(b[l], b[l + 4]);
+                    b[0] = _mm256_add_ps(b[0], b[2]);
+                    b[1] = _mm256_add_ps(b[1], b[3]);
+                    r = _mm256_add_ps(b[0], b[1]);
+                } else { /* element by element, as the reference */
+                    r = _mm256_setzero_ps();
+                    for (int64_t i = 0; i < hd; i++)
+                        r = _mm256_fmadd_ps(_mm256_set1_ps(qj[i]), _mm256_load_ps(kh + 16 * i), r);
+                }
+                r = _mm256_mul_ps(r, vs);
+                float *dst = scores + (size_t)j * s_stride + p0 + h;
+                if (n - (p0 + h) >= 8) {
+                    _mm256_storeu_ps(dst, r);
+                } else {
+                    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - (p0 + h))),
+                                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                    _mm256_maskstore_ps(dst, m, r);
+                }
             }
-            const __m256 s8 = _mm256_add_ps(a0, a1);                                                   /* j + 8 */
-            const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1)); /* j + 4 */
-            const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                  /* j + 2 */
-            scores[p] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1))) * scale;
         }
     }
 }

@@ -1975,104 +1975,91 @@ T512 static void convert_bf16(const float *x, uint8_t *act, uint8_t *extra, int6
 /* attention over an F16 cache (see kernels.h)                            */
 /* ====================================================================== */
 /* Float lanes with one fused multiply-add per product, in the reference's
- * order (kernels.c): a head's 16 score lanes are one vector, reduced by
- * the reference's tree.  The queries sharing the keys (nq <= 8 heads) keep
- * their rows in registers or L1, each key or value row is converted once
- * for all of them.  Head sizes that are not a multiple of 16, or above
- * 128, take the scalar loops. */
+ * order (kernels.c).  Scores: keys in the lanes (key tiles), each tile
+ * converted once for all the queries that share it.  Values: elements in
+ * the lanes, up to 4 heads x 64 elements in registers.  Heads wider than
+ * 256, and for values widths that are not a multiple of 16, take the
+ * scalar loops. */
 
 T512_INLINE __m512 h16_ps(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p));
 }
 
-/* the reference's tree: lanes j + 8, j + 4, j + 2, j + 1 */
-T512_INLINE float tree16(__m512 a) {
-    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a),
-                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
-}
-
-enum { ATT_MAXQ = 8, ATT_MAXD = 128 };
-
 /* Full unrolling of the constant-size tile loops, so that arrays of
  * accumulators become registers (GCC does not unroll at -O2). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define NM_UNROLL4 _Pragma("GCC unroll 4")
-#define NM_UNROLL8 _Pragma("GCC unroll 8")
 #else
 #define NM_UNROLL4
-#define NM_UNROLL8
 #endif
 
-/* Eight heads' 8-lane partial sums (v[j] = lanes j and j + 8 added) to the
- * eight totals, in head order, by the reference's tree done on all of them
- * at once: halves j + 4 of head pairs, then quarters j + 2, then
- * neighbours j + 1.  (IEEE addition commutes exactly, so only which lanes
- * meet matters.) */
-T512_INLINE __m256 tree8x8(const __m256 *v) {
-    __m256 u[4], z[2];
-    for (int i = 0; i < 4; i++) /* heads 2i (low half), 2i + 1 (high): lanes l + (l + 4) */
-        u[i] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20),
-                             _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
-    for (int i = 0; i < 2; i++) /* per 128-bit half: heads 4i + {0, 2} | 4i + {1, 3}, lanes l + (l + 2) */
-        z[i] = _mm256_add_ps(_mm256_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm256_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    /* lanes: heads 0, 2, 4, 6, 1, 3, 5, 7 */
-    const __m256 r = _mm256_add_ps(_mm256_shuffle_ps(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                   _mm256_shuffle_ps(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+enum { ATT_MAXD = 256 }; /* wider heads take the scalar loops */
+enum { ATT_TILES = 3 };   /* key tiles a pass: each query broadcast feeds 3 FMAs */
+
+/* Scores of NT key tiles (converted in kf, tile t at kf + t * 16 * hd) for
+ * one query head qj, stored through masks m[t].  Per tile the reference's
+ * 16 lane chains, taken four at a time (lanes l, l + 4, l + 8, l + 12) and
+ * added as its tree adds them: ((l + (l + 8)) + ((l + 4) + (l + 12))) for
+ * l < 4, then (0 + 2) + (1 + 3).  So 28 vectors are live and each
+ * broadcast of a query element serves every tile of the pass. */
+T512_INLINE void scores_tiles(int NT, const float *qj, const float *kf, int64_t hd, __m512 vs, float *dst,
+                              const __mmask16 *m) {
+    __m512 c[ATT_TILES][4];
+    NM_UNROLL4 for (int l = 0; l < 4; l++) {
+        __m512 x[ATT_TILES][4];
+        NM_UNROLL4 for (int t = 0; t < NT; t++)
+            NM_UNROLL4 for (int u = 0; u < 4; u++) x[t][u] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < hd; i += 16)
+            NM_UNROLL4 for (int u = 0; u < 4; u++) {
+                const int64_t e = i + l + 4 * u; /* lanes l, l + 4, l + 8, l + 12 */
+                const __m512 b = _mm512_set1_ps(qj[e]);
+                NM_UNROLL4 for (int t = 0; t < NT; t++)
+                    x[t][u] = _mm512_fmadd_ps(b, _mm512_load_ps(kf + t * 16 * hd + 16 * e), x[t][u]);
+            }
+        NM_UNROLL4 for (int t = 0; t < NT; t++)
+            c[t][l] = _mm512_add_ps(_mm512_add_ps(x[t][0], x[t][2]), _mm512_add_ps(x[t][1], x[t][3]));
+    }
+    NM_UNROLL4 for (int t = 0; t < NT; t++) {
+        const __m512 r = _mm512_add_ps(_mm512_add_ps(c[t][0], c[t][2]), _mm512_add_ps(c[t][1], c[t][3]));
+        _mm512_mask_storeu_ps(dst + 16 * t, m[t], _mm512_mul_ps(r, vs));
+    }
 }
 
-enum { ATT_KEYS = 64 }; /* keys whose scores wait in a small transposed buffer */
-
-T512 static void attn_scores_512(const float *q, size_t q_stride, int nq, const uint16_t *k, size_t stride, int64_t n,
-                                 int64_t hd, float scale, float *scores, size_t s_stride) {
-    if (hd % 16 || hd > ATT_MAXD) {
-        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k, stride, n, hd, scale, scores, s_stride);
+/* Key tiles (16 keys) converted once into kf for all the query heads (a
+ * vector holds one element of 16 keys), then per head the scores of up to
+ * ATT_TILES tiles as vertical operations (scores_tiles): no reductions
+ * across lanes, where one key at a time spent about as much on those as on
+ * its multiply-adds. */
+T512 static void attn_scores_512(const float *q, size_t q_stride, int nq, const uint16_t *k, int64_t n, int64_t hd,
+                                 float scale, float *scores, size_t s_stride) {
+    if (hd > ATT_MAXD) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k, n, hd, scale, scores, s_stride);
         return;
     }
-    const int nc = (int)(hd / 16);
-    for (int j0 = 0; j0 < nq; j0 += ATT_MAXQ) {
-        const int mq = nq - j0 < ATT_MAXQ ? nq - j0 : ATT_MAXQ;
-        _Alignas(64) float qf[ATT_MAXQ][ATT_MAXD];
-        for (int j = 0; j < ATT_MAXQ; j++)
-            for (int64_t i = 0; i < hd; i++) qf[j][i] = j < mq ? q[(size_t)(j0 + j) * q_stride + (size_t)i] : 0.0f;
-        if (mq <= 4) { /* too few heads to share the tree: one at a time */
-            const uint16_t *kp = k;
-            for (int64_t p = 0; p < n; p++, kp += stride) {
-                __m512 kf[ATT_MAXD / 16];
-                for (int c = 0; c < nc; c++) kf[c] = h16_ps(kp + 16 * c);
-                for (int j = 0; j < mq; j++) {
-                    __m512 a = _mm512_setzero_ps();
-                    for (int c = 0; c < nc; c++) a = _mm512_fmadd_ps(_mm512_load_ps(qf[j] + 16 * c), kf[c], a);
-                    scores[(size_t)(j0 + j) * s_stride + (size_t)p] = tree16(a) * scale;
+    _Alignas(64) float kf[ATT_TILES * ATT_MAXD * NM_KEY_TILE];
+    const __m512 vs = _mm512_set1_ps(scale);
+    const int64_t pass = ATT_TILES * NM_KEY_TILE;
+    for (int64_t p0 = 0; p0 < n; p0 += pass, k += pass * hd) {
+        const int nt = n - p0 >= pass ? ATT_TILES : (int)((n - p0 + NM_KEY_TILE - 1) / NM_KEY_TILE);
+        __mmask16 m[ATT_TILES];
+        for (int t = 0; t < nt; t++) m[t] = lanes(n - p0 - NM_KEY_TILE * t);
+        for (int64_t i = 0; i < nt * NM_KEY_TILE * hd; i += 16) _mm512_store_ps(kf + i, h16_ps(k + i));
+        for (int j = 0; j < nq; j++) {
+            const float *qj = q + (size_t)j * q_stride;
+            float *dst = scores + (size_t)j * s_stride + p0;
+            if (hd % 16) { /* element by element, as the reference */
+                for (int t = 0; t < nt; t++) {
+                    __m512 r = _mm512_setzero_ps();
+                    for (int64_t i = 0; i < hd; i++)
+                        r = _mm512_fmadd_ps(_mm512_set1_ps(qj[i]), _mm512_load_ps(kf + t * 16 * hd + 16 * i), r);
+                    _mm512_mask_storeu_ps(dst + 16 * t, m[t], _mm512_mul_ps(r, vs));
                 }
-            }
-            continue;
-        }
-        _Alignas(32) float tmp[ATT_KEYS][ATT_MAXQ];
-        const uint16_t *kp = k;
-        for (int64_t p0 = 0; p0 < n; p0 += ATT_KEYS) {
-            const int np = n - p0 < ATT_KEYS ? (int)(n - p0) : ATT_KEYS;
-            for (int pp = 0; pp < np; pp++, kp += stride) {
-                /* 8 independent chains, one a head */
-                __m512 a[ATT_MAXQ];
-                __m256 v[ATT_MAXQ];
-                NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) a[j] = _mm512_setzero_ps();
-                for (int c = 0; c < nc; c++) {
-                    const __m512 kf = h16_ps(kp + 16 * c);
-                    NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) a[j] = _mm512_fmadd_ps(_mm512_load_ps(qf[j] + 16 * c), kf, a[j]);
-                }
-                NM_UNROLL8 for (int j = 0; j < ATT_MAXQ; j++) /* j + 8 */
-                    v[j] = _mm256_add_ps(_mm512_castps512_ps256(a[j]),
-                                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[j]), 1)));
-                _mm256_store_ps(tmp[pp], _mm256_mul_ps(tree8x8(v), _mm256_set1_ps(scale)));
-            }
-            for (int j = 0; j < mq; j++) {
-                float *sj = scores + (size_t)(j0 + j) * s_stride + (size_t)p0;
-                for (int pp = 0; pp < np; pp++) sj[pp] = tmp[pp][j];
+            } else if (nt == 3) {
+                scores_tiles(3, qj, kf, hd, vs, dst, m);
+            } else if (nt == 2) {
+                scores_tiles(2, qj, kf, hd, vs, dst, m);
+            } else {
+                scores_tiles(1, qj, kf, hd, vs, dst, m);
             }
         }
     }

@@ -19,6 +19,7 @@
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
+#include <string.h>
 #include <math.h>
 
 #ifdef __clang__
@@ -761,25 +762,47 @@ static void nn_neon(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
 
 static inline float32x4_t h4(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 
-static void attn_scores_neon(const float *q, size_t q_stride, int nq, const uint16_t *k0, size_t stride, int64_t n,
-                             int64_t hd, float scale, float *scores, size_t s_stride) {
-    if (hd % 16 || hd > 256) {
-        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k0, stride, n, hd, scale, scores, s_stride);
+/* Scores by key tiles (kernels.h), as the AVX2 level: a tile converted
+ * once for all the queries, then per head and quarter tile (4 keys a
+ * vector) the reference's lane chains and tree as vertical operations. */
+static void attn_scores_neon(const float *q, size_t q_stride, int nq, const uint16_t *k, int64_t n, int64_t hd,
+                             float scale, float *scores, size_t s_stride) {
+    if (hd > 256) {
+        nm_attn_kernel_get(NM_ISA_SCALAR)->scores(q, q_stride, nq, k, n, hd, scale, scores, s_stride);
         return;
     }
-    for (int j = 0; j < nq; j++, q += q_stride, scores += s_stride) {
-        const uint16_t *k = k0;
-        for (int64_t p = 0; p < n; p++, k += stride) {
-            /* a[m] holds lanes 4m .. 4m + 3 */
-            float32x4_t a[4];
-            for (int m = 0; m < 4; m++) a[m] = vdupq_n_f32(0.0f);
-            for (int64_t i = 0; i < hd; i += 16)
-                for (int m = 0; m < 4; m++) a[m] = vfmaq_f32(a[m], vld1q_f32(q + i + 4 * m), h4(k + i + 4 * m));
-            a[0] = vaddq_f32(a[0], a[2]); /* j + 8 */
-            a[1] = vaddq_f32(a[1], a[3]);
-            a[0] = vaddq_f32(a[0], a[1]); /* j + 4 */
-            const float32x2_t s2 = vadd_f32(vget_low_f32(a[0]), vget_high_f32(a[0])); /* j + 2 */
-            scores[p] = (vget_lane_f32(s2, 0) + vget_lane_f32(s2, 1)) * scale;
+    float kf[256 * NM_KEY_TILE];
+    for (int64_t p0 = 0; p0 < n; p0 += NM_KEY_TILE, k += NM_KEY_TILE * hd) {
+        for (int64_t i = 0; i < 16 * hd; i += 4) vst1q_f32(kf + i, h4(k + i));
+        for (int j = 0; j < nq; j++) {
+            const float *qj = q + (size_t)j * q_stride;
+            for (int64_t h = 0; h < 16 && p0 + h < n; h += 4) {
+                const float *kh = kf + h;
+                float32x4_t r;
+                if (hd % 16 == 0) {
+                    float32x4_t b[8];
+                    for (int l = 0; l < 8; l++) {
+                        float32x4_t lo = vdupq_n_f32(0.0f), hi = vdupq_n_f32(0.0f);
+                        for (int64_t i = 0; i < hd; i += 16) {
+                            lo = vfmaq_n_f32(lo, vld1q_f32(kh + 16 * (i + l)), qj[i + l]);
+                            hi = vfmaq_n_f32(hi, vld1q_f32(kh + 16 * (i + l + 8)), qj[i + l + 8]);
+                        }
+                        b[l] = vaddq_f32(lo, hi); /* l + 8 */
+                    }
+                    for (int l = 0; l < 4; l++) b[l] = vaddq_f32(b[l], b[l + 4]);
+                    b[0] = vaddq_f32(b[0], b[2]);
+                    b[1] = vaddq_f32(b[1], b[3]);
+                    r = vaddq_f32(b[0], b[1]);
+                } else { /* element by element, as the reference */
+                    r = vdupq_n_f32(0.0f);
+                    for (int64_t i = 0; i < hd; i++) r = vfmaq_n_f32(r, vld1q_f32(kh + 16 * i), qj[i]);
+                }
+                r = vmulq_n_f32(r, scale);
+                float out[4];
+                vst1q_f32(out, r);
+                const int64_t m = n - (p0 + h) < 4 ? n - (p0 + h) : 4;
+                memcpy(scores + (size_t)j * s_stride + p0 + h, out, (size_t)m * sizeof(float));
+            }
         }
     }
 }
