@@ -580,6 +580,46 @@ static void test_batching_and_threads(nm_test *t) {
         }
 }
 
+/* F16 keys live in tiles of 16 positions (nm_key_index): a context whose
+ * size is not a multiple of 16, filled to its last position in one batch,
+ * in batches that cut tiles anywhere, and token by token across a tile
+ * boundary on 3 threads, gives the same logits every way. */
+static void test_key_tiles(nm_test *t) {
+    nm_model *m = load(t, "t256-q4_0.gguf");
+    if (!m) return;
+    nm_model_info info;
+    nm_model_get_info(m, &info);
+    enum { N = 37 };
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)((i * 7919 + 1) % info.n_vocab);
+    nm_context_params p = nm_context_default_params();
+    p.n_ctx = N;
+    p.n_threads = 1;
+    nm_context *one = context_p(t, m, &p);
+    p.n_batch = 5;
+    nm_context *fives = context_p(t, m, &p);
+    p.n_batch = 0;
+    p.n_threads = 3;
+    nm_context *mixed = context_p(t, m, &p);
+    nm_err err = {0};
+    if (one && fives && mixed) {
+        CHECK_OK(t, nm_decode(one, ids, N, &err), err);
+        CHECK_OK(t, nm_decode(fives, ids, N, &err), err);
+        CHECK_OK(t, nm_decode(mixed, ids, 30, &err), err);
+        for (int i = 30; i < N; i++) CHECK_OK(t, nm_decode(mixed, ids + i, 1, &err), err);
+        const size_t bytes = sizeof(float) * (size_t)info.n_vocab;
+        CHECK(t, memcmp(nm_get_logits(one), nm_get_logits(fives), bytes) == 0);
+        CHECK(t, memcmp(nm_get_logits(one), nm_get_logits(mixed), bytes) == 0);
+        CHECK(t, nm_context_n_past(mixed) == N);
+        /* full: the next token does not fit */
+        CHECK(t, nm_decode(mixed, ids, 1, &err) == NM_ERR_RANGE);
+    }
+    nm_context_free(one);
+    nm_context_free(fives);
+    nm_context_free(mixed);
+    nm_model_free(m);
+}
+
 static double wall_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -1360,6 +1400,7 @@ int main(void) {
     nm_test_run("cli_run_errors", test_cli_run_errors);
     nm_test_run("cli_perplexity", test_cli_perplexity);
     nm_test_run("cli_convert_then_run", test_cli_convert_then_run);
+    nm_test_run("key_tiles", test_key_tiles);
     nm_test_run("profile", test_profile);
     nm_test_run("cli_bench", test_cli_bench);
     nm_test_run("example_simple", test_example_simple);
