@@ -126,6 +126,9 @@ typedef struct nm_mm_kernel {
      * bits as `rows` on the stored matrix.  NULL: no packed layout. */
     void (*pack_tile)(uint8_t *dst, const uint8_t *src, size_t row_bytes, int64_t cols);
     nm_mm_rows_fn rows_packed;
+    /* Batches (4 tokens or more): thread shares are multiples of this, the
+     * rows the batch kernel takes at once; 0: 2 x row_align. */
+    int batch_align;
 } nm_mm_kernel;
 
 /* Rows of a packed tile (nm_mm_kernel.pack_tile). */

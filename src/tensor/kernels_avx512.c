@@ -35,6 +35,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+#include <stdlib.h>
 
 /* Float expressions are evaluated as written (the reference's rounding):
  * GCC does not contract them in ISO C mode; clang must be told. */
@@ -267,6 +268,69 @@ T512_INLINE void q0_tokens2(int NT, const nm_mm_args *a, const q0_panel *p0, con
     }
 }
 
+/* Three tile chunks (48 rows) x NT tokens: each broadcast activation word
+ * feeds three VPDPBUSD and each weight vector four tokens (12 integer and
+ * 12 float accumulators, 3 weight vectors, one broadcast: 28 of 32 zmm).
+ * One core, Q4_0 2304 x 2048 x 512 tokens: 147-149 G multiply-adds/s with
+ * pairs of tiles x 6 tokens, 162-163 with three x 4 (three x 5, with
+ * spills, about the same). */
+enum { QT3 = 4 };
+
+T512_INLINE void q0_chunk3(int NT, const q0_panel *p0, const q0_panel *p1, const q0_panel *p2, int kb,
+                           const q0_tok *tk, int corr, __m512 *acc0, __m512 *acc1, __m512 *acc2) {
+    for (int k = 0; k < kb; k++) {
+        const __m512i *w0 = (const __m512i *)(const void *)(p0->w + k * 512);
+        const __m512i *w1 = (const __m512i *)(const void *)(p1->w + k * 512);
+        const __m512i *w2 = (const __m512i *)(const void *)(p2->w + k * 512);
+        __m512i s0[QT3], s1[QT3], s2[QT3];
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) s2[t] = s1[t] = s0[t] = _mm512_set1_epi32(corr * tk[t].s[k]);
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) {
+            const __m512i wg0 = _mm512_load_si512(w0 + g), wg1 = _mm512_load_si512(w1 + g),
+                          wg2 = _mm512_load_si512(w2 + g);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++) {
+                const __m512i x = bcast32(tk[t].q + 34 * k + 4 * g);
+                s0[t] = _mm512_dpbusd_epi32(s0[t], wg0, x);
+                s1[t] = _mm512_dpbusd_epi32(s1[t], wg1, x);
+                s2[t] = _mm512_dpbusd_epi32(s2[t], wg2, x);
+            }
+        }
+        const __m512 dw0 = _mm512_load_ps(p0->d + 16 * k), dw1 = _mm512_load_ps(p1->d + 16 * k),
+                     dw2 = _mm512_load_ps(p2->d + 16 * k);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            const __m512 dx = _mm512_set1_ps(tk[t].d[k]);
+            acc0[t] = _mm512_add_ps(acc0[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s0[t]), _mm512_mul_ps(dw0, dx)));
+            acc1[t] = _mm512_add_ps(acc1[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s1[t]), _mm512_mul_ps(dw1, dx)));
+            acc2[t] = _mm512_add_ps(acc2[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s2[t]), _mm512_mul_ps(dw2, dx)));
+        }
+    }
+}
+
+T512_INLINE void q0_tokens3(int NT, const nm_mm_args *a, const q0_panel *p0, const q0_panel *p1, const q0_panel *p2,
+                            int64_t r, int64_t t, int64_t b0, int kb, int corr) {
+    __m512 acc0[QT3], acc1[QT3], acc2[QT3];
+    q0_tok tk[QT3];
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; i++) {
+        tk[i] = q0_token(a, t + i, b0);
+        float *y = a->y + (t + i) * a->ldy + (r - a->y_r0);
+        acc0[i] = b0 ? _mm512_loadu_ps(y) : _mm512_setzero_ps();
+        acc1[i] = b0 ? _mm512_loadu_ps(y + 16) : _mm512_setzero_ps();
+        acc2[i] = b0 ? _mm512_loadu_ps(y + 32) : _mm512_setzero_ps();
+    }
+    q0_chunk3(NT, p0, p1, p2, kb, tk, corr, acc0, acc1, acc2);
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; i++) {
+        float *y = a->y + (t + i) * a->ldy + (r - a->y_r0);
+        _mm512_storeu_ps(y, acc0[i]);
+        _mm512_storeu_ps(y + 16, acc1[i]);
+        _mm512_storeu_ps(y + 32, acc2[i]);
+    }
+}
+
 /* A panel chunk from a packed tile (rows r..r+15, whole): the quant
  * vectors are already "4 quants of 16 rows" (Q8_0: already unsigned). */
 T512 static void repack_packed(const nm_mm_args *a, int64_t r, int64_t b0, int kb, q0_panel *p, bool q8) {
@@ -298,12 +362,32 @@ T512_INLINE void q0_fill(const nm_mm_args *a, int64_t r, int nr, int64_t b0, int
     else repack_q4_0(a, r, nr, b0, kb, p);
 }
 
+/* Rows from *rp in groups of three whole tiles while they last; *rp is
+ * left at the first row not done. */
+T512_INLINE void q0_gemm3(const nm_mm_args *a, int64_t *rp, int64_t r1, bool q8, bool packed, int corr) {
+    const int64_t nb = a->cols / 32;
+    q0_panel p0, p1, p2;
+    int64_t r = *rp;
+    for (; r + 48 <= r1; r += 48)
+        for (int64_t b0 = 0; b0 < nb; b0 += KC_BLOCKS) {
+            const int kb = (int)imin64(KC_BLOCKS, nb - b0);
+            q0_fill(a, r, 16, b0, kb, &p0, q8, packed);
+            q0_fill(a, r + 16, 16, b0, kb, &p1, q8, packed);
+            q0_fill(a, r + 32, 16, b0, kb, &p2, q8, packed);
+            int64_t t = 0;
+            for (; t + QT3 <= a->n_tok; t += QT3) q0_tokens3(QT3, a, &p0, &p1, &p2, r, t, b0, kb, corr);
+            for (; t < a->n_tok; t++) q0_tokens3(1, a, &p0, &p1, &p2, r, t, b0, kb, corr);
+        }
+    *rp = r;
+}
+
 /* Rows [r0, r1) as 16-row tiles (packed: whole tiles of a packed matrix). */
 T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8, bool packed) {
     const int64_t nb = a->cols / 32;
     const int corr = q8 ? -128 : -8;
     q0_panel p, p1;
     int64_t r = r0;
+    q0_gemm3(a, &r, r1, q8, packed, corr);
     for (; r + 16 < r1; r += 32) {
         const int nr1 = (int)imin64(16, r1 - r - 16);
         const __mmask16 m1 = lanes(nr1);
@@ -312,13 +396,7 @@ T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8, b
             q0_fill(a, r, 16, b0, kb, &p, q8, packed);
             q0_fill(a, r + 16, nr1, b0, kb, &p1, q8, packed);
             int64_t t = 0;
-            for (; t + QT2 <= a->n_tok; t += QT2) {
-                for (int64_t u = t + QT2; u < t + 2 * QT2 && u < a->n_tok; u++) {
-                    const uint8_t *q = a->act + (size_t)u * a->act_stride + (size_t)b0 * 34;
-                    for (int l = 0; l < kb * 34; l += 64) _mm_prefetch((const char *)q + l, _MM_HINT_T0);
-                }
-                q0_tokens2(QT2, a, &p, &p1, r, m1, t, b0, kb, corr);
-            }
+            for (; t + QT2 <= a->n_tok; t += QT2) q0_tokens2(QT2, a, &p, &p1, r, m1, t, b0, kb, corr);
             for (; t < a->n_tok; t++) q0_tokens2(1, a, &p, &p1, r, m1, t, b0, kb, corr);
         }
     }
@@ -2288,8 +2366,8 @@ static const nm_mm_kernel AVX512_MM[NM_TYPE_COUNT] = {
     [NM_TYPE_F32] = {NM_TYPE_F32, false, 32, NM_ISA_AVX512, rows_f32, NULL, NULL, NULL, NULL},
     [NM_TYPE_F16] = {NM_TYPE_F16, true, 32, NM_ISA_AVX512, rows_f16, convert_f16, f16_to_float, NULL, NULL},
     [NM_TYPE_BF16] = {NM_TYPE_BF16, true, 32, NM_ISA_AVX512, rows_bf16, convert_bf16, bf16_to_float, NULL, NULL},
-    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q4_0, convert_q8_0, NULL, pack_q4_0, rows_q4_0p},
-    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q8_0, convert_q8_0, NULL, pack_q8_0, rows_q8_0p},
+    [NM_TYPE_Q4_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q4_0, convert_q8_0, NULL, pack_q4_0, rows_q4_0p, 48},
+    [NM_TYPE_Q8_0] = {NM_TYPE_Q8_0, true, 16, NM_ISA_AVX512, rows_q8_0, convert_q8_0, NULL, pack_q8_0, rows_q8_0p, 48},
     [NM_TYPE_Q4_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q4_k, convert_q8_k, NULL, nm_pack_q4_k, rows_q4_kp},
     [NM_TYPE_Q5_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q5_k, convert_q8_k, NULL, nm_pack_q5_k, rows_q5_kp},
     [NM_TYPE_Q6_K] = {NM_TYPE_Q8_K, true, 16, NM_ISA_AVX512, rows_q6_k, convert_q8_k, NULL, nm_pack_q6_k, rows_q6_kp},

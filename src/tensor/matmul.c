@@ -287,11 +287,13 @@ bool nm_matmul_act_shared(const nm_mat *a, const nm_mat *b) {
            a->k->convert == b->k->convert;
 }
 
-/* Rows a chunk of w is a multiple of.  Batches: at least two tiles (the
- * AVX-512 batch kernels run tiles in pairs); packed tiles are read whole
- * (a chunk starting inside one would read it twice). */
+/* Rows a chunk of w is a multiple of.  Batches: what the level's batch
+ * kernel takes at once (batch_align: AVX-512 Q8_0/Q4_0 run three 16-row
+ * tiles together), else two tiles; packed tiles are read whole (a chunk
+ * starting inside one would read it twice). */
 static int64_t chunk_align(const nm_mat *w, int64_t n_tok) {
-    const int64_t a = n_tok >= 4 ? 2 * w->k->row_align : w->k->row_align;
+    const nm_mm_kernel *k = w->k;
+    const int64_t a = n_tok < 4 ? k->row_align : k->batch_align ? k->batch_align : 2 * k->row_align;
     return w->packed_rows && a < NM_PACK_ROWS ? NM_PACK_ROWS : a;
 }
 
