@@ -562,7 +562,7 @@ int32_t nm_logits_argmax(const float *logits, int32_t n) {
  * one call or token by token, on any number of threads.
  */
 
-enum { BATCH_SEQS = 64 };
+enum { BATCH_SEQS = 64 }; /* sequences in one pass; more contexts take more passes */
 
 /* Profiles (nm_context_set_profiling): a pass marks the end of each of its
  * steps, and the time since the previous mark, with the pool's region
@@ -603,7 +603,7 @@ static void prof_mark(const nm_fwd *f, nm_phase ph) {
     p->regions[ph] += (int64_t)(now.regions - was->regions);
     h->prof_pool = now;
     h->prof_t = t;
-} /* sequences in one pass; more contexts take more passes */
+}
 
 /* Below this many multiply-adds per parallel region (a product or the
  * attention of one layer), a pass runs on the calling thread alone: waking
