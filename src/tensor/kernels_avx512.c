@@ -925,8 +925,12 @@ T512_INLINE float q8k_d(const uint8_t *blk) {
 }
 
 /* 4 (or 8) groups of a 32-element sub-block: unsigned quants x the token's
- * signed quants, added to s. */
+ * signed quants, added to s.  Unrolled: as a loop GCC copied the sum
+ * between registers around every VPDPBUSD and kept the activation word in
+ * a register instead of VPDPBUSD's broadcast operand (Q4_K batch products
+ * 97 -> 150 G multiply-adds/s a core, Q6_K 90 -> 133). */
 T512_INLINE __m512i dp_groups(__m512i s, const __m512i *w, const uint8_t *xq, int g0, int n) {
+#pragma GCC unroll 8
     for (int g = g0; g < g0 + n; g++) s = _mm512_dpbusd_epi32(s, _mm512_load_si512(w + g), bcast32(xq + 4 * g));
     return s;
 }
@@ -942,7 +946,9 @@ T512_INLINE void q45k_chunk(int NT, const k_panel *p, int ks, const k_tok *tk, _
 #pragma GCC unroll 4
             for (int t = 0; t < NT; t++) {
                 const uint8_t *xq = tk[t].blk + (size_t)s * sizeof(nm_block_q8_k) + 4 + 32 * j;
-                const __m512i v = dp_groups(_mm512_setzero_si512(), w, xq, 0, 8);
+                /* two chains of 4 groups: twice the VPDPBUSD chains in flight (+4%) */
+                const __m512i v = _mm512_add_epi32(dp_groups(_mm512_setzero_si512(), w, xq, 0, 4),
+                                                   dp_groups(_mm512_setzero_si512(), w, xq, 4, 4));
                 sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(v, sc));
             }
         }
