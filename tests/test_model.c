@@ -1278,8 +1278,15 @@ static void test_cli_bench(nm_test *t) {
         CHECK(t, json_number_value(json_object_get(o, "round_trip_ns")) > 0);
         json_t *runs = json_object_get(o, "tg_runs");
         CHECK(t, json_array_size(runs) == 2);
-        for (size_t i = 0; i < json_array_size(runs); i++)
-            CHECK(t, json_number_value(json_object_get(json_array_get(runs, i), "round_trip_ns")) > 0);
+        for (size_t i = 0; i < json_array_size(runs); i++) {
+            json_t *run = json_array_get(runs, i);
+            CHECK(t, json_number_value(json_object_get(run, "round_trip_ns")) > 0);
+            /* the bandwidth beside a run is the better of before and after */
+            const double b0 = json_number_value(json_object_get(run, "read_before"));
+            const double b1 = json_number_value(json_object_get(run, "read_after"));
+            CHECKF(t, b0 > 0 && b1 > 0 && json_number_value(json_object_get(run, "read_bytes_s")) == (b0 > b1 ? b0 : b1),
+                   "run %zu: before %g, after %g", i, b0, b1);
+        }
         /* the prompt computes logits for its last token only: stories260K's
          * output matrix (512 x 64) is credited once for the 16 tokens */
         const double macs = json_number_value(json_object_get(o, "macs_per_token"));

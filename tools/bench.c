@@ -318,7 +318,7 @@ static int bench_model(int argc, char **argv) {
     pp = nm_calloc((size_t)reps, sizeof *pp);
     tg = nm_calloc((size_t)reps, sizeof *tg);
     tg_beside = nm_calloc((size_t)reps, sizeof *tg_beside);
-    tg_bw = nm_calloc((size_t)reps, sizeof *tg_bw);
+    tg_bw = nm_calloc(2 * (size_t)reps, sizeof *tg_bw); /* before and after each run */
     sorted = nm_calloc((size_t)reps, sizeof *sorted);
     tg_rt = nm_calloc((size_t)reps, sizeof *tg_rt);
     if (!ids || !pp || !tg || !tg_beside || !tg_bw || !tg_rt || !sorted) {
@@ -370,7 +370,8 @@ static int bench_model(int argc, char **argv) {
             if (roofline && nm_measure_read(pool, isa, probe, 2, &bw1, &err)) goto out;
             const double bw = bw0 > bw1 ? bw0 : bw1;
             tg_beside[r] = bw > 0 ? tg[r] * cost.bytes / bw : 0;
-            tg_bw[r] = bw;
+            tg_bw[2 * r] = bw0;
+            tg_bw[2 * r + 1] = bw1;
             if (bw > best_read) best_read = bw;
         }
     }
@@ -414,11 +415,18 @@ static int bench_model(int argc, char **argv) {
                           "\"tg_roofline_fraction\": %.4f, \"tg_roofline_fraction_beside\": %.4f, \"round_trip_ns\": %.1f",
                           peaks.read_bytes_s, peaks.fma_s, peaks.int8_s, pp_frac, tg_frac, n_gen > 0 ? beside_med : 0,
                           round_trip);
-        if (roofline && n_gen > 0) { /* each generation run in order: tokens/s and the bandwidth beside it */
+        if (roofline && n_gen > 0) {
+            /* each generation run in order: tokens/s, the bandwidth beside it
+             * (the better of before and after; both, so that runs during
+             * which the host changed its memory state can be told apart) */
             nm_buf_printf(&b, ", \"tg_runs\": [");
-            for (int64_t r = 0; r < reps; r++)
-                nm_buf_printf(&b, "%s{\"tokens_s\": %.3f, \"read_bytes_s\": %.0f, \"round_trip_ns\": %.1f}", r ? ", " : "",
-                              tg[r], tg_bw[r], tg_rt[r]);
+            for (int64_t r = 0; r < reps; r++) {
+                const double b0 = tg_bw[2 * r], b1 = tg_bw[2 * r + 1];
+                nm_buf_printf(&b,
+                              "%s{\"tokens_s\": %.3f, \"read_bytes_s\": %.0f, \"read_before\": %.0f, "
+                              "\"read_after\": %.0f, \"round_trip_ns\": %.1f}",
+                              r ? ", " : "", tg[r], b0 > b1 ? b0 : b1, b0, b1, tg_rt[r]);
+            }
             nm_buf_printf(&b, "]");
         }
         if (profile && n_prompt > 0) profile_json(&b, "profile_pp", &prof_pp);
