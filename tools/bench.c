@@ -349,6 +349,7 @@ static int bench_model(int argc, char **argv) {
             const double took = now_s() - t;
             pp[r] = (double)n_prompt / took;
             if (profile) profile_add(&prof_pp, c, took);
+            nm_context_set_profiling(c, false);
         }
         if (n_gen > 0) {
             /* memory read bandwidth right before and right after this run,
