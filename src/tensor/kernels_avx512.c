@@ -216,64 +216,12 @@ T512_INLINE void q0_tokens(int NT, const nm_mm_args *a, const q0_panel *p, int64
     for (int i = 0; i < NT; i++) _mm512_mask_storeu_ps(a->y + (t + i) * a->ldy + (r - a->y_r0), m, acc[i]);
 }
 
-/* Two tile chunks (32 rows) x NT tokens: each activation broadcast feeds
- * two VPDPBUSD, one per tile. */
-enum { QT2 = 6 };
-
-T512_INLINE void q0_chunk2(int NT, const q0_panel *p0, const q0_panel *p1, int kb, const q0_tok *tk, int corr,
-                           __m512 *acc0, __m512 *acc1) {
-    for (int k = 0; k < kb; k++) {
-        const __m512i *w0 = (const __m512i *)(const void *)(p0->w + k * 512);
-        const __m512i *w1 = (const __m512i *)(const void *)(p1->w + k * 512);
-        __m512i s0[QT2], s1[QT2];
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++) s1[t] = s0[t] = _mm512_set1_epi32(corr * tk[t].s[k]);
-#pragma GCC unroll 8
-        for (int g = 0; g < 8; g++) {
-            const __m512i wg0 = _mm512_load_si512(w0 + g), wg1 = _mm512_load_si512(w1 + g);
-#pragma GCC unroll 8
-            for (int t = 0; t < NT; t++) {
-                const __m512i x = bcast32(tk[t].q + 34 * k + 4 * g);
-                s0[t] = _mm512_dpbusd_epi32(s0[t], wg0, x);
-                s1[t] = _mm512_dpbusd_epi32(s1[t], wg1, x);
-            }
-        }
-        const __m512 dw0 = _mm512_load_ps(p0->d + 16 * k), dw1 = _mm512_load_ps(p1->d + 16 * k);
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++) {
-            const __m512 dx = _mm512_set1_ps(tk[t].d[k]);
-            acc0[t] = _mm512_add_ps(acc0[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s0[t]), _mm512_mul_ps(dw0, dx)));
-            acc1[t] = _mm512_add_ps(acc1[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s1[t]), _mm512_mul_ps(dw1, dx)));
-        }
-    }
-}
-
-T512_INLINE void q0_tokens2(int NT, const nm_mm_args *a, const q0_panel *p0, const q0_panel *p1, int64_t r,
-                            __mmask16 m1, int64_t t, int64_t b0, int kb, int corr) {
-    __m512 acc0[QT2], acc1[QT2];
-    q0_tok tk[QT2];
-#pragma GCC unroll 8
-    for (int i = 0; i < NT; i++) {
-        tk[i] = q0_token(a, t + i, b0);
-        float *y = a->y + (t + i) * a->ldy + (r - a->y_r0);
-        acc0[i] = b0 ? _mm512_loadu_ps(y) : _mm512_setzero_ps();
-        acc1[i] = b0 ? _mm512_maskz_loadu_ps(m1, y + 16) : _mm512_setzero_ps();
-    }
-    q0_chunk2(NT, p0, p1, kb, tk, corr, acc0, acc1);
-#pragma GCC unroll 8
-    for (int i = 0; i < NT; i++) {
-        float *y = a->y + (t + i) * a->ldy + (r - a->y_r0);
-        _mm512_storeu_ps(y, acc0[i]);
-        _mm512_mask_storeu_ps(y + 16, m1, acc1[i]);
-    }
-}
-
 /* Three tile chunks (48 rows) x NT tokens: each broadcast activation word
  * feeds three VPDPBUSD and each weight vector four tokens (12 integer and
  * 12 float accumulators, 3 weight vectors, one broadcast: 28 of 32 zmm).
  * One core, Q4_0 2304 x 2048 x 512 tokens: 147-149 G multiply-adds/s with
- * pairs of tiles x 6 tokens, 162-163 with three x 4 (three x 5, with
- * spills, about the same). */
+ * pairs of tiles x 6 tokens (the previous shape), 162-163 with three x 4
+ * (three x 5, with spills, about the same). */
 enum { QT3 = 4 };
 
 T512_INLINE void q0_chunk3(int NT, const q0_panel *p0, const q0_panel *p1, const q0_panel *p2, int kb,
@@ -362,44 +310,24 @@ T512_INLINE void q0_fill(const nm_mm_args *a, int64_t r, int nr, int64_t b0, int
     else repack_q4_0(a, r, nr, b0, kb, p);
 }
 
-/* Rows from *rp in groups of three whole tiles while they last; *rp is
- * left at the first row not done. */
-T512_INLINE void q0_gemm3(const nm_mm_args *a, int64_t *rp, int64_t r1, bool q8, bool packed, int corr) {
-    const int64_t nb = a->cols / 32;
-    q0_panel p0, p1, p2;
-    int64_t r = *rp;
-    for (; r + 48 <= r1; r += 48)
-        for (int64_t b0 = 0; b0 < nb; b0 += KC_BLOCKS) {
-            const int kb = (int)imin64(KC_BLOCKS, nb - b0);
-            q0_fill(a, r, 16, b0, kb, &p0, q8, packed);
-            q0_fill(a, r + 16, 16, b0, kb, &p1, q8, packed);
-            q0_fill(a, r + 32, 16, b0, kb, &p2, q8, packed);
-            int64_t t = 0;
-            for (; t + QT3 <= a->n_tok; t += QT3) q0_tokens3(QT3, a, &p0, &p1, &p2, r, t, b0, kb, corr);
-            for (; t < a->n_tok; t++) q0_tokens3(1, a, &p0, &p1, &p2, r, t, b0, kb, corr);
-        }
-    *rp = r;
-}
-
-/* Rows [r0, r1) as 16-row tiles (packed: whole tiles of a packed matrix). */
+/* Rows [r0, r1) as 16-row tiles (packed: whole tiles of a packed matrix),
+ * three at a time while they last (batch chunks are multiples of 48 rows,
+ * batch_align), the rest one at a time. */
 T512 static void q0_gemm(const nm_mm_args *a, int64_t r0, int64_t r1, bool q8, bool packed) {
     const int64_t nb = a->cols / 32;
     const int corr = q8 ? -128 : -8;
-    q0_panel p, p1;
+    q0_panel p, p1, p2;
     int64_t r = r0;
-    q0_gemm3(a, &r, r1, q8, packed, corr);
-    for (; r + 16 < r1; r += 32) {
-        const int nr1 = (int)imin64(16, r1 - r - 16);
-        const __mmask16 m1 = lanes(nr1);
+    for (; r + 48 <= r1; r += 48)
         for (int64_t b0 = 0; b0 < nb; b0 += KC_BLOCKS) {
             const int kb = (int)imin64(KC_BLOCKS, nb - b0);
             q0_fill(a, r, 16, b0, kb, &p, q8, packed);
-            q0_fill(a, r + 16, nr1, b0, kb, &p1, q8, packed);
+            q0_fill(a, r + 16, 16, b0, kb, &p1, q8, packed);
+            q0_fill(a, r + 32, 16, b0, kb, &p2, q8, packed);
             int64_t t = 0;
-            for (; t + QT2 <= a->n_tok; t += QT2) q0_tokens2(QT2, a, &p, &p1, r, m1, t, b0, kb, corr);
-            for (; t < a->n_tok; t++) q0_tokens2(1, a, &p, &p1, r, m1, t, b0, kb, corr);
+            for (; t + QT3 <= a->n_tok; t += QT3) q0_tokens3(QT3, a, &p, &p1, &p2, r, t, b0, kb, corr);
+            for (; t < a->n_tok; t++) q0_tokens3(1, a, &p, &p1, &p2, r, t, b0, kb, corr);
         }
-    }
     for (; r < r1; r += 16) {
         const int nr = (int)imin64(16, r1 - r);
         const __mmask16 m = lanes(nr);
