@@ -174,40 +174,46 @@ void nm_pool_free(nm_pool *p) {
 
 int nm_pool_size(const nm_pool *p) { return p ? p->n : 1; }
 
+/* The caller, done with its share: spins, then sleeps, until every worker
+ * has finished its share. */
+static void wait_workers(nm_pool *p) {
+    int spins = 0;
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {
+        if (++spins < SPIN_ITERS) {
+            cpu_relax(spins);
+            continue;
+        }
+        pthread_mutex_lock(&p->mu);
+        atomic_store(&p->caller_asleep, true);
+        while (atomic_load(&p->pending) != 0) pthread_cond_wait(&p->cv_done, &p->mu);
+        atomic_store(&p->caller_asleep, false);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
 void nm_pool_run(nm_pool *p, nm_pool_fn fn, void *arg) {
     if (!p) {
         fn(arg, 0, 1);
         return;
     }
     const uint64_t t0 = p->timing ? nm_now_ns() : 0;
-    uint64_t t1 = t0;
-    if (p->n == 1) {
-        fn(arg, 0, 1);
-    } else {
+    uint64_t t1 = 0; /* the caller's own share done (timing, workers only) */
+    if (p->n > 1) {
         p->fn = fn;
         p->arg = arg;
         atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
         wake_all(p);
-        fn(arg, 0, p->n);
+    }
+    fn(arg, 0, p->n);
+    if (p->n > 1) {
         if (p->timing) t1 = nm_now_ns();
-        int spins = 0;
-        while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {
-            if (++spins < SPIN_ITERS) {
-                cpu_relax(spins);
-                continue;
-            }
-            pthread_mutex_lock(&p->mu);
-            atomic_store(&p->caller_asleep, true);
-            while (atomic_load(&p->pending) != 0) pthread_cond_wait(&p->cv_done, &p->mu);
-            atomic_store(&p->caller_asleep, false);
-            pthread_mutex_unlock(&p->mu);
-        }
+        wait_workers(p);
     }
     if (p->timing) {
         const uint64_t t2 = nm_now_ns();
         p->times.regions++;
         p->times.region_ns += t2 - t0;
-        p->times.wait_ns += p->n == 1 ? 0 : t2 - t1;
+        p->times.wait_ns += p->n > 1 ? t2 - t1 : 0;
     }
 }
 

@@ -177,11 +177,14 @@ static int part_at(const mm_task *t, int64_t pos) {
     return p;
 }
 
-/* pos rounded down to whole chunks (align rows) of its part. */
-static int64_t align_down(const mm_task *t, int64_t pos) {
-    if (pos >= t->total) return t->total;
-    const mm_part *P = &t->part[part_at(t, pos)];
+/* pos (not before P's start) rounded down to whole chunks (align rows) of P. */
+static int64_t tile_floor(const mm_part *P, int64_t pos) {
     return P->start + (pos - P->start) / P->align * P->align;
+}
+
+/* pos rounded down to whole chunks of its part. */
+static int64_t align_down(const mm_task *t, int64_t pos) {
+    return pos >= t->total ? t->total : tile_floor(&t->part[part_at(t, pos)], pos);
 }
 
 /* A chunk's rows when `left` rows remain in a slice: half of them per
@@ -214,7 +217,7 @@ static bool take(mm_task *t, mm_slice *s, bool front, int *pi, int64_t *lo, int6
         } else {
             c1 = b;
             c0 = b - chunk_rows(t, P, b - f);
-            c0 = c0 <= P->start ? P->start : P->start + (c0 - P->start) / P->align * P->align;
+            c0 = c0 <= P->start ? P->start : tile_floor(P, c0);
             if (c0 < f) c0 = f;
         }
         const unsigned long long nfb = front ? (unsigned long long)c1 | (unsigned long long)b << 32
