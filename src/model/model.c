@@ -630,13 +630,14 @@ static void kv_put(const nm_context *c, uint8_t *dst, const float *src, int64_t 
 }
 
 /* One head's keys at position pos of an F16 key run, in key tiles: element
- * i at nm_key_index (kernels.h), converted by the level a piece at a time. */
+ * i at nm_key_index (kernels.h), NM_KEY_TILE apart, converted by the level
+ * a piece at a time. */
 static void key_put(uint16_t *run, const float *k, int64_t hd, int64_t pos, const nm_attn_kernel *ak) {
-    uint16_t h[64];
+    uint16_t *dst = run + nm_key_index(hd, pos, 0), h[64];
     for (int64_t i0 = 0; i0 < hd; i0 += 64) {
         const int64_t m = hd - i0 < 64 ? hd - i0 : 64;
         ak->to_f16(k + i0, h, m);
-        for (int64_t i = 0; i < m; i++) run[nm_key_index(hd, pos, i0 + i)] = h[i];
+        for (int64_t i = 0; i < m; i++) dst[(i0 + i) * NM_KEY_TILE] = h[i];
     }
 }
 
@@ -696,21 +697,23 @@ static void row_op_task(void *arg, int ith, int nth) {
     }
 }
 
-static void row_op_run(const nm_fwd *f, row_op *o) {
-    if (o->n >= 8 && f->pool) nm_pool_run(f->pool, row_op_task, o);
-    else row_op_task(o, 0, 1);
+/* A batch's row step over the pool, or on the caller for a few rows,
+ * where waking the pool costs more than the step. */
+static void rows_run(const nm_fwd *f, nm_pool_fn fn, void *arg) {
+    if (f->n >= 8 && f->pool) nm_pool_run(f->pool, fn, arg);
+    else fn(arg, 0, 1);
 }
 
 /* x += xb over the pass's rows (the block's output into the stream) */
 static void residual_add(const nm_fwd *f) {
     row_op o = {.kind = ROW_ADD, .y = f->host->x, .x = f->host->xb, .n = f->n, .dim = f->m->hp.n_embd};
-    row_op_run(f, &o);
+    rows_run(f, row_op_task, &o);
 }
 
 static void rmsnorm_batch(const nm_fwd *f, float *y, const float *x, const float *w, int64_t dim, float eps,
                           const nm_attn_kernel *ak) {
     row_op o = {.kind = ROW_NORM, .y = y, .x = x, .w = w, .n = f->n, .dim = dim, .eps = eps, .ak = ak};
-    row_op_run(f, &o);
+    rows_run(f, row_op_task, &o);
 }
 
 /* Scratch for the converted activations of a product of n_rows rows.
@@ -771,19 +774,22 @@ static void rope_prepare(const nm_fwd *f) {
     }
 }
 
-/* Rows [lo, hi) of a pass: RoPE on the queries and keys, the keys and
- * values into their sequence's cache, and the queries rounded to F16 where
- * that cache is F16 (attend) - each row on its own, so rows can be split
- * between threads: on the calling thread alone this was 1.7% of a
- * 512-token prompt while the others waited. */
+/* A pass's rows, split between threads: RoPE on the queries and keys, the
+ * keys and values into their sequence's cache, and the queries rounded to
+ * F16 where that cache is F16 (attend) - each row on its own.  On the
+ * calling thread alone this was 1.7% of a 512-token prompt while the
+ * others waited. */
 typedef struct rope_kv_task {
     const nm_fwd *f;
     int64_t l;
     const nm_attn_kernel *ak;
 } rope_kv_task;
 
-static void rope_kv_rows(const rope_kv_task *r, int64_t lo, int64_t hi) {
+static void rope_kv_run(void *arg, int ith, int nth) {
+    const rope_kv_task *r = arg;
     const nm_fwd *f = r->f;
+    int64_t lo, hi;
+    nm_split_range(f->n, ith, nth, 1, &lo, &hi);
     const nm_hparams *hp = &f->m->hp;
     const nm_context *h = f->host;
     int s = 0;
@@ -799,12 +805,6 @@ static void rope_kv_rows(const rope_kv_task *r, int64_t lo, int64_t hi) {
     }
 }
 
-static void rope_kv_run(void *arg, int ith, int nth) {
-    const rope_kv_task *r = arg;
-    int64_t lo, hi;
-    nm_split_range(r->f->n, ith, nth, 1, &lo, &hi);
-    rope_kv_rows(r, lo, hi);
-}
 
 /* The attention work of a pass: items are (row, head) pairs numbered
  * sequence by sequence; item0[s] is the first item of sequence s. */
@@ -902,8 +902,7 @@ static void attention_block(const nm_fwd *f, int64_t l) {
     proj_group(f, l, qkv, (float *const[]){h->q, h->k, h->v}, 3, h->xb);
     prof_mark(f, NM_PHASE_QKV);
     rope_kv_task r = {.f = f, .l = l, .ak = ak};
-    if (f->n >= 8 && f->pool) nm_pool_run(f->pool, rope_kv_run, &r);
-    else rope_kv_rows(&r, 0, f->n);
+    rows_run(f, rope_kv_run, &r);
 
     attn_task a = {.f = f, .l = l, .nth = nm_pool_size(f->pool), .ak = ak};
     for (int s = 0; s < f->n_seqs; s++) {
@@ -942,7 +941,7 @@ static void ffn_block(const nm_fwd *f, int64_t l) {
         static const nm_proj gate_up[2] = {NM_PROJ_GATE, NM_PROJ_UP};
         proj_group(f, l, gate_up, (float *const[]){h->hb, h->hb2}, 2, h->xb);
         row_op sw = {.kind = ROW_SWIGLU, .y = h->hb, .x = h->hb, .up = h->hb2, .n = f->n, .dim = hp->n_ff, .ak = ak};
-        row_op_run(f, &sw);
+        rows_run(f, row_op_task, &sw);
     }
     prof_mark(f, NM_PHASE_FFN_UP);
     nm_model_proj(f, l, NM_PROJ_DOWN, h->hb, h->xb);
