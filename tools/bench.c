@@ -241,6 +241,12 @@ static void profile_json(nm_buf *b, const char *key, const run_profile *r) {
     nm_buf_printf(b, "}}");
 }
 
+/* The read bandwidth beside generation run r: the better of the probes
+ * before and after it (bw[2r], bw[2r + 1]). */
+static double beside_bw(const double *bw, int64_t r) {
+    return bw[2 * r] > bw[2 * r + 1] ? bw[2 * r] : bw[2 * r + 1];
+}
+
 /* Like llama-bench: random token ids (speed does not depend on them), a
  * warm-up pass that also pages the mapped weights in, then per repetition a
  * prompt of n_prompt tokens decoded as one batch from an empty cache, and
@@ -296,7 +302,7 @@ static int bench_model(int argc, char **argv) {
     nm_pool *pool = NULL; /* the context's threads, which also run the probes */
     nm_read_probe *probe = NULL;
     int32_t *ids = NULL;
-    double *pp = NULL, *tg = NULL, *tg_beside = NULL, *tg_bw = NULL, *tg_rt = NULL, *sorted = NULL, best_read = 0;
+    double *pp = NULL, *tg = NULL, *tg_bw = NULL, *tg_rt = NULL, *sorted = NULL;
     int rc = 1;
     nm_isa isa;
     if (nm_isa_select(&isa, &err)) goto out;
@@ -317,11 +323,10 @@ static int bench_model(int argc, char **argv) {
     ids = nm_calloc((size_t)longest + 1, sizeof *ids);
     pp = nm_calloc((size_t)reps, sizeof *pp);
     tg = nm_calloc((size_t)reps, sizeof *tg);
-    tg_beside = nm_calloc((size_t)reps, sizeof *tg_beside);
     tg_bw = nm_calloc(2 * (size_t)reps, sizeof *tg_bw); /* before and after each run */
     sorted = nm_calloc((size_t)reps, sizeof *sorted);
     tg_rt = nm_calloc((size_t)reps, sizeof *tg_rt);
-    if (!ids || !pp || !tg || !tg_beside || !tg_bw || !tg_rt || !sorted) {
+    if (!ids || !pp || !tg || !tg_bw || !tg_rt || !sorted) {
         nm_err_set(&err, NM_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -369,25 +374,27 @@ static int bench_model(int argc, char **argv) {
             if (profile) profile_add(&prof_tg, c, took);
             nm_context_set_profiling(c, false); /* the probes' regions are not the model's */
             if (roofline && nm_measure_read(pool, isa, probe, 2, &bw1, &err)) goto out;
-            const double bw = bw0 > bw1 ? bw0 : bw1;
-            tg_beside[r] = bw > 0 ? tg[r] * cost.bytes / bw : 0;
             tg_bw[2 * r] = bw0;
             tg_bw[2 * r + 1] = bw1;
-            if (bw > best_read) best_read = bw;
         }
     }
     if (roofline) { /* again, the best of both: a conservative fraction */
         nm_machine_peaks again;
         if (nm_measure_machine(pool, isa, probe, &again, &err)) goto out;
         if (again.read_bytes_s > peaks.read_bytes_s) peaks.read_bytes_s = again.read_bytes_s;
-        if (best_read > peaks.read_bytes_s) peaks.read_bytes_s = best_read;
+        for (int64_t i = 0; i < 2 * reps; i++) /* and the generation runs' own probes */
+            if (tg_bw[i] > peaks.read_bytes_s) peaks.read_bytes_s = tg_bw[i];
         if (again.fma_s > peaks.fma_s) peaks.fma_s = again.fma_s;
         if (again.int8_s > peaks.int8_s) peaks.int8_s = again.int8_s;
     }
     /* tg, tg_bw and tg_rt stay in run order for --json's tg_runs */
     const double pp_med = median(pp, reps, pp), tg_med = median(tg, reps, sorted);
     const double tg_min = sorted[0], tg_max = sorted[reps - 1];
-    const double beside_med = median(tg_beside, reps, tg_beside);
+    for (int64_t r = 0; r < reps; r++) { /* each run against the bandwidth beside it */
+        const double bw = beside_bw(tg_bw, r);
+        sorted[r] = bw > 0 ? tg[r] * cost.bytes / bw : 0;
+    }
+    const double beside_med = median(sorted, reps, sorted);
     if (n_gen > 0 && roofline) round_trip = median(tg_rt, reps, sorted);
     const double peak = cost.int8 ? peaks.int8_s : peaks.fma_s;
     const double pp_frac = roofline && peak > 0 ? pp_med * pp_macs(&cost, n_prompt) / peak : 0;
@@ -422,11 +429,10 @@ static int bench_model(int argc, char **argv) {
              * which the host changed its memory state can be told apart) */
             nm_buf_printf(&b, ", \"tg_runs\": [");
             for (int64_t r = 0; r < reps; r++) {
-                const double b0 = tg_bw[2 * r], b1 = tg_bw[2 * r + 1];
                 nm_buf_printf(&b,
                               "%s{\"tokens_s\": %.3f, \"read_bytes_s\": %.0f, \"read_before\": %.0f, "
                               "\"read_after\": %.0f, \"round_trip_ns\": %.1f}",
-                              r ? ", " : "", tg[r], b0 > b1 ? b0 : b1, b0, b1, tg_rt[r]);
+                              r ? ", " : "", tg[r], beside_bw(tg_bw, r), tg_bw[2 * r], tg_bw[2 * r + 1], tg_rt[r]);
             }
             nm_buf_printf(&b, "]");
         }
@@ -482,7 +488,6 @@ out:
     free(ids);
     free(pp);
     free(tg);
-    free(tg_beside);
     free(tg_bw);
     free(sorted);
     free(tg_rt);
