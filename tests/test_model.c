@@ -1260,13 +1260,22 @@ static void test_cli_convert_then_run(nm_test *t) {
 }
 
 /* `nomoat bench -m MODEL` (the inference mode) runs and reports speeds. */
+/* `nomoat bench -m MODEL ARGS --json`, parsed (NULL, a failed check, when
+ * it fails or prints no JSON); free with json_decref. */
+static json_t *bench_json(nm_test *t, const char *model, const char *args) {
+    char cmd[1024], *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s bench -m %s %s --json 2>/dev/null", nm_test_bin(), nm_test_shared(model), args);
+    CHECKF(t, sh(cmd, &out) == 0, "%s failed", cmd);
+    json_t *o = out ? json_loads(out, 0, NULL) : NULL;
+    CHECKF(t, o != NULL, "%s: %s", cmd, out ? out : "");
+    free(out);
+    return o;
+}
+
 static void test_cli_bench(nm_test *t) {
     char cmd[1024], *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s bench -m %s -p 16 -n 8 --reps 2 -t 2 --bw-mb 16 --json 2>/dev/null", nm_test_bin(),
-             nm_test_shared("models/stories260K.gguf"));
-    CHECK(t, sh(cmd, &out) == 0);
-    json_t *o = out ? json_loads(out, 0, NULL) : NULL;
-    if (CHECKF(t, o != NULL, "output: %s", out ? out : "")) {
+    json_t *o = bench_json(t, "models/stories260K.gguf", "-p 16 -n 8 --reps 2 -t 2 --bw-mb 16");
+    if (o) {
         CHECK(t, json_number_value(json_object_get(o, "pp_tokens_s")) > 0);
         CHECK(t, json_number_value(json_object_get(o, "tg_tokens_s")) > 0);
         CHECK(t, json_integer_value(json_object_get(o, "threads")) == 2);
@@ -1300,16 +1309,11 @@ static void test_cli_bench(nm_test *t) {
         CHECKF(t, fabs(frac - want) <= 1e-4 + 1e-3 * want, "pp fraction %g vs %g", frac, want);
         json_decref(o);
     }
-    free(out);
     /* generation only, fewer tokens than the 16 of the warm-up (which once
      * decoded past the n + 1 ids it had), one thread: the fractions are the
      * figures they are made of */
-    snprintf(cmd, sizeof cmd, "%s bench -m %s -p 0 -n 4 --reps 3 -t 1 --bw-mb 16 --json 2>/dev/null", nm_test_bin(),
-             nm_test_shared("models/stories260K.gguf"));
-    out = NULL;
-    CHECK(t, sh(cmd, &out) == 0);
-    o = out ? json_loads(out, 0, NULL) : NULL;
-    if (CHECKF(t, o != NULL, "output: %s", out ? out : "")) {
+    o = bench_json(t, "models/stories260K.gguf", "-p 0 -n 4 --reps 3 -t 1 --bw-mb 16");
+    if (o) {
         const double tg = json_number_value(json_object_get(o, "tg_tokens_s"));
         const double bytes = json_number_value(json_object_get(o, "bytes_per_token"));
         const double bw = json_number_value(json_object_get(o, "read_bytes_s"));
@@ -1325,20 +1329,15 @@ static void test_cli_bench(nm_test *t) {
         CHECK(t, json_number_value(json_object_get(o, "pp_tokens_s")) == 0);
         json_decref(o);
     }
-    free(out);
     /* --profile: a profile of each kind of run, every phase named, passes
      * and rows counted over the repetitions; the phases fit in the runs */
-    snprintf(cmd, sizeof cmd, "%s bench -m %s -p 12 -n 3 --reps 2 -t 2 --no-roofline --profile --json 2>/dev/null",
-             nm_test_bin(), nm_test_shared("models/t256-q4_0.gguf"));
-    out = NULL;
-    CHECK(t, sh(cmd, &out) == 0);
-    o = out ? json_loads(out, 0, NULL) : NULL;
-    if (CHECKF(t, o != NULL, "output: %s", out ? out : "")) {
+    o = bench_json(t, "models/t256-q4_0.gguf", "-p 12 -n 3 --reps 2 -t 2 --no-roofline --profile");
+    if (o) {
         static const char *kinds[2] = {"profile_pp", "profile_tg"};
         const long long passes[2] = {2, 6}, rows[2] = {24, 6};
         for (int k = 0; k < 2; k++) {
             json_t *pr = json_object_get(o, kinds[k]), *ph = json_object_get(pr, "phases");
-            if (!CHECKF(t, json_is_object(ph), "%s missing: %s", kinds[k], out)) continue;
+            if (!CHECKF(t, json_is_object(ph), "%s missing", kinds[k])) continue;
             CHECK(t, json_integer_value(json_object_get(pr, "passes")) == passes[k]);
             CHECK(t, json_integer_value(json_object_get(pr, "rows")) == rows[k]);
             double sum = 0;
@@ -1355,10 +1354,8 @@ static void test_cli_bench(nm_test *t) {
         }
         json_decref(o);
     }
-    free(out);
     snprintf(cmd, sizeof cmd, "%s bench -m %s -p 8 -n 2 --reps 1 --no-roofline --profile 2>/dev/null", nm_test_bin(),
              nm_test_shared("models/stories260K.gguf"));
-    out = NULL;
     CHECK(t, sh(cmd, &out) == 0);
     CHECKF(t, out && strstr(out, "profile of pp8, ms a prompt") && strstr(out, "profile of tg2, ms a token") &&
                   strstr(out, "ffn_down"),
