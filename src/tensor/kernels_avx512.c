@@ -35,7 +35,6 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#include <stdlib.h>
 
 /* Float expressions are evaluated as written (the reference's rounding):
  * GCC does not contract them in ISO C mode; clang must be told. */
